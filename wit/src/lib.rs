@@ -1,0 +1,88 @@
+//! The edge-inference contract. The types are generated from `inference.wit`
+//! (never written by hand); this file adds only what HTTP.md says about carrying
+//! them: the route, the headers and the status of each error case.
+
+wit_bindgen::generate!({
+    path: ".",
+    world: "contract",
+    additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+    // No function uses these types: they travel over HTTP, not a component call.
+    generate_unused_types: true,
+});
+
+pub use sdgate::inference::types::{
+    Error, GenerateRequest, GenerateResult, GeneratedImage, ImageBase64, InitImage, Timings,
+};
+
+/// The route of a generation request.
+pub const GENERATE_PATH: &str = "/v1/generate";
+/// The liveness route.
+pub const HEALTH_PATH: &str = "/health";
+/// The header that carries the edge's trace id to the server and back.
+pub const TRACE_HEADER: &str = "x-trace-id";
+
+impl Error {
+    /// The HTTP status this error travels with (HTTP.md).
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::InvalidRequest(_) | Error::UnknownModel(_) => 400,
+            Error::Overloaded(_) => 503,
+            Error::Timeout(_) => 504,
+            Error::Internal(_) => 500,
+        }
+    }
+
+    /// The human-readable part of the error.
+    pub fn message(&self) -> String {
+        match self {
+            Error::InvalidRequest(m) | Error::UnknownModel(m) => m.clone(),
+            Error::Overloaded(secs) => format!("the server is at capacity; retry in {secs} s"),
+            Error::Timeout(m) | Error::Internal(m) => m.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_through_json() {
+        let req = GenerateRequest {
+            model: "sdxl-turbo".into(),
+            prompt: "a cat".into(),
+            negative_prompt: None,
+            width: 512,
+            height: 512,
+            steps: 4,
+            guidance: 0.0,
+            seed: Some(u64::MAX),
+            samples: 1,
+            scheduler: Some("Euler a".into()),
+            karras: None,
+            init_image: Some(InitImage { image: "iVBORw0KGgo=".into(), strength: 0.5 }),
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(json.contains("\"negative_prompt\":null"), "{json}");
+        let back: GenerateRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn errors_are_externally_tagged_and_map_to_statuses() {
+        let e: Error = serde_json::from_str(r#"{"InvalidRequest":"steps: must be 1-50"}"#).unwrap();
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.to_string(), "steps: must be 1-50");
+        assert_eq!(serde_json::to_string(&Error::Overloaded(3)).unwrap(), r#"{"Overloaded":3}"#);
+        assert_eq!(Error::Overloaded(3).status(), 503);
+        assert_eq!(Error::Timeout("x".into()).status(), 504);
+    }
+}
