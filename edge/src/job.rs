@@ -1,0 +1,113 @@
+//! The internal request every dialect maps to: the contract's generate-request,
+//! plus where its input image comes from (the shared core fetches and decodes it,
+//! then fills in `request.init_image`). Also the field rules several dialects share.
+
+use contract::GenerateRequest;
+use url::Url;
+
+use crate::api_error::ApiError;
+
+/// One generation, as the inference server will see it, and its input image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// `init_image` stays None here; the core sets it from `init`.
+    pub request: GenerateRequest,
+    pub init: Option<InitImageSource>,
+}
+
+/// The input image of an image-to-image job, before it is fetched and decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitImageSource {
+    /// The request field it came in, for error messages ("inputImage").
+    pub field: &'static str,
+    pub source: ImageSource,
+    pub strength: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSource {
+    Url(Url),
+    /// Encoded image bytes the client sent itself (base64 or an upload).
+    Bytes(Vec<u8>),
+}
+
+impl ImageSource {
+    /// An image URL field: it must parse as an absolute URL; whether it may be
+    /// fetched is decided later, against the image-host allowlist.
+    pub fn url(field: &str, text: &str) -> Result<ImageSource, ApiError> {
+        let text = text.trim();
+        Url::parse(text)
+            .map(ImageSource::Url)
+            .map_err(|e| ApiError::field(field, format!("not an absolute http(s) URL ({e})")))
+    }
+}
+
+/// Width x height from a "WxH" string such as "1024x1024".
+pub fn parse_size(field: &str, text: &str) -> Result<(u32, u32), ApiError> {
+    let bad = || ApiError::field(field, format!("must be WIDTHxHEIGHT, e.g. \"1024x1024\" (got {text:?})"));
+    let (w, h) = text.trim().split_once(['x', 'X', '*']).ok_or_else(bad)?;
+    let w = w.trim().parse::<u32>().map_err(|_| bad())?;
+    let h = h.trim().parse::<u32>().map_err(|_| bad())?;
+    Ok((w, h))
+}
+
+/// An image side the models can produce: a multiple of `step` within `min..=max`.
+pub fn check_side(field: &str, value: u32, min: u32, max: u32, step: u32) -> Result<u32, ApiError> {
+    if value < min || value > max || value % step != 0 {
+        return Err(ApiError::field(
+            field,
+            format!("must be a multiple of {step} from {min} to {max} (got {value})"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Prompts longer than this are refused outright; the text encoders read only
+/// the first 77 tokens anyway, this only keeps absurd bodies out.
+pub const MAX_PROMPT_CHARS: usize = 10_000;
+
+pub fn check_prompt(field: &str, text: String) -> Result<String, ApiError> {
+    if text.chars().count() > MAX_PROMPT_CHARS {
+        return Err(ApiError::field(field, format!("longer than {MAX_PROMPT_CHARS} characters")));
+    }
+    Ok(text)
+}
+
+/// Seeds: 0 means "pick one for me" in the APIs we speak.
+pub fn seed_or_random(seed: Option<u64>) -> Option<u64> {
+    seed.filter(|&s| s != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("size", "1024x768").unwrap(), (1024, 768));
+        assert_eq!(parse_size("size", " 512 X 512 ").unwrap(), (512, 512));
+        for bad in ["1024", "axb", "1024x", "-8x8", ""] {
+            let e = parse_size("size", bad).unwrap_err();
+            assert!(e.message.starts_with("size: must be WIDTHxHEIGHT"), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn sides() {
+        assert_eq!(check_side("width", 512, 64, 2048, 8).unwrap(), 512);
+        let e = check_side("width", 500, 64, 2048, 8).unwrap_err();
+        assert_eq!(e.message, "width: must be a multiple of 8 from 64 to 2048 (got 500)");
+        assert!(check_side("height", 4096, 64, 2048, 8).is_err());
+        assert!(check_side("height", 0, 64, 2048, 8).is_err());
+    }
+
+    #[test]
+    fn urls_and_prompts() {
+        assert!(matches!(ImageSource::url("inputImage", " https://a.example/x.png "), Ok(ImageSource::Url(_))));
+        let e = ImageSource::url("inputImage", "dog.png").unwrap_err();
+        assert!(e.message.starts_with("inputImage: not an absolute http(s) URL"), "{}", e.message);
+        assert!(check_prompt("prompt", "x".repeat(MAX_PROMPT_CHARS + 1)).is_err());
+        assert_eq!(seed_or_random(Some(0)), None);
+        assert_eq!(seed_or_random(Some(5)), Some(5));
+    }
+}

@@ -1,0 +1,96 @@
+//! The edge's configuration, read from Spin variables (spin.toml's [variables];
+//! SPIN_VARIABLE_<NAME> in the environment). Parsing is here, pure; reading the
+//! variables is the component's job.
+
+use std::time::Duration;
+
+use url::Url;
+
+use crate::auth::ApiKeys;
+use crate::image_url::ImageHosts;
+use crate::input_image::ImageLimits;
+
+/// The variables the component reads. Each must be declared in the component's
+/// `[component.edge.variables]`, or Spin refuses the lookup.
+pub const VARIABLES: [&str; 4] = ["api_keys", "inference_url", "image_hosts", "inference_timeout_secs"];
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub api_keys: ApiKeys,
+    /// Base URL of the inference server, without a trailing slash.
+    pub inference_url: String,
+    pub image_hosts: ImageHosts,
+    pub image_limits: ImageLimits,
+    /// How long an input image download may take in all.
+    pub image_fetch_timeout: Duration,
+    /// How long the inference server may take to answer a generation.
+    pub inference_timeout: Duration,
+}
+
+impl Settings {
+    /// Builds the settings from variable values (None: not set, use the default).
+    /// Errors describe the misconfiguration, for a 500 and the log.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+        let inference_url = get("inference_url").unwrap_or_else(|| "http://127.0.0.1:8081".into());
+        let parsed = Url::parse(inference_url.trim())
+            .map_err(|e| format!("inference_url {inference_url:?} is not a URL ({e})"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(format!("inference_url {inference_url:?} must be an http(s) URL"));
+        }
+        let image_hosts =
+            ImageHosts::parse(&get("image_hosts").unwrap_or_default()).map_err(|e| format!("image_hosts: {e}"))?;
+        let inference_timeout = match get("inference_timeout_secs").filter(|s| !s.trim().is_empty()) {
+            None => Duration::from_secs(600),
+            Some(s) => Duration::from_secs(
+                s.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("inference_timeout_secs {s:?} must be a positive number of seconds"))?,
+            ),
+        };
+        Ok(Settings {
+            api_keys: ApiKeys::parse(&get("api_keys").unwrap_or_default()),
+            inference_url: inference_url.trim().trim_end_matches('/').to_string(),
+            image_hosts,
+            image_limits: ImageLimits::default(),
+            image_fetch_timeout: Duration::from_secs(20),
+            inference_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.inference_url, "http://127.0.0.1:8081");
+        assert!(s.api_keys.is_empty());
+        assert_eq!(s.inference_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn values_are_parsed_and_checked() {
+        let s = settings(&[
+            ("inference_url", "http://gpu-1:9000/"),
+            ("api_keys", "a,b"),
+            ("image_hosts", "http://127.0.0.1:8000"),
+            ("inference_timeout_secs", "30"),
+        ])
+        .unwrap();
+        assert_eq!(s.inference_url, "http://gpu-1:9000");
+        assert_eq!(s.inference_timeout, Duration::from_secs(30));
+        assert!(settings(&[("inference_url", "gpu-1")]).unwrap_err().contains("inference_url"));
+        assert!(settings(&[("image_hosts", "nope")]).unwrap_err().starts_with("image_hosts:"));
+        assert!(settings(&[("inference_timeout_secs", "0")]).unwrap_err().contains("positive"));
+    }
+}
