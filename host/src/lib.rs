@@ -1,0 +1,17 @@
+//! edge-host: a small Spin-compatible runtime for the project's HTTP
+//! components, on wasmtime 48.
+//!
+//! It reads the same `spin.toml` as `spin up` (manifest version 2): routes
+//! from `[[trigger.http]]`, application and component variables (values from
+//! `SPIN_VARIABLE_<NAME>`), and `allowed_outbound_hosts`; and serves Spin 4
+//! (WASIp3, `wasi:http/handler@0.3.0`) components, and Spin 3 (WASIp2)
+//! ones, with the request headers Spin sets.
+
+pub mod cli;
+pub mod manifest;
+pub mod outbound;
+pub mod routes;
+pub mod runtime;
+pub mod server;
+pub mod stdio;
+pub mod variables;
