@@ -1,1 +1,142 @@
+//! The harness of the end-to-end tests: starts the real processes (the inference
+//! server on a tiny model, the local Spin runtime with the real edge .wasm, an
+//! HTTP server for input images) on loopback ports and talks to them over real
+//! sockets. The binaries come from `scripts/build` (the tests say so if missing).
 
+pub mod images;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+pub use process::Process;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The cargo target folder this test binary was built into (…/target/release/deps/e2e-… → …/target).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    exe.ancestors().nth(3).expect("the test binary lies in <target>/<profile>/deps").to_path_buf()
+}
+
+fn built(path: PathBuf) -> PathBuf {
+    assert!(
+        path.is_file(),
+        "{} is missing: build everything first with `scripts/build` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A native binary of this workspace, built in release.
+pub fn binary(name: &str) -> PathBuf {
+    built(target_dir().join("release").join(name))
+}
+
+/// The edge component.
+pub fn edge_wasm() -> PathBuf {
+    built(target_dir().join("wasm32-wasip2/release/edge.wasm"))
+}
+
+/// A tiny random SDXL-architecture model made by `inference make-tiny-model`,
+/// once per test run.
+pub fn tiny_model() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = target_dir().join(format!("e2e-tiny-model-{}", std::process::id()));
+        let status = std::process::Command::new(binary("inference"))
+            .arg("make-tiny-model")
+            .arg(&dir)
+            .status()
+            .expect("running inference make-tiny-model");
+        assert!(status.success(), "inference make-tiny-model failed");
+        dir
+    })
+}
+
+/// The inference server on the tiny model, on a free loopback port.
+pub fn start_inference() -> (Process, String) {
+    let model = tiny_model();
+    let mut p = Process::start(
+        "inference",
+        std::process::Command::new(binary("inference")).args(["serve", "--listen", "127.0.0.1:0", "--model"]).arg(model),
+    );
+    let addr = p.wait_for_listen_address();
+    (p, format!("http://{addr}"))
+}
+
+/// How to configure the edge for one test.
+pub struct EdgeConfig<'a> {
+    pub inference_url: &'a str,
+    pub api_keys: &'a str,
+    pub image_hosts: &'a str,
+    /// Extra SPIN_VARIABLE_* settings, e.g. ("INFERENCE_TIMEOUT_SECS", "2").
+    pub variables: Vec<(&'a str, &'a str)>,
+}
+
+/// The local Spin runtime serving the real spin.toml and edge.wasm.
+pub fn start_edge(cfg: &EdgeConfig) -> (Process, String) {
+    let mut cmd = std::process::Command::new(binary("edge-host"));
+    cmd.arg("--from")
+        .arg(repo_root().join("spin.toml"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--source")
+        .arg(format!("edge={}", edge_wasm().display()))
+        .env("SPIN_VARIABLE_INFERENCE_URL", cfg.inference_url)
+        .env("SPIN_VARIABLE_API_KEYS", cfg.api_keys)
+        .env("SPIN_VARIABLE_IMAGE_HOSTS", cfg.image_hosts);
+    for origin in cfg.image_hosts.split(',').filter(|s| !s.is_empty()) {
+        cmd.arg("--allow-outbound").arg(origin);
+    }
+    for (name, value) in &cfg.variables {
+        cmd.env(format!("SPIN_VARIABLE_{name}"), value);
+    }
+    let mut p = Process::start("edge-host", &mut cmd);
+    let addr = p.wait_for_listen_address();
+    (p, format!("http://{addr}"))
+}
+
+/// A response, whatever its status.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// POSTs `body` with `headers` and returns the reply, whatever its status.
+pub fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(600)).build();
+    let mut req = agent.post(url);
+    for (name, value) in headers {
+        req = req.set(name, value);
+    }
+    let resp = match req.send_string(body) {
+        Ok(resp) => resp,
+        Err(ureq::Error::Status(_, resp)) => resp,
+        Err(e) => panic!("POST {url}: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp.headers_names().into_iter().map(|n| {
+        let v = resp.header(&n).unwrap_or_default().to_string();
+        (n, v)
+    });
+    let headers = headers.collect();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).expect("reading the body");
+    Reply { status, headers, body }
+}

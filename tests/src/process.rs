@@ -1,0 +1,100 @@
+//! A child process whose output is captured line by line (so tests can wait for
+//! "listening on", and look for a trace id in the logs) and which is killed when
+//! dropped.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Process {
+    name: String,
+    child: Child,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    pub fn start(name: &str, cmd: &mut Command) -> Process {
+        // If the test binary dies without dropping us, take the child down too.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1")
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let output = Arc::new(Mutex::new(Vec::new()));
+        capture(child.stdout.take().expect("piped"), output.clone(), name);
+        capture(child.stderr.take().expect("piped"), output.clone(), name);
+        Process { name: name.to_string(), child, output }
+    }
+
+    /// Every line the process has printed so far (stdout and stderr).
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until a line satisfies `pred`, or panics with the output after `timeout`
+    /// (or as soon as the process exits).
+    pub fn wait_for_line(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.output().into_iter().find(|l| pred(l)) {
+                return line;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("{} exited ({status}) before {what}:\n{}", self.name, self.output().join("\n"));
+            }
+            if Instant::now() > deadline {
+                panic!("{} did not print {what} within {timeout:?}:\n{}", self.name, self.output().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address from the process's "listening on http://ADDR" (inference) or
+    /// "Serving http://ADDR" (edge-host, as `spin up` prints it) line.
+    pub fn wait_for_listen_address(&mut self) -> String {
+        const MARKERS: [&str; 2] = ["listening on http://", "Serving http://"];
+        let line = self.wait_for_line("its listening address", Duration::from_secs(120), |l| {
+            MARKERS.iter().any(|m| l.contains(m))
+        });
+        let marker = MARKERS.iter().find(|m| line.contains(*m)).expect("matched");
+        let rest = &line[line.find(marker).expect("matched") + marker.len()..];
+        rest.split(|c: char| c.is_whitespace() || c == '"' || c == '/').next().expect("an address").to_string()
+    }
+
+    /// Stops the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn capture(stream: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>, name: &str) {
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if std::env::var_os("E2E_VERBOSE").is_some() {
+                eprintln!("[{name}] {line}");
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
