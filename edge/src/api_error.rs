@@ -15,7 +15,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), retry_after: None }
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// 400: a field the client sent (or left out) is not acceptable. The message
@@ -41,12 +45,18 @@ impl ApiError {
 
     /// 405: a served path called with the wrong method.
     pub fn method_not_allowed(method: &str, allowed: &str) -> Self {
-        Self::new(405, format!("method {method} is not allowed here; use {allowed}"))
+        Self::new(
+            405,
+            format!("method {method} is not allowed here; use {allowed}"),
+        )
     }
 
     /// 413: the request body is larger than the edge accepts.
     pub fn too_large(what: &str, limit: usize) -> Self {
-        Self::new(413, format!("{what}: larger than the {} limit", human_bytes(limit)))
+        Self::new(
+            413,
+            format!("{what}: larger than the {} limit", human_bytes(limit)),
+        )
     }
 
     /// 502: something upstream of us (an image URL) answered with something unusable.
@@ -98,9 +108,9 @@ impl From<contract::Error> for ApiError {
 pub fn human_bytes(n: usize) -> String {
     const MIB: usize = 1024 * 1024;
     const KIB: usize = 1024;
-    if n >= MIB && n % MIB == 0 {
+    if n >= MIB && n.is_multiple_of(MIB) {
         format!("{} MiB", n / MIB)
-    } else if n >= KIB && n % KIB == 0 {
+    } else if n >= KIB && n.is_multiple_of(KIB) {
         format!("{} KiB", n / KIB)
     } else {
         format!("{n} bytes")

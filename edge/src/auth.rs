@@ -10,7 +10,13 @@ pub struct ApiKeys(Vec<String>);
 
 impl ApiKeys {
     pub fn parse(list: &str) -> ApiKeys {
-        ApiKeys(list.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect())
+        ApiKeys(
+            list.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(String::from)
+                .collect(),
+        )
     }
 
     pub fn is_empty(&self) -> bool {
@@ -28,14 +34,20 @@ impl ApiKeys {
             ));
         }
         let Some(presented) = presented.map(str::trim).filter(|k| !k.is_empty()) else {
-            return Err(ApiError::unauthorized(format!("missing API key: send it in {what}")));
+            return Err(ApiError::unauthorized(format!(
+                "missing API key: send it in {what}"
+            )));
         };
         // Compare every key in full, so timing doesn't tell how much of a guess was right.
         let mut ok = false;
         for key in &self.0 {
             ok |= constant_time_eq(key.as_bytes(), presented.as_bytes());
         }
-        if ok { Ok(()) } else { Err(ApiError::unauthorized(format!("invalid API key in {what}"))) }
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(format!("invalid API key in {what}")))
+        }
     }
 }
 
@@ -71,9 +83,16 @@ mod tests {
         assert!(keys.check(Some(" a1 "), "X").is_ok());
         let missing = keys.check(None, "the X header").unwrap_err();
         assert_eq!(missing.status, 401);
-        assert!(missing.message.contains("missing API key: send it in the X header"));
+        assert!(
+            missing
+                .message
+                .contains("missing API key: send it in the X header")
+        );
         let wrong = keys.check(Some("a"), "the X header").unwrap_err();
-        assert_eq!((wrong.status, wrong.message.as_str()), (401, "invalid API key in the X header"));
+        assert_eq!(
+            (wrong.status, wrong.message.as_str()),
+            (401, "invalid API key in the X header")
+        );
     }
 
     #[test]

@@ -46,7 +46,10 @@ impl Fields {
         match self.get(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(ApiError::field(name, format!("expected a string, got {}", kind(other)))),
+            Some(other) => Err(ApiError::field(
+                name,
+                format!("expected a string, got {}", kind(other)),
+            )),
         }
     }
 
@@ -61,24 +64,39 @@ impl Fields {
 
     /// An optional integer within `range`.
     pub fn integer(&self, name: &str, range: RangeInclusive<i64>) -> Result<Option<i64>, ApiError> {
-        let Some(v) = self.get(name) else { return Ok(None) };
-        let accepted = || format!("must be an integer from {} to {}", range.start(), range.end());
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
+        let accepted = || {
+            format!(
+                "must be an integer from {} to {}",
+                range.start(),
+                range.end()
+            )
+        };
         let n = match v {
-            Value::Number(n) => n
-                .as_i64()
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64)),
+            Value::Number(n) => n.as_i64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                    .map(|f| f as i64)
+            }),
             Value::String(s) => s.trim().parse::<i64>().ok(),
             _ => None,
         };
         match n {
             Some(n) if range.contains(&n) => Ok(Some(n)),
-            _ => Err(ApiError::field(name, format!("{} (got {})", accepted(), shown(v)))),
+            _ => Err(ApiError::field(
+                name,
+                format!("{} (got {})", accepted(), shown(v)),
+            )),
         }
     }
 
     /// An optional number within `range`.
     pub fn number(&self, name: &str, range: RangeInclusive<f64>) -> Result<Option<f64>, ApiError> {
-        let Some(v) = self.get(name) else { return Ok(None) };
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
         let n = match v {
             Value::Number(n) => n.as_f64(),
             Value::String(s) => s.trim().parse::<f64>().ok(),
@@ -88,7 +106,12 @@ impl Fields {
             Some(n) if n.is_finite() && range.contains(&n) => Ok(Some(n)),
             _ => Err(ApiError::field(
                 name,
-                format!("must be a number from {} to {} (got {})", range.start(), range.end(), shown(v)),
+                format!(
+                    "must be a number from {} to {} (got {})",
+                    range.start(),
+                    range.end(),
+                    shown(v)
+                ),
             )),
         }
     }
@@ -96,14 +119,23 @@ impl Fields {
     /// An optional seed: an integer from 0 to 2^64-1. Several APIs treat 0 as
     /// "random"; the caller decides.
     pub fn seed(&self, name: &str) -> Result<Option<u64>, ApiError> {
-        let Some(v) = self.get(name) else { return Ok(None) };
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
         let n = match v {
             Value::Number(n) => n.as_u64(),
             Value::String(s) => s.trim().parse::<u64>().ok(),
             _ => None,
         };
         n.map(Some).ok_or_else(|| {
-            ApiError::field(name, format!("must be an integer from 0 to {} (got {})", u64::MAX, shown(v)))
+            ApiError::field(
+                name,
+                format!(
+                    "must be an integer from 0 to {} (got {})",
+                    u64::MAX,
+                    shown(v)
+                ),
+            )
         })
     }
 }
@@ -158,9 +190,24 @@ mod tests {
         assert_eq!(f.string("a").unwrap().as_deref(), Some("x"));
         assert_eq!(f.string("c").unwrap(), None);
         assert_eq!(f.string("zzz").unwrap(), None);
-        assert!(f.string("b").unwrap_err().message.starts_with("b: expected a string, got a number"));
-        assert!(f.required_string("d").unwrap_err().message.contains("must not be empty"));
-        assert!(f.required_string("zzz").unwrap_err().message.contains("required"));
+        assert!(
+            f.string("b")
+                .unwrap_err()
+                .message
+                .starts_with("b: expected a string, got a number")
+        );
+        assert!(
+            f.required_string("d")
+                .unwrap_err()
+                .message
+                .contains("must not be empty")
+        );
+        assert!(
+            f.required_string("zzz")
+                .unwrap_err()
+                .message
+                .contains("required")
+        );
     }
 
     #[test]
@@ -171,7 +218,12 @@ mod tests {
         assert_eq!(f.integer("c", 1..=10).unwrap(), Some(5));
         for name in ["d", "e", "f", "g"] {
             let e = f.integer(name, 1..=10).unwrap_err();
-            assert!(e.message.starts_with(&format!("{name}: must be an integer from 1 to 10")), "{}", e.message);
+            assert!(
+                e.message
+                    .starts_with(&format!("{name}: must be an integer from 1 to 10")),
+                "{}",
+                e.message
+            );
         }
     }
 
@@ -180,8 +232,18 @@ mod tests {
         let f = fields(r#"{"g":7.5,"h":"2","i":-1,"s":18446744073709551615,"t":-3}"#);
         assert_eq!(f.number("g", 0.0..=20.0).unwrap(), Some(7.5));
         assert_eq!(f.number("h", 0.0..=20.0).unwrap(), Some(2.0));
-        assert!(f.number("i", 0.0..=20.0).unwrap_err().message.contains("from 0 to 20 (got -1)"));
+        assert!(
+            f.number("i", 0.0..=20.0)
+                .unwrap_err()
+                .message
+                .contains("from 0 to 20 (got -1)")
+        );
         assert_eq!(f.seed("s").unwrap(), Some(u64::MAX));
-        assert!(f.seed("t").unwrap_err().message.starts_with("t: must be an integer from 0"));
+        assert!(
+            f.seed("t")
+                .unwrap_err()
+                .message
+                .starts_with("t: must be an integer from 0")
+        );
     }
 }

@@ -69,11 +69,17 @@ impl ImageHosts {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ApiError::field(
                 field,
-                format!("only http and https URLs are accepted (got {}:)", url.scheme()),
+                format!(
+                    "only http and https URLs are accepted (got {}:)",
+                    url.scheme()
+                ),
             ));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(ApiError::field(field, "URLs with credentials are not accepted"));
+            return Err(ApiError::field(
+                field,
+                "URLs with credentials are not accepted",
+            ));
         }
         let Some(origin) = Origin::of(url) else {
             return Err(ApiError::field(field, "the URL has no host"));
@@ -90,7 +96,9 @@ impl ImageHosts {
         if origin.scheme != "https" {
             return Err(ApiError::field(
                 field,
-                format!("{origin} is not an allowed image host: public https URLs are, others must be listed in image_hosts"),
+                format!(
+                    "{origin} is not an allowed image host: public https URLs are, others must be listed in image_hosts"
+                ),
             ));
         }
         Ok(())
@@ -102,8 +110,11 @@ fn non_public(url: &Url) -> Option<&'static str> {
     match url.host()? {
         Host::Domain(d) => {
             let d = d.trim_end_matches('.').to_ascii_lowercase();
-            (d == "localhost" || d.ends_with(".localhost") || d.ends_with(".internal") || !d.contains('.'))
-                .then_some("a local host name")
+            (d == "localhost"
+                || d.ends_with(".localhost")
+                || d.ends_with(".internal")
+                || !d.contains('.'))
+            .then_some("a local host name")
         }
         Host::Ipv4(ip) => ipv4_class(ip),
         Host::Ipv6(ip) => ipv6_class(ip),
@@ -129,7 +140,12 @@ fn ipv4_class(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a link-local (cloud metadata) address")
     } else if a == 100 && (64..128).contains(&b) {
         Some("a shared (carrier-grade NAT) address")
-    } else if a == 0 || ip.is_broadcast() || a >= 224 || (a == 192 && b == 0 && c == 0) || (a == 198 && (b == 18 || b == 19)) {
+    } else if a == 0
+        || ip.is_broadcast()
+        || a >= 224
+        || (a == 192 && b == 0 && c == 0)
+        || (a == 198 && (b == 18 || b == 19))
+    {
         Some("a reserved address")
     } else {
         None
@@ -153,7 +169,12 @@ fn ipv6_class(ip: Ipv6Addr) -> Option<&'static str> {
     } else if ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         // NAT64: judge the IPv4 address inside.
         let s = ip.segments();
-        ipv4_class(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))
+        ipv4_class(Ipv4Addr::new(
+            (s[6] >> 8) as u8,
+            s[6] as u8,
+            (s[7] >> 8) as u8,
+            s[7] as u8,
+        ))
     } else {
         None
     }
@@ -165,12 +186,21 @@ mod tests {
 
     fn check(hosts: &str, url: &str) -> Result<(), String> {
         let url = Url::parse(url).unwrap();
-        ImageHosts::parse(hosts).unwrap().check(&url, "inputImage").map_err(|e| e.message)
+        ImageHosts::parse(hosts)
+            .unwrap()
+            .check(&url, "inputImage")
+            .map_err(|e| e.message)
     }
 
     #[test]
     fn public_https_is_allowed() {
-        assert!(check("", "https://pub-1fb693cb11cc46b2b2f656f51e015a2c.r2.dev/dog.png").is_ok());
+        assert!(
+            check(
+                "",
+                "https://pub-1fb693cb11cc46b2b2f656f51e015a2c.r2.dev/dog.png"
+            )
+            .is_ok()
+        );
         assert!(check("", "https://8.8.8.8/x.png").is_ok());
     }
 
@@ -203,7 +233,10 @@ mod tests {
             ("https://intranet/", "local host name"),
         ] {
             let e = check("", url).unwrap_err();
-            assert!(e.starts_with("inputImage: ") && e.contains(reason), "{url}: {e}");
+            assert!(
+                e.starts_with("inputImage: ") && e.contains(reason),
+                "{url}: {e}"
+            );
         }
         assert!(check("http://127.0.0.1:8000", "http://127.0.0.1:8000/dog.png").is_ok());
         assert!(check("http://127.0.0.1:8000", "http://127.0.0.1:8001/dog.png").is_err());
@@ -211,9 +244,21 @@ mod tests {
 
     #[test]
     fn other_schemes_and_credentials_are_refused() {
-        assert!(check("", "file:///etc/passwd").unwrap_err().contains("only http and https"));
-        assert!(check("", "ftp://example.com/a.png").unwrap_err().contains("only http and https"));
-        assert!(check("", "https://u:p@example.com/a.png").unwrap_err().contains("credentials"));
+        assert!(
+            check("", "file:///etc/passwd")
+                .unwrap_err()
+                .contains("only http and https")
+        );
+        assert!(
+            check("", "ftp://example.com/a.png")
+                .unwrap_err()
+                .contains("only http and https")
+        );
+        assert!(
+            check("", "https://u:p@example.com/a.png")
+                .unwrap_err()
+                .contains("credentials")
+        );
     }
 
     #[test]

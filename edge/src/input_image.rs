@@ -23,7 +23,10 @@ pub struct ImageLimits {
 
 impl Default for ImageLimits {
     fn default() -> Self {
-        ImageLimits { max_bytes: 10 * 1024 * 1024, max_pixels: 16_000_000 }
+        ImageLimits {
+            max_bytes: 10 * 1024 * 1024,
+            max_pixels: 16_000_000,
+        }
     }
 }
 
@@ -39,15 +42,25 @@ impl Provenance {
     fn not_an_image(self, field: &str, detail: impl std::fmt::Display) -> ApiError {
         match self {
             Provenance::ClientBytes => ApiError::field(field, detail),
-            Provenance::FetchedUrl => ApiError::bad_gateway(format!("{field}: the URL served {detail}")),
+            Provenance::FetchedUrl => {
+                ApiError::bad_gateway(format!("{field}: the URL served {detail}"))
+            }
         }
     }
 }
 
 /// Decodes an encoded image into upright RGB, within `limits`.
-pub fn decode(bytes: &[u8], limits: ImageLimits, field: &str, from: Provenance) -> Result<RgbImage, ApiError> {
+pub fn decode(
+    bytes: &[u8],
+    limits: ImageLimits,
+    field: &str,
+    from: Provenance,
+) -> Result<RgbImage, ApiError> {
     if bytes.len() > limits.max_bytes {
-        return Err(ApiError::field(field, format!("larger than the {} limit", human_bytes(limits.max_bytes))));
+        return Err(ApiError::field(
+            field,
+            format!("larger than the {} limit", human_bytes(limits.max_bytes)),
+        ));
     }
     let format = match image::guess_format(bytes) {
         Ok(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP)) => f,
@@ -57,9 +70,12 @@ pub fn decode(bytes: &[u8], limits: ImageLimits, field: &str, from: Provenance) 
                 format!("a {other:?} image; PNG, JPEG and WebP are accepted"),
             ));
         }
-        Err(_) => return Err(from.not_an_image(field, "something that is not a PNG, JPEG or WebP image")),
+        Err(_) => {
+            return Err(from.not_an_image(field, "something that is not a PNG, JPEG or WebP image"));
+        }
     };
-    let broken = |e: image::ImageError| from.not_an_image(field, format!("a broken {format:?} image ({e})"));
+    let broken =
+        |e: image::ImageError| from.not_an_image(field, format!("a broken {format:?} image ({e})"));
 
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut caps = image::Limits::default();
@@ -116,9 +132,15 @@ pub fn fit(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     }
     // The largest centred crop with the target's aspect ratio.
     let (cw, ch) = if u64::from(w) * u64::from(height) > u64::from(h) * u64::from(width) {
-        (((u64::from(h) * u64::from(width)) / u64::from(height)).max(1) as u32, h)
+        (
+            ((u64::from(h) * u64::from(width)) / u64::from(height)).max(1) as u32,
+            h,
+        )
     } else {
-        (w, ((u64::from(w) * u64::from(height)) / u64::from(width)).max(1) as u32)
+        (
+            w,
+            ((u64::from(w) * u64::from(height)) / u64::from(width)).max(1) as u32,
+        )
     };
     let cropped = imageops::crop_imm(img, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
     imageops::resize(&cropped, width, height, FilterType::Lanczos3)
@@ -128,7 +150,12 @@ pub fn fit(img: &RgbImage, width: u32, height: u32) -> RgbImage {
 pub fn encode_png(img: &RgbImage) -> Vec<u8> {
     let mut out = Vec::with_capacity(img.as_raw().len() / 2);
     PngEncoder::new_with_quality(&mut out, CompressionType::Fast, PngFilter::Adaptive)
-        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
         .expect("encoding PNG into memory cannot fail");
     out
 }
@@ -156,14 +183,22 @@ pub fn decode_base64(text: &str, limits: ImageLimits, field: &str) -> Result<Vec
         Some((head, rest)) if head.starts_with("data:") && head.ends_with(";base64") => rest,
         _ => text,
     };
-    let payload: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let payload: String = payload
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
     // Refuse oversized input before allocating its decoded form.
     if payload.len() / 4 * 3 > limits.max_bytes + 3 {
-        return Err(ApiError::field(field, format!("larger than the {} limit", human_bytes(limits.max_bytes))));
+        return Err(ApiError::field(
+            field,
+            format!("larger than the {} limit", human_bytes(limits.max_bytes)),
+        ));
     }
     base64::engine::general_purpose::STANDARD
         .decode(payload.trim_end_matches('=').as_bytes())
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(payload.trim_end_matches('=')))
+        .or_else(|_| {
+            base64::engine::general_purpose::STANDARD_NO_PAD.decode(payload.trim_end_matches('='))
+        })
         .map_err(|e| ApiError::field(field, format!("not valid base64 ({e})")))
 }
 
@@ -190,41 +225,90 @@ mod tests {
         for fmt in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP] {
             let mut out = Cursor::new(Vec::new());
             img.write_to(&mut out, fmt).unwrap();
-            let got = decode(&out.into_inner(), ImageLimits::default(), "f", Provenance::ClientBytes).unwrap();
+            let got = decode(
+                &out.into_inner(),
+                ImageLimits::default(),
+                "f",
+                Provenance::ClientBytes,
+            )
+            .unwrap();
             assert_eq!(got.dimensions(), (8, 4), "{fmt:?}");
         }
     }
 
     #[test]
     fn non_images_are_refused_with_provenance() {
-        let e = decode(b"<html>nope</html>", ImageLimits::default(), "inputImage", Provenance::FetchedUrl).unwrap_err();
+        let e = decode(
+            b"<html>nope</html>",
+            ImageLimits::default(),
+            "inputImage",
+            Provenance::FetchedUrl,
+        )
+        .unwrap_err();
         assert_eq!(e.status, 502);
-        assert!(e.message.contains("inputImage: the URL served something that is not a PNG"), "{}", e.message);
-        let e = decode(b"GIF89a......", ImageLimits::default(), "image", Provenance::ClientBytes).unwrap_err();
+        assert!(
+            e.message
+                .contains("inputImage: the URL served something that is not a PNG"),
+            "{}",
+            e.message
+        );
+        let e = decode(
+            b"GIF89a......",
+            ImageLimits::default(),
+            "image",
+            Provenance::ClientBytes,
+        )
+        .unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.contains("Gif"), "{}", e.message);
         let mut truncated = png_of(&DynamicImage::ImageRgb8(RgbImage::new(64, 64)));
         truncated.truncate(60);
-        let e = decode(&truncated, ImageLimits::default(), "image", Provenance::ClientBytes).unwrap_err();
+        let e = decode(
+            &truncated,
+            ImageLimits::default(),
+            "image",
+            Provenance::ClientBytes,
+        )
+        .unwrap_err();
         assert!(e.message.contains("broken Png"), "{}", e.message);
     }
 
     #[test]
     fn caps_bytes_and_pixels_before_decoding() {
         let png = png_of(&DynamicImage::ImageRgb8(RgbImage::new(100, 100)));
-        let small = ImageLimits { max_bytes: 10, max_pixels: 16_000_000 };
-        assert!(decode(&png, small, "f", Provenance::ClientBytes).unwrap_err().message.contains("larger than"));
-        let few = ImageLimits { max_bytes: 1 << 20, max_pixels: 9_999 };
+        let small = ImageLimits {
+            max_bytes: 10,
+            max_pixels: 16_000_000,
+        };
+        assert!(
+            decode(&png, small, "f", Provenance::ClientBytes)
+                .unwrap_err()
+                .message
+                .contains("larger than")
+        );
+        let few = ImageLimits {
+            max_bytes: 1 << 20,
+            max_pixels: 9_999,
+        };
         let e = decode(&png, few, "f", Provenance::ClientBytes).unwrap_err();
-        assert!(e.message.contains("100x100 is 0.0 megapixels"), "{}", e.message);
+        assert!(
+            e.message.contains("100x100 is 0.0 megapixels"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn alpha_is_flattened_onto_white() {
         let mut rgba = RgbaImage::from_pixel(2, 1, Rgba([0, 0, 0, 0]));
         rgba.put_pixel(1, 0, Rgba([255, 0, 0, 255]));
-        let got = decode(&png_of(&DynamicImage::ImageRgba8(rgba)), ImageLimits::default(), "f", Provenance::ClientBytes)
-            .unwrap();
+        let got = decode(
+            &png_of(&DynamicImage::ImageRgba8(rgba)),
+            ImageLimits::default(),
+            "f",
+            Provenance::ClientBytes,
+        )
+        .unwrap();
         assert_eq!(got.get_pixel(0, 0), &Rgb([255, 255, 255]));
         assert_eq!(got.get_pixel(1, 0), &Rgb([255, 0, 0]));
     }
@@ -248,7 +332,9 @@ mod tests {
     #[test]
     fn png_round_trip() {
         let img = RgbImage::from_fn(16, 8, |x, y| Rgb([x as u8 * 10, y as u8 * 20, 7]));
-        let back = image::load_from_memory(&encode_png(&img)).unwrap().into_rgb8();
+        let back = image::load_from_memory(&encode_png(&img))
+            .unwrap()
+            .into_rgb8();
         assert_eq!(back, img);
     }
 
@@ -256,14 +342,29 @@ mod tests {
     fn init_images_are_fitted_png_base64() {
         let jpeg = {
             let mut out = Cursor::new(Vec::new());
-            DynamicImage::ImageRgb8(RgbImage::new(40, 30)).write_to(&mut out, ImageFormat::Jpeg).unwrap();
+            DynamicImage::ImageRgb8(RgbImage::new(40, 30))
+                .write_to(&mut out, ImageFormat::Jpeg)
+                .unwrap();
             out.into_inner()
         };
-        let init = prepare_init(&jpeg, ImageLimits::default(), "f", Provenance::ClientBytes, (16, 24), 0.5).unwrap();
+        let init = prepare_init(
+            &jpeg,
+            ImageLimits::default(),
+            "f",
+            Provenance::ClientBytes,
+            (16, 24),
+            0.5,
+        )
+        .unwrap();
         assert_eq!(init.strength, 0.5);
-        let png = base64::engine::general_purpose::STANDARD.decode(init.image).unwrap();
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(init.image)
+            .unwrap();
         assert_eq!(image::guess_format(&png).unwrap(), ImageFormat::Png);
-        assert_eq!(image::load_from_memory(&png).unwrap().dimensions(), (16, 24));
+        assert_eq!(
+            image::load_from_memory(&png).unwrap().dimensions(),
+            (16, 24)
+        );
     }
 
     #[test]
@@ -271,11 +372,26 @@ mod tests {
         let limits = ImageLimits::default();
         assert_eq!(decode_base64("aGVsbG8=", limits, "f").unwrap(), b"hello");
         assert_eq!(decode_base64("aGVsbG8", limits, "f").unwrap(), b"hello");
-        assert_eq!(decode_base64("data:image/png;base64,aGVs\nbG8=", limits, "f").unwrap(), b"hello");
+        assert_eq!(
+            decode_base64("data:image/png;base64,aGVs\nbG8=", limits, "f").unwrap(),
+            b"hello"
+        );
         let e = decode_base64("not base64!", limits, "init_image").unwrap_err();
-        assert!(e.message.starts_with("init_image: not valid base64"), "{}", e.message);
-        let tiny = ImageLimits { max_bytes: 2, max_pixels: 1 };
-        assert!(decode_base64("aGVsbG8=", tiny, "f").unwrap_err().message.contains("larger than"));
+        assert!(
+            e.message.starts_with("init_image: not valid base64"),
+            "{}",
+            e.message
+        );
+        let tiny = ImageLimits {
+            max_bytes: 2,
+            max_pixels: 1,
+        };
+        assert!(
+            decode_base64("aGVsbG8=", tiny, "f")
+                .unwrap_err()
+                .message
+                .contains("larger than")
+        );
         assert_eq!(base64_decoded_len("aGVsbG8="), 5);
         assert_eq!(base64_decoded_len("aGVsbG8h"), 6);
     }

@@ -44,7 +44,12 @@ impl ImageSource {
 
 /// Width x height from a "WxH" string such as "1024x1024".
 pub fn parse_size(field: &str, text: &str) -> Result<(u32, u32), ApiError> {
-    let bad = || ApiError::field(field, format!("must be WIDTHxHEIGHT, e.g. \"1024x1024\" (got {text:?})"));
+    let bad = || {
+        ApiError::field(
+            field,
+            format!("must be WIDTHxHEIGHT, e.g. \"1024x1024\" (got {text:?})"),
+        )
+    };
     let (w, h) = text.trim().split_once(['x', 'X', '*']).ok_or_else(bad)?;
     let w = w.trim().parse::<u32>().map_err(|_| bad())?;
     let h = h.trim().parse::<u32>().map_err(|_| bad())?;
@@ -53,7 +58,7 @@ pub fn parse_size(field: &str, text: &str) -> Result<(u32, u32), ApiError> {
 
 /// An image side the models can produce: a multiple of `step` within `min..=max`.
 pub fn check_side(field: &str, value: u32, min: u32, max: u32, step: u32) -> Result<u32, ApiError> {
-    if value < min || value > max || value % step != 0 {
+    if value < min || value > max || !value.is_multiple_of(step) {
         return Err(ApiError::field(
             field,
             format!("must be a multiple of {step} from {min} to {max} (got {value})"),
@@ -68,7 +73,10 @@ pub const MAX_PROMPT_CHARS: usize = 10_000;
 
 pub fn check_prompt(field: &str, text: String) -> Result<String, ApiError> {
     if text.chars().count() > MAX_PROMPT_CHARS {
-        return Err(ApiError::field(field, format!("longer than {MAX_PROMPT_CHARS} characters")));
+        return Err(ApiError::field(
+            field,
+            format!("longer than {MAX_PROMPT_CHARS} characters"),
+        ));
     }
     Ok(text)
 }
@@ -88,7 +96,11 @@ mod tests {
         assert_eq!(parse_size("size", " 512 X 512 ").unwrap(), (512, 512));
         for bad in ["1024", "axb", "1024x", "-8x8", ""] {
             let e = parse_size("size", bad).unwrap_err();
-            assert!(e.message.starts_with("size: must be WIDTHxHEIGHT"), "{bad}: {}", e.message);
+            assert!(
+                e.message.starts_with("size: must be WIDTHxHEIGHT"),
+                "{bad}: {}",
+                e.message
+            );
         }
     }
 
@@ -96,16 +108,27 @@ mod tests {
     fn sides() {
         assert_eq!(check_side("width", 512, 64, 2048, 8).unwrap(), 512);
         let e = check_side("width", 500, 64, 2048, 8).unwrap_err();
-        assert_eq!(e.message, "width: must be a multiple of 8 from 64 to 2048 (got 500)");
+        assert_eq!(
+            e.message,
+            "width: must be a multiple of 8 from 64 to 2048 (got 500)"
+        );
         assert!(check_side("height", 4096, 64, 2048, 8).is_err());
         assert!(check_side("height", 0, 64, 2048, 8).is_err());
     }
 
     #[test]
     fn urls_and_prompts() {
-        assert!(matches!(ImageSource::url("inputImage", " https://a.example/x.png "), Ok(ImageSource::Url(_))));
+        assert!(matches!(
+            ImageSource::url("inputImage", " https://a.example/x.png "),
+            Ok(ImageSource::Url(_))
+        ));
         let e = ImageSource::url("inputImage", "dog.png").unwrap_err();
-        assert!(e.message.starts_with("inputImage: not an absolute http(s) URL"), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("inputImage: not an absolute http(s) URL"),
+            "{}",
+            e.message
+        );
         assert!(check_prompt("prompt", "x".repeat(MAX_PROMPT_CHARS + 1)).is_err());
         assert_eq!(seed_or_random(Some(0)), None);
         assert_eq!(seed_or_random(Some(5)), Some(5));

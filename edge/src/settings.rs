@@ -12,7 +12,12 @@ use crate::input_image::ImageLimits;
 
 /// The variables the component reads. Each must be declared in the component's
 /// `[component.edge.variables]`, or Spin refuses the lookup.
-pub const VARIABLES: [&str; 4] = ["api_keys", "inference_url", "image_hosts", "inference_timeout_secs"];
+pub const VARIABLES: [&str; 4] = [
+    "api_keys",
+    "inference_url",
+    "image_hosts",
+    "inference_timeout_secs",
+];
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -35,19 +40,20 @@ impl Settings {
         let parsed = Url::parse(inference_url.trim())
             .map_err(|e| format!("inference_url {inference_url:?} is not a URL ({e})"))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-            return Err(format!("inference_url {inference_url:?} must be an http(s) URL"));
+            return Err(format!(
+                "inference_url {inference_url:?} must be an http(s) URL"
+            ));
         }
-        let image_hosts =
-            ImageHosts::parse(&get("image_hosts").unwrap_or_default()).map_err(|e| format!("image_hosts: {e}"))?;
-        let inference_timeout = match get("inference_timeout_secs").filter(|s| !s.trim().is_empty()) {
+        let image_hosts = ImageHosts::parse(&get("image_hosts").unwrap_or_default())
+            .map_err(|e| format!("image_hosts: {e}"))?;
+        let inference_timeout = match get("inference_timeout_secs").filter(|s| !s.trim().is_empty())
+        {
             None => Duration::from_secs(600),
-            Some(s) => Duration::from_secs(
-                s.trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("inference_timeout_secs {s:?} must be a positive number of seconds"))?,
-            ),
+            Some(s) => {
+                Duration::from_secs(s.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(
+                    || format!("inference_timeout_secs {s:?} must be a positive number of seconds"),
+                )?)
+            }
         };
         Ok(Settings {
             api_keys: ApiKeys::parse(&get("api_keys").unwrap_or_default()),
@@ -66,7 +72,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -89,8 +98,20 @@ mod tests {
         .unwrap();
         assert_eq!(s.inference_url, "http://gpu-1:9000");
         assert_eq!(s.inference_timeout, Duration::from_secs(30));
-        assert!(settings(&[("inference_url", "gpu-1")]).unwrap_err().contains("inference_url"));
-        assert!(settings(&[("image_hosts", "nope")]).unwrap_err().starts_with("image_hosts:"));
-        assert!(settings(&[("inference_timeout_secs", "0")]).unwrap_err().contains("positive"));
+        assert!(
+            settings(&[("inference_url", "gpu-1")])
+                .unwrap_err()
+                .contains("inference_url")
+        );
+        assert!(
+            settings(&[("image_hosts", "nope")])
+                .unwrap_err()
+                .starts_with("image_hosts:")
+        );
+        assert!(
+            settings(&[("inference_timeout_secs", "0")])
+                .unwrap_err()
+                .contains("positive")
+        );
     }
 }

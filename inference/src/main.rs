@@ -1,1 +1,38 @@
-fn main() {}
+//! `inference`: command line of the Stable Diffusion engine. A thin dispatcher; each
+//! subcommand lives in its own module under `cli/`.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "inference",
+    version,
+    about = "Stable Diffusion inference engine (diffusers-format models on candle)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images from a prompt (txt2img) or a prompt and an init image (img2img).
+    Generate(cli::generate::GenerateArgs),
+    /// Write a tiny randomly initialised SDXL-architecture model (diffusers layout).
+    MakeTinyModel(cli::make_tiny::MakeTinyArgs),
+    /// Serve the edge-inference contract (wit/HTTP.md) over HTTP.
+    Serve(inference::server::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    cli::init_logging();
+    match Cli::parse().command {
+        Command::Generate(args) => cli::generate::run(args),
+        Command::MakeTinyModel(args) => cli::make_tiny::run(args),
+        Command::Serve(args) => {
+            tokio::runtime::Runtime::new()?.block_on(inference::server::serve(args))
+        }
+    }
+}

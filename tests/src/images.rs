@@ -26,14 +26,18 @@ pub fn test_picture(width: u32, height: u32, hue: u8) -> RgbImage {
 
 pub fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, format).expect("encoding a test image");
+    img.write_to(&mut out, format)
+        .expect("encoding a test image");
     out.into_inner()
 }
 
 /// What the server answers on a path.
 #[derive(Clone)]
 pub enum Route {
-    Ok { content_type: &'static str, body: Vec<u8> },
+    Ok {
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
     Status(u16),
     Redirect(String),
     /// Waits this long before answering (a slow host).
@@ -49,8 +53,12 @@ pub struct ImageServer {
 
 impl ImageServer {
     pub fn start(routes: HashMap<String, Route>) -> ImageServer {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding the image server"));
-        let origin = format!("http://{}", server.server_addr().to_ip().expect("an IP address"));
+        let server =
+            Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding the image server"));
+        let origin = format!(
+            "http://{}",
+            server.server_addr().to_ip().expect("an IP address")
+        );
         let hits = Arc::new(Mutex::new(Vec::new()));
         let routes = Arc::new(routes);
         for _ in 0..4 {
@@ -60,12 +68,15 @@ impl ImageServer {
                     hits.lock().unwrap().push(req.url().to_string());
                     let _ = match routes.get(req.url()).cloned() {
                         Some(Route::Ok { content_type, body }) => {
-                            let header = tiny_http::Header::from_bytes("Content-Type", content_type).unwrap();
+                            let header =
+                                tiny_http::Header::from_bytes("Content-Type", content_type)
+                                    .unwrap();
                             req.respond(tiny_http::Response::from_data(body).with_header(header))
                         }
                         Some(Route::Status(code)) => req.respond(tiny_http::Response::empty(code)),
                         Some(Route::Redirect(to)) => {
-                            let header = tiny_http::Header::from_bytes("Location", to.as_bytes()).unwrap();
+                            let header =
+                                tiny_http::Header::from_bytes("Location", to.as_bytes()).unwrap();
                             req.respond(tiny_http::Response::empty(302).with_header(header))
                         }
                         Some(Route::Stall(d)) => {
@@ -77,7 +88,11 @@ impl ImageServer {
                 }
             });
         }
-        ImageServer { origin, hits, server }
+        ImageServer {
+            origin,
+            hits,
+            server,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -13,13 +13,19 @@ pub use process::Process;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The cargo target folder this test binary was built into (…/target/release/deps/e2e-… → …/target).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
-    exe.ancestors().nth(3).expect("the test binary lies in <target>/<profile>/deps").to_path_buf()
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary lies in <target>/<profile>/deps")
+        .to_path_buf()
 }
 
 fn built(path: PathBuf) -> PathBuf {
@@ -62,7 +68,9 @@ pub fn start_inference() -> (Process, String) {
     let model = tiny_model();
     let mut p = Process::start(
         "inference",
-        std::process::Command::new(binary("inference")).args(["serve", "--listen", "127.0.0.1:0", "--model"]).arg(model),
+        std::process::Command::new(binary("inference"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+            .arg(model),
     );
     let addr = p.wait_for_listen_address();
     (p, format!("http://{addr}"))
@@ -109,18 +117,27 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// POSTs `body` with `headers` and returns the reply, whatever its status.
 pub fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(600)).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(600))
+        .build();
     let mut req = agent.post(url);
     for (name, value) in headers {
         req = req.set(name, value);
@@ -138,5 +155,9 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let headers = headers.collect();
     let mut body = Vec::new();
     std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).expect("reading the body");
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }

@@ -34,7 +34,11 @@ impl Process {
         let output = Arc::new(Mutex::new(Vec::new()));
         capture(child.stdout.take().expect("piped"), output.clone(), name);
         capture(child.stderr.take().expect("piped"), output.clone(), name);
-        Process { name: name.to_string(), child, output }
+        Process {
+            name: name.to_string(),
+            child,
+            output,
+        }
     }
 
     /// Every line the process has printed so far (stdout and stderr).
@@ -44,7 +48,12 @@ impl Process {
 
     /// Waits until a line satisfies `pred`, or panics with the output after `timeout`
     /// (or as soon as the process exits).
-    pub fn wait_for_line(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub fn wait_for_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(line) = self.output().into_iter().find(|l| pred(l)) {
@@ -52,10 +61,18 @@ impl Process {
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("{} exited ({status}) before {what}:\n{}", self.name, self.output().join("\n"));
+                panic!(
+                    "{} exited ({status}) before {what}:\n{}",
+                    self.name,
+                    self.output().join("\n")
+                );
             }
             if Instant::now() > deadline {
-                panic!("{} did not print {what} within {timeout:?}:\n{}", self.name, self.output().join("\n"));
+                panic!(
+                    "{} did not print {what} within {timeout:?}:\n{}",
+                    self.name,
+                    self.output().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -70,7 +87,10 @@ impl Process {
         });
         let marker = MARKERS.iter().find(|m| line.contains(*m)).expect("matched");
         let rest = &line[line.find(marker).expect("matched") + marker.len()..];
-        rest.split(|c: char| c.is_whitespace() || c == '"' || c == '/').next().expect("an address").to_string()
+        rest.split(|c: char| c.is_whitespace() || c == '"' || c == '/')
+            .next()
+            .expect("an address")
+            .to_string()
     }
 
     /// Stops the process (SIGKILL) and waits for it.

@@ -14,33 +14,71 @@ const IMG2IMG: &str = "/img2img/getImage/v1/getSDXLImage";
 const TXT2IMG: &str = "/getImage/v1/getSDXLImage";
 
 fn images() -> ImageServer {
-    let png = |hue| Route::Ok { content_type: "image/png", body: encode(&test_picture(640, 480, hue), ImageFormat::Png) };
+    let png = |hue| Route::Ok {
+        content_type: "image/png",
+        body: encode(&test_picture(640, 480, hue), ImageFormat::Png),
+    };
     let mut routes = HashMap::new();
     routes.insert("/dog.png".to_string(), png(30));
     routes.insert(
-        "/cat.jpg".to_string(),
-        Route::Ok { content_type: "image/jpeg", body: encode(&test_picture(300, 500, 220), ImageFormat::Jpeg) },
+        "/dog128.png".to_string(),
+        Route::Ok {
+            content_type: "image/png",
+            body: encode(&dog_128(), ImageFormat::Png),
+        },
     );
-    routes.insert("/page.html".to_string(), Route::Ok { content_type: "image/png", body: b"<html>hi</html>".to_vec() });
+    routes.insert(
+        "/cat.jpg".to_string(),
+        Route::Ok {
+            content_type: "image/jpeg",
+            body: encode(&test_picture(300, 500, 220), ImageFormat::Jpeg),
+        },
+    );
+    routes.insert(
+        "/page.html".to_string(),
+        Route::Ok {
+            content_type: "image/png",
+            body: b"<html>hi</html>".to_vec(),
+        },
+    );
     routes.insert("/gone.png".to_string(), Route::Status(404));
-    routes.insert("/moved.png".to_string(), Route::Redirect("/dog.png".into()));
+    routes.insert(
+        "/moved.png".to_string(),
+        Route::Redirect("/dog128.png".into()),
+    );
     ImageServer::start(routes)
 }
 
 /// The seed's headers, with our key.
 fn seed_headers() -> Vec<(&'static str, &'static str)> {
-    vec![("Content-Type", "application/json"), ("Cache-Control", "no-cache"), ("Ocp-Apim-Subscription-Key", KEY)]
+    vec![
+        ("Content-Type", "application/json"),
+        ("Cache-Control", "no-cache"),
+        ("Ocp-Apim-Subscription-Key", KEY),
+    ]
 }
 
 /// The PNG inside a success body, checked against the seed's response shape.
 fn png_of(reply: &Reply) -> RgbImage {
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     let body = reply.json();
-    let keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(keys.len(), 4, "{keys:?}");
     assert_eq!(body["status"], 200);
     assert_eq!(body["content-type"], "image/png");
-    let bytes = base64::engine::general_purpose::STANDARD.decode(body["image_data"].as_str().unwrap()).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body["image_data"].as_str().unwrap())
+        .unwrap();
     assert_eq!(body["content-length"], bytes.len().to_string());
     assert_eq!(image::guess_format(&bytes).unwrap(), ImageFormat::Png);
     image::load_from_memory(&bytes).unwrap().into_rgb8()
@@ -48,7 +86,12 @@ fn png_of(reply: &Reply) -> RgbImage {
 
 fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
     assert_eq!(a.dimensions(), b.dimensions());
-    let sum: u64 = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| u64::from(x.abs_diff(*y))).sum();
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
     sum as f64 / a.as_raw().len() as f64
 }
 
@@ -56,42 +99,134 @@ fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
 fn the_seed_request_returns_a_1024_png_made_from_the_fetched_image() {
     let images = images();
     let (_inference, inference_url) = start_inference();
-    let (_edge, edge) =
-        start_edge(&EdgeConfig { inference_url: &inference_url, api_keys: KEY, image_hosts: &images.origin, variables: vec![] });
+    let (_edge, edge) = start_edge(&EdgeConfig {
+        inference_url: &inference_url,
+        api_keys: KEY,
+        image_hosts: &images.origin,
+        variables: vec![],
+    });
 
     // The seed's curl, byte for byte but for the URLs.
-    let body = format!(r#"{{ "prompt": "Change to a cat", "inputImage": "{}" }}"#, images.url("/dog.png"));
+    let body = format!(
+        r#"{{ "prompt": "Change to a cat", "inputImage": "{}" }}"#,
+        images.url("/dog.png")
+    );
     let reply = post(&format!("{edge}{IMG2IMG}"), &seed_headers(), &body);
     assert_eq!(png_of(&reply).dimensions(), (1024, 1024));
-    assert!(reply.header("x-seed").is_some_and(|s| s.parse::<u64>().is_ok()));
+    assert!(
+        reply
+            .header("x-seed")
+            .is_some_and(|s| s.parse::<u64>().is_ok())
+    );
     assert_eq!(images.hits(), ["/dog.png"]);
 
-    // Made from the image: at a small size and a fixed seed, the same image gives
-    // the same output, another image another output, and the output is nearer its
-    // own input than the other one.
-    let run = |input: &str| {
+    // Made from the image: at a small size and a fixed seed, the answer is exactly
+    // what the engine makes from that image directly (`inference generate
+    // --init-image`), the same image gives the same answer (also via a redirect),
+    // and another image, or no image, another answer.
+    let run = |input: Option<&str>| {
+        let image = input
+            .map(|p| format!(r#","inputImage":"{}""#, images.url(p)))
+            .unwrap_or_default();
         let body = format!(
-            r#"{{"prompt":"Change to a cat","inputImage":"{}","size":"128x128","seed":11,"strength":0.3,"num_inference_steps":8}}"#,
-            images.url(input)
+            r#"{{"prompt":"Change to a cat","size":"128x128","seed":11,"strength":0.5,"num_inference_steps":8{image}}}"#
         );
         png_of(&post(&format!("{edge}{IMG2IMG}"), &seed_headers(), &body))
     };
-    let (dog, dog_again, cat, via_redirect) = (run("/dog.png"), run("/dog.png"), run("/cat.jpg"), run("/moved.png"));
-    assert_eq!(dog, dog_again, "same seed and input, same image");
-    assert_eq!(dog, via_redirect, "a redirect to the same image gives the same image");
-    let fitted = |img: &RgbImage| image::imageops::resize(img, 128, 128, image::imageops::FilterType::Triangle);
-    let dog_in = fitted(&image::imageops::crop_imm(&test_picture(640, 480, 30), 80, 0, 480, 480).to_image());
-    let cat_in = fitted(&image::imageops::crop_imm(&test_picture(300, 500, 220), 0, 100, 300, 300).to_image());
-    assert!(mean_abs_diff(&dog, &cat) > 1.0, "different inputs must give different images");
-    assert!(mean_abs_diff(&dog, &dog_in) < mean_abs_diff(&dog, &cat_in), "the output follows its own input");
-    assert!(mean_abs_diff(&cat, &cat_in) < mean_abs_diff(&cat, &dog_in), "the output follows its own input");
+    let dog = run(Some("/dog128.png"));
+    assert_eq!(
+        dog,
+        engine_img2img(&dog_128(), "Change to a cat", 128, 11, 0.5, 8),
+        "the engine's own img2img of the image"
+    );
+    assert_eq!(
+        dog,
+        run(Some("/dog128.png")),
+        "same seed and input, same image"
+    );
+    assert_eq!(
+        dog,
+        run(Some("/moved.png")),
+        "a redirect to the same image gives the same image"
+    );
+    let cat = run(Some("/cat.jpg"));
+    assert_eq!(cat.dimensions(), (128, 128));
+    assert!(
+        mean_abs_diff(&dog, &cat) > 1.0,
+        "another input, another image"
+    );
+    assert!(
+        mean_abs_diff(&dog, &run(None)) > 1.0,
+        "without the image, another image"
+    );
+}
+
+/// A picture already at 128x128, so the edge's fit leaves its pixels alone.
+fn dog_128() -> RgbImage {
+    test_picture(128, 128, 30)
+}
+
+/// `inference generate` on the same tiny model: the engine without the edge.
+fn engine_img2img(
+    init: &RgbImage,
+    prompt: &str,
+    size: u32,
+    seed: u64,
+    strength: f64,
+    steps: u32,
+) -> RgbImage {
+    let dir = e2e::target_dir().join(format!("e2e-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (input, output) = (dir.join("init.png"), dir.join("out.png"));
+    init.save(&input).unwrap();
+    let status = std::process::Command::new(e2e::binary("inference"))
+        .args([
+            "generate",
+            "--device",
+            "cpu",
+            "--guidance",
+            "5",
+            "--prompt",
+            prompt,
+        ])
+        .arg("--model")
+        .arg(e2e::tiny_model())
+        .args([
+            "--width",
+            &size.to_string(),
+            "--height",
+            &size.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .args([
+            "--strength",
+            &strength.to_string(),
+            "--steps",
+            &steps.to_string(),
+        ])
+        .arg("--init-image")
+        .arg(&input)
+        .arg("--out")
+        .arg(&output)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let img = image::open(&output).unwrap().into_rgb8();
+    std::fs::remove_dir_all(&dir).unwrap();
+    img
 }
 
 #[test]
 fn text_to_image_on_both_routes_with_sizes_and_seeds() {
     let (_inference, inference_url) = start_inference();
-    let (_edge, edge) =
-        start_edge(&EdgeConfig { inference_url: &inference_url, api_keys: KEY, image_hosts: "", variables: vec![] });
+    let (_edge, edge) = start_edge(&EdgeConfig {
+        inference_url: &inference_url,
+        api_keys: KEY,
+        image_hosts: "",
+        variables: vec![],
+    });
 
     let body = r#"{"prompt":"a red fox in snow","negative_prompt":"blurry","size":"256x192","seed":7,"num_inference_steps":4}"#;
     let first = post(&format!("{edge}{TXT2IMG}"), &seed_headers(), body);
@@ -99,15 +234,29 @@ fn text_to_image_on_both_routes_with_sizes_and_seeds() {
     assert_eq!(img.dimensions(), (256, 192));
     assert_eq!(first.header("x-seed"), Some("7"));
     // Seeded generation is reproducible, and the img2img route without an image is text-to-image.
-    assert_eq!(png_of(&post(&format!("{edge}{IMG2IMG}"), &seed_headers(), body)), img);
+    assert_eq!(
+        png_of(&post(&format!("{edge}{IMG2IMG}"), &seed_headers(), body)),
+        img
+    );
 
     let other = r#"{"prompt":"a red fox in snow","negative_prompt":"blurry","width":256,"height":192,"seed":8,"num_inference_steps":4}"#;
-    assert_ne!(png_of(&post(&format!("{edge}{TXT2IMG}"), &seed_headers(), other)), img);
+    assert_ne!(
+        png_of(&post(&format!("{edge}{TXT2IMG}"), &seed_headers(), other)),
+        img
+    );
 
     // No seed: the server draws one and says which.
-    let random = post(&format!("{edge}{TXT2IMG}"), &seed_headers(), r#"{"prompt":"a fox","size":"64x64","num_inference_steps":2}"#);
+    let random = post(
+        &format!("{edge}{TXT2IMG}"),
+        &seed_headers(),
+        r#"{"prompt":"a fox","size":"64x64","num_inference_steps":2}"#,
+    );
     assert_eq!(png_of(&random).dimensions(), (64, 64));
-    assert!(random.header("x-seed").is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n != 0)));
+    assert!(
+        random
+            .header("x-seed")
+            .is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n != 0))
+    );
 }
 
 /// One error reply: status, the seed's error shape, and the message's subject.
@@ -115,8 +264,13 @@ fn assert_error(reply: &Reply, status: u16, needle: &str) -> String {
     let body = reply.json();
     assert_eq!(reply.status, status, "{body}");
     assert_eq!(body["code"], status, "{body}");
-    let message = body["message"].as_str().unwrap_or_else(|| panic!("no message: {body}"));
-    assert!(message.contains(needle), "expected {needle:?} in {message:?}");
+    let message = body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message: {body}"));
+    assert!(
+        message.contains(needle),
+        "expected {needle:?} in {message:?}"
+    );
     let trace = body["traceId"].as_str().unwrap().to_string();
     assert_eq!(trace.len(), 32, "{body}");
     assert_eq!(reply.header("x-trace-id"), Some(trace.as_str()));
@@ -127,29 +281,85 @@ fn assert_error(reply: &Reply, status: u16, needle: &str) -> String {
 fn errors_follow_the_seed_contract() {
     let images = images();
     let (_inference, inference_url) = start_inference();
-    let (mut edge_proc, edge) =
-        start_edge(&EdgeConfig { inference_url: &inference_url, api_keys: KEY, image_hosts: &images.origin, variables: vec![] });
+    let (mut edge_proc, edge) = start_edge(&EdgeConfig {
+        inference_url: &inference_url,
+        api_keys: KEY,
+        image_hosts: &images.origin,
+        variables: vec![],
+    });
     let url = format!("{edge}{IMG2IMG}");
-    let ok_body = |image: &str| format!(r#"{{"prompt":"p","inputImage":"{}","size":"64x64"}}"#, images.url(image));
+    let ok_body = |image: &str| {
+        format!(
+            r#"{{"prompt":"p","inputImage":"{}","size":"64x64"}}"#,
+            images.url(image)
+        )
+    };
 
-    let no_key: Vec<_> = seed_headers().into_iter().filter(|(n, _)| !n.starts_with("Ocp")).collect();
-    assert_error(&post(&url, &no_key, &ok_body("/dog.png")), 401, "Ocp-Apim-Subscription-Key");
+    let no_key: Vec<_> = seed_headers()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("Ocp"))
+        .collect();
+    assert_error(
+        &post(&url, &no_key, &ok_body("/dog.png")),
+        401,
+        "Ocp-Apim-Subscription-Key",
+    );
     let mut wrong_key = no_key.clone();
     wrong_key.push(("Ocp-Apim-Subscription-Key", "nope"));
-    assert_error(&post(&url, &wrong_key, &ok_body("/dog.png")), 401, "invalid API key");
+    assert_error(
+        &post(&url, &wrong_key, &ok_body("/dog.png")),
+        401,
+        "invalid API key",
+    );
 
     let h = seed_headers();
-    let trace = assert_error(&post(&url, &h, r#"{"inputImage":"x"}"#), 400, "prompt: required");
+    let trace = assert_error(
+        &post(&url, &h, r#"{"inputImage":"x"}"#),
+        400,
+        "prompt: required",
+    );
     assert_error(&post(&url, &h, "not json"), 400, "body: not valid JSON");
-    assert_error(&post(&url, &h, r#"{"prompt":"p","size":"1024by1024"}"#), 400, "size: must be WIDTHxHEIGHT");
-    assert_error(&post(&url, &h, r#"{"prompt":"p","num_inference_steps":50}"#), 400, "num_inference_steps: must be an integer from 1 to 20");
-    assert_error(&post(&url, &h, r#"{"prompt":"p","inputImage":"http://10.0.0.1/a.png"}"#), 400, "inputImage: http://10.0.0.1:80 is a private address");
-    assert_error(&post(&url, &h, r#"{"prompt":"p","inputImage":"https://127.0.0.1:9/a.png"}"#), 400, "loopback");
+    assert_error(
+        &post(&url, &h, r#"{"prompt":"p","size":"1024by1024"}"#),
+        400,
+        "size: must be WIDTHxHEIGHT",
+    );
+    assert_error(
+        &post(&url, &h, r#"{"prompt":"p","num_inference_steps":50}"#),
+        400,
+        "num_inference_steps: must be an integer from 1 to 20",
+    );
+    assert_error(
+        &post(
+            &url,
+            &h,
+            r#"{"prompt":"p","inputImage":"http://10.0.0.1/a.png"}"#,
+        ),
+        400,
+        "inputImage: http://10.0.0.1:80 is a private address",
+    );
+    assert_error(
+        &post(
+            &url,
+            &h,
+            r#"{"prompt":"p","inputImage":"https://127.0.0.1:9/a.png"}"#,
+        ),
+        400,
+        "loopback",
+    );
     assert_error(&post(&url, &h, &ok_body("/gone.png")), 502, "gave HTTP 404");
-    assert_error(&post(&url, &h, &ok_body("/page.html")), 502, "not a PNG, JPEG or WebP image");
+    assert_error(
+        &post(&url, &h, &ok_body("/page.html")),
+        502,
+        "not a PNG, JPEG or WebP image",
+    );
 
     // The trace id of a failed request is in the edge's log line for it.
-    edge_proc.wait_for_line("the trace id in the log", std::time::Duration::from_secs(5), |l| l.contains(&trace));
+    edge_proc.wait_for_line(
+        "the trace id in the log",
+        std::time::Duration::from_secs(5),
+        |l| l.contains(&trace),
+    );
 }
 
 #[test]
@@ -158,9 +368,17 @@ fn a_down_backend_is_503_and_a_stalled_one_504() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let (_edge, edge) =
-        start_edge(&EdgeConfig { inference_url: &closed_url, api_keys: KEY, image_hosts: "", variables: vec![] });
-    let reply = post(&format!("{edge}{TXT2IMG}"), &seed_headers(), r#"{"prompt":"p","size":"64x64"}"#);
+    let (_edge, edge) = start_edge(&EdgeConfig {
+        inference_url: &closed_url,
+        api_keys: KEY,
+        image_hosts: "",
+        variables: vec![],
+    });
+    let reply = post(
+        &format!("{edge}{TXT2IMG}"),
+        &seed_headers(),
+        r#"{"prompt":"p","size":"64x64"}"#,
+    );
     assert_error(&reply, 503, "inference server is unavailable");
 
     // A backend that accepts the connection and never answers.
@@ -178,7 +396,11 @@ fn a_down_backend_is_503_and_a_stalled_one_504() {
         variables: vec![("INFERENCE_TIMEOUT_SECS", "2")],
     });
     let started = std::time::Instant::now();
-    let reply = post(&format!("{edge}{TXT2IMG}"), &seed_headers(), r#"{"prompt":"p","size":"64x64"}"#);
+    let reply = post(
+        &format!("{edge}{TXT2IMG}"),
+        &seed_headers(),
+        r#"{"prompt":"p","size":"64x64"}"#,
+    );
     assert_error(&reply, 504, "did not answer within 2 s");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }

@@ -68,7 +68,10 @@ mod tests {
             samples: 1,
             scheduler: Some("Euler a".into()),
             karras: None,
-            init_image: Some(InitImage { image: "iVBORw0KGgo=".into(), strength: 0.5 }),
+            init_image: Some(InitImage {
+                image: "iVBORw0KGgo=".into(),
+                strength: 0.5,
+            }),
         };
         let json = serde_json::to_string(&req).unwrap();
         assert!(json.contains("\"negative_prompt\":null"), "{json}");
@@ -81,7 +84,10 @@ mod tests {
         let e: Error = serde_json::from_str(r#"{"InvalidRequest":"steps: must be 1-50"}"#).unwrap();
         assert_eq!(e.status(), 400);
         assert_eq!(e.to_string(), "steps: must be 1-50");
-        assert_eq!(serde_json::to_string(&Error::Overloaded(3)).unwrap(), r#"{"Overloaded":3}"#);
+        assert_eq!(
+            serde_json::to_string(&Error::Overloaded(3)).unwrap(),
+            r#"{"Overloaded":3}"#
+        );
         assert_eq!(Error::Overloaded(3).status(), 503);
         assert_eq!(Error::Timeout("x".into()).status(), 504);
     }

@@ -35,34 +35,66 @@ async fn handle(req: Request) -> http::Response<Full<Bytes>> {
         }
         Some(dialect) => match serve(dialect, req, &trace_id).await {
             Ok(out) => (out, dialect.name(), None),
-            Err(err) => (dialect.render_error(&err, &trace_id), dialect.name(), Some(err)),
+            Err(err) => (
+                dialect.render_error(&err, &trace_id),
+                dialect.name(),
+                Some(err),
+            ),
         },
     };
-    log_request(&trace_id, dialect_name, &method, &path, out.status, started, error.as_ref());
+    log_request(
+        &trace_id,
+        dialect_name,
+        &method,
+        &path,
+        out.status,
+        started,
+        error.as_ref(),
+    );
     to_http(out.with_header("x-trace-id", trace_id))
 }
 
 async fn serve(dialect: &dyn Dialect, req: Request, trace_id: &str) -> Result<Outgoing, ApiError> {
     if req.method() != dialect.method() {
-        return Err(ApiError::method_not_allowed(req.method().as_str(), dialect.method().as_str()));
+        return Err(ApiError::method_not_allowed(
+            req.method().as_str(),
+            dialect.method().as_str(),
+        ));
     }
     let settings = load_settings().await?;
     let (parts, body) = req.into_parts();
     let body = outbound::read_body(body, MAX_REQUEST_BYTES, None)
         .await
         .map_err(|e| e.into_api_error("request body", Provenance::ClientBytes))?;
-    let incoming = Incoming { method: parts.method, path: parts.uri.path().to_string(), headers: parts.headers, body };
+    let incoming = Incoming {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        headers: parts.headers,
+        body,
+    };
 
-    settings.api_keys.check(dialect.credential(&incoming).as_deref(), dialect.key_location())?;
+    settings.api_keys.check(
+        dialect.credential(&incoming).as_deref(),
+        dialect.key_location(),
+    )?;
     let mut job = dialect.parse(&incoming)?;
     if let Some(init) = &job.init {
         let (bytes, from) = match &init.source {
-            ImageSource::Url(url) => (outbound::fetch_image(url, init.field, &settings).await?, Provenance::FetchedUrl),
+            ImageSource::Url(url) => (
+                outbound::fetch_image(url, init.field, &settings).await?,
+                Provenance::FetchedUrl,
+            ),
             ImageSource::Bytes(bytes) => (bytes.clone(), Provenance::ClientBytes),
         };
         let size = (job.request.width, job.request.height);
-        job.request.init_image =
-            Some(input_image::prepare_init(&bytes, settings.image_limits, init.field, from, size, init.strength)?);
+        job.request.init_image = Some(input_image::prepare_init(
+            &bytes,
+            settings.image_limits,
+            init.field,
+            from,
+            size,
+            init.strength,
+        )?);
     }
     let result = outbound::generate(&settings, &job.request, trace_id).await?;
     dialect.render(&job, result)
@@ -76,11 +108,20 @@ async fn load_settings() -> Result<Settings, ApiError> {
         match spin_sdk::variables::get(name).await {
             Ok(value) => values.push((name, Some(value))),
             Err(spin_sdk::variables::Error::Undefined(_)) => values.push((name, None)),
-            Err(e) => return Err(ApiError::internal(format!("reading the Spin variable {name}: {e}"))),
+            Err(e) => {
+                return Err(ApiError::internal(format!(
+                    "reading the Spin variable {name}: {e}"
+                )));
+            }
         }
     }
-    Settings::from_lookup(|name| values.iter().find(|(n, _)| *n == name).and_then(|(_, v)| v.clone()))
-        .map_err(|e| ApiError::internal(format!("edge misconfigured: {e}")))
+    Settings::from_lookup(|name| {
+        values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.clone())
+    })
+    .map_err(|e| ApiError::internal(format!("edge misconfigured: {e}")))
 }
 
 fn to_http(out: Outgoing) -> http::Response<Full<Bytes>> {
@@ -88,12 +129,14 @@ fn to_http(out: Outgoing) -> http::Response<Full<Bytes>> {
     for (name, value) in &out.headers {
         builder = builder.header(name, value);
     }
-    builder.body(Full::new(Bytes::from(out.body))).unwrap_or_else(|e| {
-        // Only a header value we built wrongly can get here.
-        let mut resp = http::Response::new(Full::new(Bytes::from(format!("edge error: {e}"))));
-        *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-        resp
-    })
+    builder
+        .body(Full::new(Bytes::from(out.body)))
+        .unwrap_or_else(|e| {
+            // Only a header value we built wrongly can get here.
+            let mut resp = http::Response::new(Full::new(Bytes::from(format!("edge error: {e}"))));
+            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            resp
+        })
 }
 
 /// One JSON line per request on stderr (Spin collects component stderr into its

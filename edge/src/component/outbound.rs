@@ -32,10 +32,13 @@ impl ReadError {
     pub fn into_api_error(self, what: &str, from: Provenance) -> ApiError {
         match (self, from) {
             (ReadError::TooLarge(cap), Provenance::ClientBytes) => ApiError::too_large(what, cap),
-            (ReadError::TooLarge(cap), Provenance::FetchedUrl) => {
-                ApiError::field(what, format!("the image is larger than the {} limit", human_bytes(cap)))
+            (ReadError::TooLarge(cap), Provenance::FetchedUrl) => ApiError::field(
+                what,
+                format!("the image is larger than the {} limit", human_bytes(cap)),
+            ),
+            (ReadError::TimedOut, _) => {
+                ApiError::timeout(format!("{what}: reading it took too long"))
             }
-            (ReadError::TimedOut, _) => ApiError::timeout(format!("{what}: reading it took too long")),
             (ReadError::Transport(code), Provenance::ClientBytes) => {
                 ApiError::bad_request(format!("{what}: could not be read ({code:?})"))
             }
@@ -48,7 +51,11 @@ impl ReadError {
 
 /// Reads a whole body, refusing more than `cap` bytes and, with a deadline,
 /// stopping once it has passed.
-pub async fn read_body<B>(mut body: B, cap: usize, deadline: Option<Instant>) -> Result<Vec<u8>, ReadError>
+pub async fn read_body<B>(
+    mut body: B,
+    cap: usize,
+    deadline: Option<Instant>,
+) -> Result<Vec<u8>, ReadError>
 where
     B: http_body::Body<Data = Bytes, Error = ErrorCode> + Unpin,
 {
@@ -69,7 +76,11 @@ where
 }
 
 /// Per-request timeouts, enforced by the host's HTTP client.
-fn options(connect: Duration, first_byte: Duration, between_bytes: Duration) -> RequestOptionsExtension {
+fn options(
+    connect: Duration,
+    first_byte: Duration,
+    between_bytes: Duration,
+) -> RequestOptionsExtension {
     let opts = RequestOptions::new();
     // A host that doesn't support a timeout says so with an error; the edge's own
     // deadline (images) or the backend's (inference) still bounds the request.
@@ -92,47 +103,73 @@ pub async fn fetch_image(url: &Url, field: &str, settings: &Settings) -> Result<
             .extension(options(left, left, left))
             .body(Empty::<Bytes>::new())
             .map_err(|e| ApiError::field(field, format!("cannot request {url} ({e})")))?;
-        let resp = send(req).await.map_err(|code| image_fetch_error(field, &url, code, limit))?;
+        let resp = send(req)
+            .await
+            .map_err(|code| image_fetch_error(field, &url, code, limit))?;
         let status = resp.status();
         if status.is_redirection() {
-            let location = resp.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok());
+            let location = resp
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok());
             let Some(next) = location.and_then(|l| url.join(l).ok()) else {
-                return Err(ApiError::bad_gateway(format!("{field}: {url} redirected without a usable Location")));
+                return Err(ApiError::bad_gateway(format!(
+                    "{field}: {url} redirected without a usable Location"
+                )));
             };
             url = next;
             continue;
         }
         if !status.is_success() {
-            return Err(ApiError::bad_gateway(format!("{field}: fetching {url} gave HTTP {}", status.as_u16())));
+            return Err(ApiError::bad_gateway(format!(
+                "{field}: fetching {url} gave HTTP {}",
+                status.as_u16()
+            )));
         }
         let cap = settings.image_limits.max_bytes;
-        let declared = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let declared = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > cap as u64) {
-            return Err(ApiError::field(field, format!("the image is larger than the {} limit", human_bytes(cap))));
+            return Err(ApiError::field(
+                field,
+                format!("the image is larger than the {} limit", human_bytes(cap)),
+            ));
         }
         return read_body(resp.into_body(), cap, Some(deadline))
             .await
             .map_err(|e| e.into_api_error(field, Provenance::FetchedUrl));
     }
-    Err(ApiError::bad_gateway(format!("{field}: more than {MAX_REDIRECTS} redirects")))
+    Err(ApiError::bad_gateway(format!(
+        "{field}: more than {MAX_REDIRECTS} redirects"
+    )))
 }
 
 fn image_fetch_error(field: &str, url: &Url, code: ErrorCode, limit: Duration) -> ApiError {
     match code {
         ErrorCode::HttpRequestDenied => ApiError::field(
             field,
-            format!("{url} is not an allowed image host (spin.toml's allowed_outbound_hosts does not list it)"),
+            format!(
+                "{url} is not an allowed image host (spin.toml's allowed_outbound_hosts does not list it)"
+            ),
         ),
-        ErrorCode::DestinationIpProhibited => {
-            ApiError::field(field, format!("{url} resolves to a private address, which is not allowed"))
-        }
-        ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => {
-            ApiError::timeout(format!("{field}: {url} did not answer within {} s", limit.as_secs()))
-        }
+        ErrorCode::DestinationIpProhibited => ApiError::field(
+            field,
+            format!("{url} resolves to a private address, which is not allowed"),
+        ),
+        ErrorCode::ConnectionTimeout
+        | ErrorCode::ConnectionReadTimeout
+        | ErrorCode::HttpResponseTimeout => ApiError::timeout(format!(
+            "{field}: {url} did not answer within {} s",
+            limit.as_secs()
+        )),
         ErrorCode::DnsError(_) | ErrorCode::DnsTimeout | ErrorCode::DestinationNotFound => {
             ApiError::bad_gateway(format!("{field}: the host of {url} could not be found"))
         }
-        ErrorCode::ConnectionRefused => ApiError::bad_gateway(format!("{field}: {url} refused the connection")),
+        ErrorCode::ConnectionRefused => {
+            ApiError::bad_gateway(format!("{field}: {url} refused the connection"))
+        }
         other => ApiError::bad_gateway(format!("{field}: could not fetch {url} ({other:?})")),
     }
 }
@@ -143,42 +180,60 @@ pub async fn generate(
     request: &contract::GenerateRequest,
     trace_id: &str,
 ) -> Result<contract::GenerateResult, ApiError> {
-    let body = serde_json::to_vec(request).map_err(|e| ApiError::internal(format!("encoding the request: {e}")))?;
+    let body = serde_json::to_vec(request)
+        .map_err(|e| ApiError::internal(format!("encoding the request: {e}")))?;
     let timeout = settings.inference_timeout;
-    let req = http::Request::post(format!("{}{}", settings.inference_url, contract::GENERATE_PATH))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(contract::TRACE_HEADER, trace_id)
-        .extension(options(BACKEND_CONNECT_TIMEOUT, timeout, timeout))
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| ApiError::internal(format!("inference_url: cannot build a request ({e})")))?;
-    let resp = send(req).await.map_err(|code| backend_error(code, timeout))?;
+    let req = http::Request::post(format!(
+        "{}{}",
+        settings.inference_url,
+        contract::GENERATE_PATH
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .header(contract::TRACE_HEADER, trace_id)
+    .extension(options(BACKEND_CONNECT_TIMEOUT, timeout, timeout))
+    .body(Full::new(Bytes::from(body)))
+    .map_err(|e| ApiError::internal(format!("inference_url: cannot build a request ({e})")))?;
+    let resp = send(req)
+        .await
+        .map_err(|code| backend_error(code, timeout))?;
     let status = resp.status().as_u16();
-    let body = read_body(resp.into_body(), MAX_RESULT_BYTES, None).await.map_err(|e| match e {
-        ReadError::Transport(code) => backend_error(code, timeout),
-        ReadError::TooLarge(cap) => ApiError::bad_gateway(format!("the inference server's answer exceeds {}", human_bytes(cap))),
-        ReadError::TimedOut => ApiError::timeout("the inference server's answer took too long"),
-    })?;
+    let body = read_body(resp.into_body(), MAX_RESULT_BYTES, None)
+        .await
+        .map_err(|e| match e {
+            ReadError::Transport(code) => backend_error(code, timeout),
+            ReadError::TooLarge(cap) => ApiError::bad_gateway(format!(
+                "the inference server's answer exceeds {}",
+                human_bytes(cap)
+            )),
+            ReadError::TimedOut => ApiError::timeout("the inference server's answer took too long"),
+        })?;
     if status == 200 {
-        return serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_gateway(format!("the inference server's answer is unreadable ({e})")));
+        return serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_gateway(format!("the inference server's answer is unreadable ({e})"))
+        });
     }
     match serde_json::from_slice::<contract::Error>(&body) {
         Ok(err) => Err(err.into()),
         Err(_) => {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            Err(ApiError::bad_gateway(format!("the inference server answered HTTP {status}: {text}")))
+            Err(ApiError::bad_gateway(format!(
+                "the inference server answered HTTP {status}: {text}"
+            )))
         }
     }
 }
 
 fn backend_error(code: ErrorCode, timeout: Duration) -> ApiError {
     match code {
-        ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => {
-            ApiError::timeout(format!("the inference server did not answer within {} s", timeout.as_secs()))
-        }
-        ErrorCode::HttpRequestDenied => {
-            ApiError::internal("spin.toml's allowed_outbound_hosts does not allow the inference_url")
-        }
+        ErrorCode::ConnectionTimeout
+        | ErrorCode::ConnectionReadTimeout
+        | ErrorCode::HttpResponseTimeout => ApiError::timeout(format!(
+            "the inference server did not answer within {} s",
+            timeout.as_secs()
+        )),
+        ErrorCode::HttpRequestDenied => ApiError::internal(
+            "spin.toml's allowed_outbound_hosts does not allow the inference_url",
+        ),
         ErrorCode::ConnectionRefused
         | ErrorCode::DestinationNotFound
         | ErrorCode::DestinationUnavailable
@@ -187,6 +242,8 @@ fn backend_error(code: ErrorCode, timeout: Duration) -> ApiError {
         | ErrorCode::ConnectionLimitReached => {
             ApiError::unavailable(format!("the inference server is unavailable ({code:?})"))
         }
-        other => ApiError::unavailable(format!("the connection to the inference server failed ({other:?})")),
+        other => ApiError::unavailable(format!(
+            "the connection to the inference server failed ({other:?})"
+        )),
     }
 }

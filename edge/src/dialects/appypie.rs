@@ -19,7 +19,10 @@ use crate::fields::Fields;
 use crate::input_image::base64_decoded_len;
 use crate::job::{self, ImageSource, InitImageSource, Job};
 
-pub const ROUTES: [&str; 2] = ["/getImage/v1/getSDXLImage", "/img2img/getImage/v1/getSDXLImage"];
+pub const ROUTES: [&str; 2] = [
+    "/getImage/v1/getSDXLImage",
+    "/img2img/getImage/v1/getSDXLImage",
+];
 
 /// The model Appypie's API runs; in single-model mode the server serves its own.
 pub const MODEL: &str = "stable-diffusion-xl-base-1.0";
@@ -50,20 +53,34 @@ impl Dialect for Appypie {
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
         let f = Fields::parse(&req.body)?;
         let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
-        let negative_prompt = f.string("negative_prompt")?.map(|p| job::check_prompt("negative_prompt", p)).transpose()?;
-        if let Some(format) = f.string("response_format")? {
-            if !matches!(format.trim().to_ascii_lowercase().as_str(), "json" | "b64_json" | "base64") {
-                return Err(ApiError::field(
-                    "response_format",
-                    format!("only \"json\" is served: the PNG comes back base64 in image_data (got {format:?})"),
-                ));
-            }
+        let negative_prompt = f
+            .string("negative_prompt")?
+            .map(|p| job::check_prompt("negative_prompt", p))
+            .transpose()?;
+        if let Some(format) = f.string("response_format")?
+            && !matches!(
+                format.trim().to_ascii_lowercase().as_str(),
+                "json" | "b64_json" | "base64"
+            )
+        {
+            return Err(ApiError::field(
+                "response_format",
+                format!(
+                    "only \"json\" is served: the PNG comes back base64 in image_data (got {format:?})"
+                ),
+            ));
         }
         let (width, height) = size(&f)?;
-        let steps = f.integer("num_inference_steps", 1..=MAX_STEPS)?.map_or(DEFAULT_STEPS, |n| n as u32);
-        let guidance = f.number("guidance_scale", 0.0..=20.0)?.unwrap_or(DEFAULT_GUIDANCE);
+        let steps = f
+            .integer("num_inference_steps", 1..=MAX_STEPS)?
+            .map_or(DEFAULT_STEPS, |n| n as u32);
+        let guidance = f
+            .number("guidance_scale", 0.0..=20.0)?
+            .unwrap_or(DEFAULT_GUIDANCE);
         let seed = job::seed_or_random(f.seed("seed")?);
-        let strength = f.number("strength", 0.01..=1.0)?.unwrap_or(DEFAULT_STRENGTH);
+        let strength = f
+            .number("strength", 0.01..=1.0)?
+            .unwrap_or(DEFAULT_STRENGTH);
         let init = f
             .string("inputImage")?
             .map(|url| -> Result<_, ApiError> {
@@ -109,7 +126,10 @@ impl Dialect for Appypie {
     }
 
     fn render_error(&self, err: &ApiError, trace_id: &str) -> Outgoing {
-        let out = Outgoing::json(err.status, &json!({ "code": err.status, "message": err.message, "traceId": trace_id }));
+        let out = Outgoing::json(
+            err.status,
+            &json!({ "code": err.status, "message": err.message, "traceId": trace_id }),
+        );
         match err.retry_after {
             Some(secs) => out.with_header("retry-after", secs.to_string()),
             None => out,
@@ -119,20 +139,33 @@ impl Dialect for Appypie {
 
 /// `size` ("WxH") or `width`/`height`; both given must agree.
 fn size(f: &Fields) -> Result<(u32, u32), ApiError> {
-    let from_size = f.string("size")?.map(|s| job::parse_size("size", &s)).transpose()?;
-    let width = f.integer("width", 0..=i64::from(u32::MAX))?.map(|n| n as u32);
-    let height = f.integer("height", 0..=i64::from(u32::MAX))?.map(|n| n as u32);
+    let from_size = f
+        .string("size")?
+        .map(|s| job::parse_size("size", &s))
+        .transpose()?;
+    let width = f
+        .integer("width", 0..=i64::from(u32::MAX))?
+        .map(|n| n as u32);
+    let height = f
+        .integer("height", 0..=i64::from(u32::MAX))?
+        .map(|n| n as u32);
     let (w, h) = match (from_size, width, height) {
         (Some((sw, sh)), w, h) => {
             if w.is_some_and(|w| w != sw) || h.is_some_and(|h| h != sh) {
-                return Err(ApiError::field("size", "disagrees with width/height; send one or the other"));
+                return Err(ApiError::field(
+                    "size",
+                    "disagrees with width/height; send one or the other",
+                ));
             }
             (sw, sh)
         }
         (None, w, h) => (w.unwrap_or(DEFAULT_SIZE), h.unwrap_or(DEFAULT_SIZE)),
     };
     let field = |name: &'static str| if from_size.is_some() { "size" } else { name };
-    Ok((job::check_side(field("width"), w, 64, 2048, 8)?, job::check_side(field("height"), h, 64, 2048, 8)?))
+    Ok((
+        job::check_side(field("width"), w, 64, 2048, 8)?,
+        job::check_side(field("height"), h, 64, 2048, 8)?,
+    ))
 }
 
 #[cfg(test)]
@@ -156,11 +189,19 @@ mod tests {
     fn the_seed_request_is_img2img_at_1024_with_defaults() {
         let job = parse(r#"{ "prompt": "Change to a cat", "inputImage": "https://pub-1fb693cb11cc46b2b2f656f51e015a2c.r2.dev/dog.png" }"#).unwrap();
         let r = &job.request;
-        assert_eq!((r.width, r.height, r.steps, r.guidance, r.samples), (1024, 1024, 20, 5.0, 1));
-        assert_eq!((r.prompt.as_str(), r.negative_prompt.as_deref(), r.seed), ("Change to a cat", None, None));
+        assert_eq!(
+            (r.width, r.height, r.steps, r.guidance, r.samples),
+            (1024, 1024, 20, 5.0, 1)
+        );
+        assert_eq!(
+            (r.prompt.as_str(), r.negative_prompt.as_deref(), r.seed),
+            ("Change to a cat", None, None)
+        );
         let init = job.init.unwrap();
         assert_eq!((init.field, init.strength), ("inputImage", 0.7));
-        assert!(matches!(init.source, ImageSource::Url(u) if u.host_str() == Some("pub-1fb693cb11cc46b2b2f656f51e015a2c.r2.dev")));
+        assert!(
+            matches!(init.source, ImageSource::Url(u) if u.host_str() == Some("pub-1fb693cb11cc46b2b2f656f51e015a2c.r2.dev"))
+        );
     }
 
     #[test]
@@ -171,11 +212,17 @@ mod tests {
         )
         .unwrap();
         let r = &job.request;
-        assert_eq!((r.width, r.height, r.steps, r.guidance, r.seed), (512, 768, 4, 0.0, Some(42)));
+        assert_eq!(
+            (r.width, r.height, r.steps, r.guidance, r.seed),
+            (512, 768, 4, 0.0, Some(42))
+        );
         assert_eq!(r.negative_prompt.as_deref(), Some("blurry"));
         assert!(job.init.is_none());
         let job = parse(r#"{"prompt":"p","width":256,"height":320,"seed":0}"#).unwrap();
-        assert_eq!((job.request.width, job.request.height, job.request.seed), (256, 320, None));
+        assert_eq!(
+            (job.request.width, job.request.height, job.request.seed),
+            (256, 320, None)
+        );
         assert!(parse(r#"{"prompt":"p","size":"256x256","width":256}"#).is_ok());
     }
 
@@ -185,18 +232,54 @@ mod tests {
             (r#"{}"#, "prompt: required"),
             (r#"{"prompt":""}"#, "prompt: must not be empty"),
             (r#"{"prompt":5}"#, "prompt: expected a string"),
-            (r#"{"prompt":"p","size":"big"}"#, "size: must be WIDTHxHEIGHT"),
-            (r#"{"prompt":"p","size":"1001x1000"}"#, "size: must be a multiple of 8"),
-            (r#"{"prompt":"p","size":"4096x4096"}"#, "size: must be a multiple of 8 from 64 to 2048"),
-            (r#"{"prompt":"p","width":100}"#, "width: must be a multiple of 8"),
-            (r#"{"prompt":"p","size":"512x512","height":256}"#, "size: disagrees"),
-            (r#"{"prompt":"p","num_inference_steps":21}"#, "num_inference_steps: must be an integer from 1 to 20"),
-            (r#"{"prompt":"p","guidance_scale":"high"}"#, "guidance_scale: must be a number from 0 to 20"),
-            (r#"{"prompt":"p","seed":-1}"#, "seed: must be an integer from 0"),
-            (r#"{"prompt":"p","inputImage":"dog.png"}"#, "inputImage: not an absolute http(s) URL"),
-            (r#"{"prompt":"p","inputImage":7}"#, "inputImage: expected a string"),
-            (r#"{"prompt":"p","strength":1.5}"#, "strength: must be a number from 0.01 to 1"),
-            (r#"{"prompt":"p","response_format":"url"}"#, "response_format: only \"json\" is served"),
+            (
+                r#"{"prompt":"p","size":"big"}"#,
+                "size: must be WIDTHxHEIGHT",
+            ),
+            (
+                r#"{"prompt":"p","size":"1001x1000"}"#,
+                "size: must be a multiple of 8",
+            ),
+            (
+                r#"{"prompt":"p","size":"4096x4096"}"#,
+                "size: must be a multiple of 8 from 64 to 2048",
+            ),
+            (
+                r#"{"prompt":"p","width":100}"#,
+                "width: must be a multiple of 8",
+            ),
+            (
+                r#"{"prompt":"p","size":"512x512","height":256}"#,
+                "size: disagrees",
+            ),
+            (
+                r#"{"prompt":"p","num_inference_steps":21}"#,
+                "num_inference_steps: must be an integer from 1 to 20",
+            ),
+            (
+                r#"{"prompt":"p","guidance_scale":"high"}"#,
+                "guidance_scale: must be a number from 0 to 20",
+            ),
+            (
+                r#"{"prompt":"p","seed":-1}"#,
+                "seed: must be an integer from 0",
+            ),
+            (
+                r#"{"prompt":"p","inputImage":"dog.png"}"#,
+                "inputImage: not an absolute http(s) URL",
+            ),
+            (
+                r#"{"prompt":"p","inputImage":7}"#,
+                "inputImage: expected a string",
+            ),
+            (
+                r#"{"prompt":"p","strength":1.5}"#,
+                "strength: must be a number from 0.01 to 1",
+            ),
+            (
+                r#"{"prompt":"p","response_format":"url"}"#,
+                "response_format: only \"json\" is served",
+            ),
         ] {
             let e = parse(body).unwrap_err();
             assert_eq!(e.status, 400, "{body}");
@@ -208,8 +291,19 @@ mod tests {
     fn responses_match_the_seed() {
         let result = GenerateResult {
             model: "m".into(),
-            images: vec![contract::GeneratedImage { png: "aGVsbG8=".into(), seed: 9, width: 8, height: 8 }],
-            timings: contract::Timings { queued_ms: 0, prepare_ms: 0, denoise_ms: 0, decode_ms: 0, total_ms: 0 },
+            images: vec![contract::GeneratedImage {
+                png: "aGVsbG8=".into(),
+                seed: 9,
+                width: 8,
+                height: 8,
+            }],
+            timings: contract::Timings {
+                queued_ms: 0,
+                prepare_ms: 0,
+                denoise_ms: 0,
+                decode_ms: 0,
+                total_ms: 0,
+            },
         };
         let job = parse(r#"{"prompt":"p"}"#).unwrap();
         let out = Appypie.render(&job, result).unwrap();
@@ -229,7 +323,8 @@ mod tests {
     fn key_comes_from_the_subscription_header() {
         let mut req = incoming("{}");
         assert_eq!(Appypie.credential(&req), None);
-        req.headers.insert("Ocp-Apim-Subscription-Key", "k1".parse().unwrap());
+        req.headers
+            .insert("Ocp-Apim-Subscription-Key", "k1".parse().unwrap());
         assert_eq!(Appypie.credential(&req).as_deref(), Some("k1"));
     }
 }

@@ -81,5 +81,8 @@ pub fn for_path(path: &str) -> Option<&'static dyn Dialect> {
 /// spin.toml to us, so this is for a route we list but don't know (a bug) or a
 /// runtime that routes everything.
 pub fn render_unrouted(err: &ApiError, trace_id: &str) -> Outgoing {
-    Outgoing::json(err.status, &serde_json::json!({ "code": err.status, "message": err.message, "traceId": trace_id }))
+    Outgoing::json(
+        err.status,
+        &serde_json::json!({ "code": err.status, "message": err.message, "traceId": trace_id }),
+    )
 }

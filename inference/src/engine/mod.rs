@@ -1,0 +1,157 @@
+//! The inference engine: diffusers-format Stable Diffusion models on candle.
+//!
+//! # Public API
+//!
+//! ```no_run
+//! use inference::engine::{GenerateParams, Pipeline};
+//! # fn main() -> anyhow::Result<()> {
+//! let device = candle_core::Device::Cpu;
+//! let pipeline = Pipeline::load(std::path::Path::new("models/sdxl"), &device)?; // once
+//! let info = pipeline.describe(); // default size, VAE factor, scheduler, ...
+//! let params = GenerateParams {
+//!     prompt: "a lighthouse at dusk".into(),
+//!     width: info.default_width,
+//!     height: info.default_height,
+//!     ..GenerateParams::default()
+//! };
+//! let out = pipeline.generate(&params, &mut |step, total| {
+//!     println!("{step}/{total}");
+//!     true // false cancels: the call returns EngineError::Cancelled
+//! })?;
+//! for (image, seed) in &out.images {
+//!     image.save(format!("out-{seed}.png"))?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! * [`Pipeline`] is loaded once and shared by all requests (`Send + Sync`; `generate` takes
+//!   `&self` and may run concurrently). Weights are f32. `generate` blocks (call it from a
+//!   blocking task in async code); the work runs on the rayon pool and `on_step` is called on
+//!   the calling thread after each denoising step.
+//! * Seeds: image `i` of a request uses its own torch-compatible generator seeded with
+//!   `seed + i` (wrapping), so each image can be reproduced alone with `samples = 1`, and the
+//!   result equals diffusers called with
+//!   `generator=[torch.Generator("cpu").manual_seed(seed + i) for i in range(samples)]`.
+//! * Errors: [`ErrorKind::of`] classifies an error as a bad parameter (the message names the
+//!   parameter and what is accepted; map to HTTP 400), a cancellation, or an internal failure
+//!   (missing file, mis-shaped tensor: the message names the file / tensor).
+//! * Schedulers: `scheduler: None` uses the model's `scheduler_config.json`; names are
+//!   resolved by [`scheduler::resolve`] (diffusers class names or A1111 names such as
+//!   `"Euler a"`).
+//! * Fidelity: same folder, prompt, seed, scheduler and steps give diffusers' image (fp32,
+//!   `torch.Generator("cpu")`), see `inference/tests/parity.rs` and `scripts/reference/`.
+//!
+//! Module map: [`pipeline`] (SDXL txt2img / img2img), [`clip`] + [`tokenizer`] (text),
+//! [`unet`] + [`unet_blocks`], [`vae`], [`scheduler`], [`noise`] (torch-compatible RNG),
+//! [`config`] (model folder JSON), [`weights`] (safetensors), [`nn`] + [`cpu_conv`] +
+//! [`cpu_kernels`] (layers and fused CPU kernels), [`image_io`], [`tiny`] (test model writer).
+
+pub mod clip;
+pub mod config;
+pub mod cpu_conv;
+pub mod cpu_kernels;
+pub mod error;
+pub mod image_io;
+pub mod nn;
+pub mod noise;
+pub mod pipeline;
+pub mod scheduler;
+pub mod tiny;
+pub mod tokenizer;
+pub mod unet;
+pub mod unet_blocks;
+pub mod vae;
+pub mod weights;
+
+use std::time::Duration;
+
+pub use error::{EngineError, ErrorKind};
+pub use pipeline::Pipeline;
+
+/// One generation request.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub prompt: String,
+    /// `None` and `Some("")` differ for SDXL (as in diffusers): with CFG, `None` uses zero
+    /// negative embeddings when the model sets `force_zeros_for_empty_prompt`.
+    pub negative_prompt: Option<String>,
+    /// Pixels; a positive multiple of the VAE scale factor.
+    pub width: usize,
+    pub height: usize,
+    /// Scheduler steps (img2img runs the last `int(steps * strength)` of them).
+    pub steps: usize,
+    /// Classifier-free guidance scale; CFG is on when > 1.
+    pub guidance: f64,
+    /// Seed of image 0; image `i` uses `seed + i`.
+    pub seed: u64,
+    /// Number of images.
+    pub samples: usize,
+    /// Scheduler name; `None` = the model's default.
+    pub scheduler: Option<String>,
+    /// Karras sigmas; `None` = the scheduler config's `use_karras_sigmas`.
+    pub karras: Option<bool>,
+    /// img2img: the init image (any size; resized to width x height with Lanczos3) and the
+    /// strength in (0, 1].
+    pub init_image: Option<(image::DynamicImage, f64)>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            prompt: String::new(),
+            negative_prompt: None,
+            width: 1024,
+            height: 1024,
+            steps: 20,
+            guidance: 5.0,
+            seed: 0,
+            samples: 1,
+            scheduler: None,
+            karras: None,
+            init_image: None,
+        }
+    }
+}
+
+/// Wall-clock time of each stage of a request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StageTimings {
+    /// Prompt encoding, scheduler setup, initial latents (incl. the VAE encode for img2img).
+    pub prepare: Duration,
+    /// The denoising loop.
+    pub denoise: Duration,
+    /// VAE decode and conversion to images.
+    pub decode: Duration,
+}
+
+/// The result of a request.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    /// Each image with the seed that reproduces it alone.
+    pub images: Vec<(image::RgbImage, u64)>,
+    pub timings: StageTimings,
+    /// The diffusers class of the scheduler that ran.
+    pub scheduler: String,
+}
+
+/// What a loaded model is and what it defaults to.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// e.g. `stable-diffusion-xl`.
+    pub architecture: String,
+    /// `_class_name` of model_index.json.
+    pub pipeline_class: String,
+    pub default_width: usize,
+    pub default_height: usize,
+    pub vae_scale_factor: usize,
+    /// `_class_name` of scheduler_config.json.
+    pub default_scheduler: String,
+    /// Display names accepted for `scheduler` (see [`scheduler::SUPPORTED`] for aliases).
+    pub supported_schedulers: Vec<String>,
+    /// `epsilon` or `v_prediction`.
+    pub prediction_type: String,
+    pub default_steps: usize,
+    pub default_guidance: f64,
+    /// LCM-style guidance embedding (`time_cond_proj_dim`): guidance is not CFG.
+    pub uses_cfg_embedding: bool,
+}

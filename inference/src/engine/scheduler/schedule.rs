@@ -1,0 +1,238 @@
+//! The training noise schedule shared by all schedulers (betas, cumulative alphas) and the
+//! numpy helpers the diffusers schedulers use to place inference timesteps, in the same
+//! float precision diffusers gets from torch / numpy (float32 tensors, float64 numpy).
+
+use anyhow::{Result, bail};
+
+use crate::engine::config::SchedulerConfig;
+
+/// `betas` and `alphas_cumprod` as float32, like the torch tensors of a diffusers scheduler.
+#[derive(Clone, Debug)]
+pub struct TrainSchedule {
+    pub num_train_timesteps: usize,
+    pub betas: Vec<f32>,
+    pub alphas_cumprod: Vec<f32>,
+}
+
+/// `torch.linspace(start, end, n, dtype=torch.float32)`: ATen computes each value with one
+/// rounding, `fma(step, i, start)` below the middle and `fma(-step, n - 1 - i, end)` above
+/// (verified bit for bit against torch 2.15).
+pub fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return vec![start as f32];
+    }
+    let (s, e) = (start as f32, end as f32);
+    let step = (e - s) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n)
+        .map(|i| {
+            if i < half {
+                step.mul_add(i as f32, s)
+            } else {
+                (-step).mul_add((n - i - 1) as f32, e)
+            }
+        })
+        .collect()
+}
+
+/// `betas_for_alpha_bar(n)` with the cosine transform (diffusers' `squaredcos_cap_v2`).
+fn betas_for_alpha_bar(n: usize, max_beta: f64) -> Vec<f32> {
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
+    (0..n)
+        .map(|i| {
+            let t1 = i as f64 / n as f64;
+            let t2 = (i + 1) as f64 / n as f64;
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(max_beta) as f32
+        })
+        .collect()
+}
+
+/// torch.cumprod on CPU accumulates in double and stores float.
+fn cumprod(alphas: &[f32]) -> Vec<f32> {
+    let mut acc = 1f64;
+    alphas
+        .iter()
+        .map(|&a| {
+            acc *= a as f64;
+            acc as f32
+        })
+        .collect()
+}
+
+/// `rescale_zero_terminal_snr` (float32 tensor arithmetic).
+fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
+    let cp = cumprod(&alphas);
+    let mut s: Vec<f32> = cp.iter().map(|a| a.sqrt()).collect();
+    let s0 = s[0];
+    let st = *s.last().unwrap_or(&0.0);
+    for v in s.iter_mut() {
+        *v -= st;
+    }
+    let factor = s0 / (s0 - st);
+    for v in s.iter_mut() {
+        *v *= factor;
+    }
+    let bar: Vec<f32> = s.iter().map(|v| v * v).collect();
+    let mut out = Vec::with_capacity(bar.len());
+    out.push(1.0 - bar[0]);
+    for i in 1..bar.len() {
+        out.push(1.0 - bar[i] / bar[i - 1]);
+    }
+    out
+}
+
+impl TrainSchedule {
+    /// Builds the schedule from a scheduler config (keys `num_train_timesteps`, `beta_start`,
+    /// `beta_end`, `beta_schedule`, `trained_betas`, `rescale_betas_zero_snr`), with
+    /// `default_beta_schedule` for the calling class.
+    pub fn from_config(cfg: &SchedulerConfig, class: &str) -> Result<Self> {
+        let n = cfg.usize_or("num_train_timesteps", 1000)?;
+        if n < 2 {
+            bail!("scheduler config `num_train_timesteps` must be at least 2");
+        }
+        let beta_start = cfg.f64_or("beta_start", 0.0001)?;
+        let beta_end = cfg.f64_or("beta_end", 0.02)?;
+        let schedule = cfg.str_or("beta_schedule", "linear")?;
+        let mut betas = if let Some(tb) = cfg.opt_f64_list("trained_betas")? {
+            if tb.len() != n {
+                bail!("scheduler config `trained_betas` must have num_train_timesteps entries");
+            }
+            tb.iter().map(|&b| b as f32).collect()
+        } else {
+            match schedule.as_str() {
+                "linear" => torch_linspace_f32(beta_start, beta_end, n),
+                "scaled_linear" => torch_linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n)
+                    .into_iter()
+                    .map(|b| b * b)
+                    .collect(),
+                "squaredcos_cap_v2" => betas_for_alpha_bar(n, 0.999),
+                other => bail!(
+                    "scheduler config `beta_schedule` = {other} is not implemented for {class} (linear, scaled_linear, squaredcos_cap_v2)"
+                ),
+            }
+        };
+        let rescale = cfg.bool_or("rescale_betas_zero_snr", false)?;
+        if rescale {
+            betas = rescale_zero_terminal_snr(&betas);
+        }
+        let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
+        let mut alphas_cumprod = cumprod(&alphas);
+        if rescale && class != "DDIMScheduler" {
+            // Euler-family schedulers avoid an infinite sigma at the last step.
+            if let Some(last) = alphas_cumprod.last_mut() {
+                *last = 2f32.powi(-24);
+            }
+        }
+        Ok(TrainSchedule {
+            num_train_timesteps: n,
+            betas,
+            alphas_cumprod,
+        })
+    }
+
+    /// `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5` in float32.
+    pub fn sigmas(&self) -> Vec<f32> {
+        self.alphas_cumprod
+            .iter()
+            .map(|&a| ((1.0 - a) / a).sqrt())
+            .collect()
+    }
+}
+
+/// numpy `round` (half to even).
+pub fn np_round(x: f64) -> f64 {
+    x.round_ties_even()
+}
+
+/// `np.linspace(start, stop, num)` in float64.
+pub fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    if num == 0 {
+        return vec![];
+    }
+    if num == 1 {
+        return vec![start];
+    }
+    let step = (stop - start) / (num - 1) as f64;
+    let mut v: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
+    v[num - 1] = stop;
+    v
+}
+
+/// `np.arange(start, stop, step)` for float arguments.
+pub fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let len = ((stop - start) / step).ceil();
+    if len.is_nan() || len <= 0.0 {
+        return vec![];
+    }
+    let len = len as usize;
+    let delta = (start + step) - start;
+    (0..len).map(|i| start + i as f64 * delta).collect()
+}
+
+/// `np.interp(x, arange(len(fp)), fp)` for one point.
+pub fn np_interp_index(x: f64, fp: &[f64]) -> f64 {
+    let n = fp.len();
+    if x <= 0.0 {
+        return fp[0];
+    }
+    if x >= (n - 1) as f64 {
+        return fp[n - 1];
+    }
+    let j = x.floor() as usize;
+    if x == j as f64 {
+        return fp[j];
+    }
+    let slope = (fp[j + 1] - fp[j]) / 1.0;
+    slope * (x - j as f64) + fp[j]
+}
+
+/// The `timestep_spacing` of a diffusers scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spacing {
+    Linspace,
+    Leading,
+    Trailing,
+}
+
+impl Spacing {
+    pub fn parse(s: &str, class: &str) -> Result<Self> {
+        match s {
+            "linspace" => Ok(Spacing::Linspace),
+            "leading" => Ok(Spacing::Leading),
+            "trailing" => Ok(Spacing::Trailing),
+            other => bail!(
+                "scheduler config `timestep_spacing` = {other} is not supported by {class} (linspace, leading, trailing)"
+            ),
+        }
+    }
+}
+
+/// Inference timesteps of the Euler-family schedulers (float32 values, as f64), highest first.
+pub fn euler_timesteps(spacing: Spacing, n_train: usize, steps: usize, offset: usize) -> Vec<f64> {
+    match spacing {
+        Spacing::Linspace => np_linspace(0.0, (n_train - 1) as f64, steps)
+            .into_iter()
+            .rev()
+            .map(|t| t as f32 as f64)
+            .collect(),
+        Spacing::Leading => {
+            let ratio = n_train / steps;
+            (0..steps)
+                .rev()
+                .map(|i| (np_round((i * ratio) as f64) as f32 + offset as f32) as f64)
+                .collect()
+        }
+        Spacing::Trailing => {
+            let ratio = n_train as f64 / steps as f64;
+            np_arange(n_train as f64, 0.0, -ratio)
+                .into_iter()
+                .map(|t| (np_round(t) as f32 - 1.0) as f64)
+                .collect()
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! diffusers' `UNet2DConditionModel`, built from `unet/config.json`.
+//!
+//! Supports the SD 1.x / 2.x / SDXL family: `DownBlock2D`, `CrossAttnDownBlock2D`,
+//! `UNetMidBlock2DCrossAttn`, `UpBlock2D`, `CrossAttnUpBlock2D`; per-block heads, transformer
+//! depths and cross-attention dims; linear or conv projections; SDXL's `text_time` added
+//! conditioning; LCM's `time_cond_proj_dim`. Timesteps are per sample (a tensor of batch size).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{UNET_KEEP_NULL, UNetConfig, read_config};
+use super::nn::{Conv2d, GroupNorm, Linear};
+use super::unet_blocks::{BlockCommon, DownBlock, DownSpec, MidBlockCrossAttn, UpBlock, UpSpec};
+use super::weights::{Weights, find_weight_files};
+
+/// `get_timestep_embedding` (diffusers), in f32 as torch computes it.
+pub fn timestep_embedding(
+    timesteps: &[f32],
+    dim: usize,
+    flip_sin_to_cos: bool,
+    shift: f64,
+    device: &Device,
+) -> Result<Tensor> {
+    let half = dim / 2;
+    let neg_log = (-(10000f64).ln()) as f32;
+    let denom = (half as f64 - shift) as f32;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| ((neg_log * i as f32) / denom).exp())
+        .collect();
+    let mut out = Vec::with_capacity(timesteps.len() * dim);
+    for &t in timesteps {
+        let args: Vec<f32> = freqs.iter().map(|f| t * f).collect();
+        let sin = args.iter().map(|a| a.sin());
+        let cos = args.iter().map(|a| a.cos());
+        if flip_sin_to_cos {
+            out.extend(cos.clone());
+            out.extend(sin);
+        } else {
+            out.extend(sin);
+            out.extend(cos);
+        }
+        if dim % 2 == 1 {
+            out.push(0.0);
+        }
+    }
+    Ok(Tensor::from_vec(out, (timesteps.len(), dim), device)?)
+}
+
+/// `TimestepEmbedding`: linear_1, SiLU, linear_2 (optionally `cond_proj` for LCM).
+struct TimestepEmbedding {
+    linear_1: Linear,
+    linear_2: Linear,
+    cond_proj: Option<Linear>,
+}
+
+impl TimestepEmbedding {
+    fn load(w: &Weights, in_dim: usize, dim: usize, cond_dim: Option<usize>) -> Result<Self> {
+        Ok(TimestepEmbedding {
+            linear_1: Linear::load(&w.pp("linear_1"), in_dim, dim, true)?,
+            linear_2: Linear::load(&w.pp("linear_2"), dim, dim, true)?,
+            cond_proj: match cond_dim {
+                Some(c) => Some(Linear::load(&w.pp("cond_proj"), c, in_dim, false)?),
+                None => None,
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
+        let x = match (&self.cond_proj, cond) {
+            (Some(p), Some(c)) => (x + p.forward(c)?)?,
+            _ => x.clone(),
+        };
+        let h = self.linear_1.forward(&x)?.silu()?;
+        self.linear_2.forward(&h)
+    }
+}
+
+/// SDXL's added conditioning (`addition_embed_type="text_time"`).
+pub struct AddedCond<'a> {
+    /// Pooled text embeddings, `(batch, projection_dim)`.
+    pub text_embeds: &'a Tensor,
+    /// `(batch, 6)`: original size, crop top-left, target size.
+    pub time_ids: &'a Tensor,
+}
+
+pub struct UNet {
+    conv_in: Conv2d,
+    time_embedding: TimestepEmbedding,
+    add_embedding: Option<TimestepEmbedding>,
+    down_blocks: Vec<DownBlock>,
+    mid_block: Option<MidBlockCrossAttn>,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    pub config: UNetConfig,
+    device: Device,
+    dtype: DType,
+}
+
+impl UNet {
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let cfg: UNetConfig = read_config(&cfg_path, UNET_KEEP_NULL)?;
+        cfg.validate()
+            .with_context(|| format!("{}", cfg_path.display()))?;
+        let files = find_weight_files(dir, "diffusion_pytorch_model")?;
+        let w = Weights::open(&files, device, dtype)?;
+        Self::build(&w, cfg).with_context(|| format!("building the unet from {}", dir.display()))
+    }
+
+    /// Builds the UNet from `cfg` and weights `w` (named as in diffusers' checkpoints).
+    pub fn build(w: &Weights, cfg: UNetConfig) -> Result<Self> {
+        cfg.validate()?;
+        let boc = &cfg.block_out_channels;
+        let n = boc.len();
+        if n == 0 {
+            bail!("unet config: block_out_channels is empty");
+        }
+        let groups = cfg.norm_num_groups.unwrap_or(32);
+        let eps = cfg.norm_eps;
+        let layers = cfg.layers_per_block.per_block(n, "layers_per_block")?;
+        let cross_dims = cfg
+            .cross_attention_dim
+            .per_block(n, "cross_attention_dim")?;
+        let only_cross = cfg
+            .only_cross_attention
+            .per_block(n, "only_cross_attention")?;
+        let tlpb = cfg
+            .transformer_layers_per_block
+            .per_block(n, "transformer_layers_per_block")?;
+        // diffusers quirk: `num_attention_heads` defaults to `attention_head_dim`, which is
+        // then used as the number of heads.
+        let heads = match &cfg.num_attention_heads {
+            Some(h) => h.per_block(n, "num_attention_heads")?,
+            None => cfg.attention_head_dim.per_block(n, "attention_head_dim")?,
+        };
+        let time_embed_dim = cfg.time_embedding_dim.unwrap_or(boc[0] * 4);
+        let k_in = cfg.conv_in_kernel;
+        let conv_in = Conv2d::load(
+            &w.pp("conv_in"),
+            cfg.in_channels,
+            boc[0],
+            k_in,
+            1,
+            (k_in - 1) / 2,
+        )?;
+        let time_embedding = TimestepEmbedding::load(
+            &w.pp("time_embedding"),
+            boc[0],
+            time_embed_dim,
+            cfg.time_cond_proj_dim,
+        )?;
+        let add_embedding = if cfg.addition_embed_type.as_deref() == Some("text_time") {
+            let in_dim = cfg.projection_class_embeddings_input_dim.unwrap_or(0);
+            Some(TimestepEmbedding::load(
+                &w.pp("add_embedding"),
+                in_dim,
+                time_embed_dim,
+                None,
+            )?)
+        } else {
+            None
+        };
+        let common = BlockCommon {
+            temb_ch: time_embed_dim,
+            groups,
+            eps,
+            resnet_scale: cfg.resnet_out_scale_factor,
+            use_linear_projection: cfg.use_linear_projection,
+        };
+        let mut down_blocks = Vec::with_capacity(n);
+        let mut out_ch = boc[0];
+        for (i, ty) in cfg.down_block_types.iter().enumerate() {
+            let in_ch = out_ch;
+            out_ch = boc[i];
+            down_blocks.push(DownBlock::load(
+                &w.pp(format!("down_blocks.{i}")),
+                &DownSpec {
+                    in_ch,
+                    out_ch,
+                    layers: layers[i],
+                    cross_attention: ty == "CrossAttnDownBlock2D",
+                    heads: heads[i],
+                    transformer_layers: tlpb[i],
+                    cross_dim: cross_dims[i],
+                    only_cross_attention: only_cross[i],
+                    add_downsample: i + 1 < n,
+                    downsample_padding: cfg.downsample_padding,
+                },
+                &common,
+            )?);
+        }
+        let mid_block = match cfg.mid_block_type.as_deref() {
+            Some("UNetMidBlock2DCrossAttn") => Some(MidBlockCrossAttn::load(
+                &w.pp("mid_block"),
+                boc[n - 1],
+                heads[n - 1],
+                tlpb[n - 1],
+                cross_dims[n - 1],
+                cfg.mid_block_scale_factor,
+                &common,
+            )?),
+            _ => None,
+        };
+        let rev_boc: Vec<usize> = boc.iter().rev().copied().collect();
+        let rev_heads: Vec<usize> = heads.iter().rev().copied().collect();
+        let rev_layers: Vec<usize> = layers.iter().rev().copied().collect();
+        let rev_cross: Vec<usize> = cross_dims.iter().rev().copied().collect();
+        let rev_only: Vec<bool> = only_cross.iter().rev().copied().collect();
+        let rev_tlpb: Vec<usize> = match &cfg.reverse_transformer_layers_per_block {
+            Some(v) if v.len() == n => v.clone(),
+            Some(v) => bail!(
+                "unet config: reverse_transformer_layers_per_block has {} entries, expected {n}",
+                v.len()
+            ),
+            None => tlpb.iter().rev().copied().collect(),
+        };
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut out_ch = rev_boc[0];
+        for (i, ty) in cfg.up_block_types.iter().enumerate() {
+            let prev_out_ch = out_ch;
+            out_ch = rev_boc[i];
+            let in_ch = rev_boc[(i + 1).min(n - 1)];
+            up_blocks.push(UpBlock::load(
+                &w.pp(format!("up_blocks.{i}")),
+                &UpSpec {
+                    in_ch,
+                    prev_out_ch,
+                    out_ch,
+                    layers: rev_layers[i] + 1,
+                    cross_attention: ty == "CrossAttnUpBlock2D",
+                    heads: rev_heads[i],
+                    transformer_layers: rev_tlpb[i],
+                    cross_dim: rev_cross[i],
+                    only_cross_attention: rev_only[i],
+                    add_upsample: i + 1 < n,
+                },
+                &common,
+            )?);
+        }
+        let conv_norm_out = GroupNorm::load(&w.pp("conv_norm_out"), groups, boc[0], eps)?;
+        let k_out = cfg.conv_out_kernel;
+        let conv_out = Conv2d::load(
+            &w.pp("conv_out"),
+            boc[0],
+            cfg.out_channels,
+            k_out,
+            1,
+            (k_out - 1) / 2,
+        )?;
+        Ok(UNet {
+            conv_in,
+            time_embedding,
+            add_embedding,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out,
+            conv_out,
+            device: w.device().clone(),
+            dtype: w.dtype(),
+            config: cfg,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Whether the model needs [`AddedCond`] (SDXL).
+    pub fn needs_added_cond(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// Predicts the model output for `sample` `(b, c, h, w)` at per-sample `timesteps` (`b`
+    /// values), conditioned on `context` `(b, tokens, cross_dim)`.
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timesteps: &[f32],
+        context: &Tensor,
+        added: Option<&AddedCond>,
+        timestep_cond: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let b = sample.dim(0)?;
+        if timesteps.len() != b {
+            bail!("unet: {} timesteps for a batch of {b}", timesteps.len());
+        }
+        let cfg = &self.config;
+        let boc0 = cfg.block_out_channels[0];
+        let t_emb = timestep_embedding(
+            timesteps,
+            boc0,
+            cfg.flip_sin_to_cos,
+            cfg.freq_shift,
+            &self.device,
+        )?
+        .to_dtype(self.dtype)?;
+        let mut emb = self.time_embedding.forward(&t_emb, timestep_cond)?;
+        if let Some(add) = &self.add_embedding {
+            let a = added.context("unet: SDXL conditioning (text_embeds, time_ids) is required")?;
+            let dim = cfg.addition_time_embed_dim.unwrap_or(0);
+            let ids: Vec<f32> = a
+                .time_ids
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let time_embeds =
+                timestep_embedding(&ids, dim, cfg.flip_sin_to_cos, cfg.freq_shift, &self.device)?
+                    .reshape((b, ()))?
+                    .to_dtype(self.dtype)?;
+            let add_embeds = Tensor::cat(&[&a.text_embeds.to_dtype(self.dtype)?, &time_embeds], 1)?;
+            emb = (emb + add.forward(&add_embeds, None)?)?;
+        }
+        let temb_act = emb.silu()?;
+
+        let mut h = self.conv_in.forward(sample)?;
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks {
+            let (out, s) = block.forward(&h, &temb_act, context)?;
+            h = out;
+            skips.extend(s);
+        }
+        if let Some(mid) = &self.mid_block {
+            h = mid.forward(&h, &temb_act, context)?;
+        }
+        for block in &self.up_blocks {
+            let keep = skips.len() - block.num_resnets();
+            let upsample_size = if keep > 0 {
+                let (_, _, sh, sw) = skips[keep - 1].dims4()?;
+                Some((sh, sw))
+            } else {
+                None
+            };
+            let mut mine = skips.split_off(keep);
+            h = block.forward(&h, &mut mine, &temb_act, context, upsample_size)?;
+        }
+        let h = self.conv_norm_out.forward_silu(&h)?;
+        self.conv_out.forward(&h)
+    }
+}

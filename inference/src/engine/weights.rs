@@ -1,0 +1,212 @@
+//! Safetensors weights with errors that name the file and the tensor.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+
+/// Finds the safetensors file(s) of a component folder: `{base}.safetensors`, a sharded
+/// `{base}.safetensors.index.json`, or the `fp16` variant of either.
+pub fn find_weight_files(dir: &Path, base: &str) -> Result<Vec<PathBuf>> {
+    for variant in ["", ".fp16"] {
+        let single = dir.join(format!("{base}{variant}.safetensors"));
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let index = dir.join(format!("{base}{variant}.safetensors.index.json"));
+        if index.is_file() {
+            let json: serde_json::Value = super::config::read_json(&index)?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .with_context(|| format!("{}: no `weight_map`", index.display()))?;
+            let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+            return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+        }
+    }
+    bail!(
+        "no weights in {}: expected {base}.safetensors (or a sharded / fp16 variant)",
+        dir.display()
+    )
+}
+
+/// Where tensors come from: safetensors files, or (for [`super::tiny`]) freshly drawn random
+/// values that are recorded so they can be written out.
+#[derive(Clone)]
+enum Backend {
+    Files {
+        files: Arc<Vec<PathBuf>>,
+        st: Arc<MmapedSafetensors>,
+    },
+    Random(Arc<Mutex<RandomInit>>),
+}
+
+/// Deterministic random initialisation: every requested tensor is drawn, in request order,
+/// from one torch-compatible generator, and recorded with its full name.
+pub struct RandomInit {
+    generator: super::noise::TorchGenerator,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// A view on a set of weights under a name prefix, like diffusers' module tree.
+#[derive(Clone)]
+pub struct Weights {
+    backend: Backend,
+    prefix: String,
+    device: Device,
+    dtype: DType,
+}
+
+impl Weights {
+    pub fn open(files: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
+        for f in files {
+            if !f.is_file() {
+                bail!("weights file {} is missing", f.display());
+            }
+        }
+        // SAFETY: the files are memory-mapped read-only; the engine never writes to them while
+        // loaded (a model folder must not be modified while a server uses it).
+        let st = unsafe { MmapedSafetensors::multi(files) }
+            .with_context(|| format!("cannot open safetensors {}", describe(files)))?;
+        Ok(Weights {
+            backend: Backend::Files {
+                files: Arc::new(files.to_vec()),
+                st: Arc::new(st),
+            },
+            prefix: String::new(),
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Random weights drawn from a generator seeded with `seed` (f32, CPU).
+    pub fn random(seed: u64) -> Self {
+        Weights {
+            backend: Backend::Random(Arc::new(Mutex::new(RandomInit {
+                generator: super::noise::TorchGenerator::new(seed),
+                tensors: Vec::new(),
+            }))),
+            prefix: String::new(),
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+
+    /// The tensors drawn so far by a [`Weights::random`] view (empty for files).
+    pub fn drawn(&self) -> Vec<(String, Tensor)> {
+        match &self.backend {
+            Backend::Random(r) => r.lock().map(|r| r.tensors.clone()).unwrap_or_default(),
+            Backend::Files { .. } => Vec::new(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The sub-tree `prefix.name`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Weights {
+        let mut w = self.clone();
+        w.prefix = self.full(&name.to_string());
+        w
+    }
+
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
+    }
+
+    /// Whether `prefix.name` exists (always true for random weights).
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.backend {
+            Backend::Files { st, .. } => st.get(&self.full(name)).is_ok(),
+            Backend::Random(_) => true,
+        }
+    }
+
+    /// Loads `prefix.name`, checks its shape and converts it to the engine dtype and device.
+    pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        let full = self.full(name);
+        let expected: Shape = shape.into();
+        let (files, st) = match &self.backend {
+            Backend::Files { files, st } => (files, st),
+            Backend::Random(r) => {
+                let mut r = r
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("random init poisoned"))?;
+                let t = random_tensor(&mut r.generator, &full, expected.dims())?;
+                r.tensors.push((full, t.clone()));
+                return Ok(t);
+            }
+        };
+        let view = st.get(&full).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: missing tensor `{full}` (expected shape {expected:?})",
+                describe(files)
+            )
+        })?;
+        if view.shape() != expected.dims() {
+            bail!(
+                "{}: tensor `{full}` has shape {:?}, expected {:?}",
+                describe(files),
+                view.shape(),
+                expected.dims()
+            );
+        }
+        let t = st
+            .load(&full, &Device::Cpu)
+            .with_context(|| format!("{}: cannot load tensor `{full}`", describe(files)))?;
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+}
+
+/// The initialisation rule of the tiny random models, chosen from the tensor's name/shape:
+/// norm scales `1 + 0.1 n`, norm shifts and biases `0.1 n` / `0.02 n`, CLIP embeddings
+/// `0.02 n`, other weights `n / sqrt(fan_in)` (`n` standard normal).
+fn random_tensor(
+    g: &mut super::noise::TorchGenerator,
+    name: &str,
+    dims: &[usize],
+) -> Result<Tensor> {
+    let numel: usize = dims.iter().product();
+    let n = g.randn_vec(numel);
+    let leaf = name.rsplit('.').next().unwrap_or("");
+    let is_norm = dims.len() == 1 && name.contains("norm");
+    let data: Vec<f32> = if is_norm && leaf == "weight" {
+        n.iter().map(|v| 1.0 + 0.1 * v).collect()
+    } else if is_norm {
+        n.iter().map(|v| 0.1 * v).collect()
+    } else if leaf == "bias" {
+        n.iter().map(|v| 0.02 * v).collect()
+    } else if name.ends_with("token_embedding.weight")
+        || name.ends_with("position_embedding.weight")
+    {
+        n.iter().map(|v| 0.02 * v).collect()
+    } else {
+        let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+        let std = 1.0 / (fan_in as f32).sqrt();
+        n.iter().map(|v| v * std).collect()
+    };
+    Ok(Tensor::from_vec(data, dims, &Device::Cpu)?)
+}
+
+fn describe(files: &[PathBuf]) -> String {
+    match files {
+        [one] => one.display().to_string(),
+        many => many
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}

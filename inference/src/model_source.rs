@@ -1,0 +1,206 @@
+//! Where a model's files come from: a local diffusers-format folder, or a
+//! Hugging Face hub id downloaded once into the standard Hugging Face cache
+//! (~/.cache/huggingface/hub, or $HF_HOME/hub) with a progress bar per file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// The model `scripts/up` serves when MODEL is not set: SDXL-Turbo.
+pub const DEFAULT_MODEL: &str = "stabilityai/sdxl-turbo";
+
+/// The folder holding `spec`'s files: `spec` itself if it is a folder, else the
+/// hub snapshot it names, downloaded if needed.
+pub fn resolve(spec: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        if !path.join("model_index.json").is_file() {
+            bail!(
+                "{spec} is a folder but not a diffusers-format model (it has no model_index.json)"
+            );
+        }
+        return Ok(path.to_path_buf());
+    }
+    if !looks_like_hub_id(spec) {
+        bail!("{spec}: no such folder, and not a Hugging Face hub id (owner/name)");
+    }
+    download(spec)
+}
+
+fn looks_like_hub_id(spec: &str) -> bool {
+    let mut parts = spec.split('/');
+    let ok = |s: Option<&str>| {
+        s.is_some_and(|s| {
+            !s.is_empty()
+                && !s.starts_with('.')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+fn download(id: &str) -> anyhow::Result<PathBuf> {
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .context("setting up the Hugging Face hub client")?;
+    let repo = api.model(id.to_string());
+    let files = match repo.info() {
+        Ok(info) => pick_files(info.siblings.iter().map(|s| s.rfilename.as_str())),
+        Err(err) => return from_cache_or_explain(id, err),
+    };
+    if !files.iter().any(|f| f == "model_index.json") {
+        bail!(
+            "{id} on the Hugging Face hub is not a diffusers-format model (it has no model_index.json)"
+        );
+    }
+    tracing::info!(
+        model = id,
+        files = files.len(),
+        "fetching model files (cached after the first time)"
+    );
+    let mut index = None;
+    for file in &files {
+        let path = repo
+            .get(file)
+            .with_context(|| format!("downloading {file} of {id}"))?;
+        if file == "model_index.json" {
+            index = Some(path);
+        }
+    }
+    snapshot_dir(index.expect("model_index.json is among the files"))
+}
+
+/// Offline: use the cached snapshot if an earlier run downloaded it, else say
+/// what to do instead.
+fn from_cache_or_explain(id: &str, err: hf_hub::api::sync::ApiError) -> anyhow::Result<PathBuf> {
+    let cache = hf_hub::Cache::from_env();
+    if let Some(index) = cache.model(id.to_string()).get("model_index.json") {
+        tracing::warn!(model = id, error = %err, "the Hugging Face hub is unreachable; using the cached copy");
+        return snapshot_dir(index);
+    }
+    bail!(
+        "could not reach the Hugging Face hub to download {id} ({err}).\n\
+         Set MODEL to a local diffusers-format folder instead; `scripts/make-tiny-model DIR` \
+         writes a tiny random one that runs offline, e.g.\n  \
+         scripts/make-tiny-model .tiny-model && MODEL=.tiny-model scripts/up"
+    )
+}
+
+fn snapshot_dir(model_index: PathBuf) -> anyhow::Result<PathBuf> {
+    model_index
+        .parent()
+        .map(Path::to_path_buf)
+        .context("model_index.json has no parent folder")
+}
+
+/// The files of a diffusers repository that the engine reads: configs, tokenizer
+/// files and the safetensors weights of each component, the fp16 variant where a
+/// component has one (half the download; the engine converts to its own dtype).
+/// Other formats (.bin, .ckpt, ONNX, OpenVINO, Flax) and single-file checkpoints
+/// at the top level are skipped.
+pub fn pick_files<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let names: Vec<&str> = names.collect();
+    let is_fp16 = |file: &str| file.contains(".fp16.") || file.contains(".fp16-");
+    let is_weights =
+        |file: &str| file.ends_with(".safetensors") || file.ends_with(".safetensors.index.json");
+    let dir_has_fp16 = |dir: &str| {
+        names.iter().any(|n| {
+            n.strip_prefix(dir)
+                .and_then(|r| r.strip_prefix('/'))
+                .is_some_and(|f| is_weights(f) && is_fp16(f))
+        })
+    };
+    names
+        .iter()
+        .filter(|name| match name.split_once('/') {
+            None => **name == "model_index.json",
+            Some((_, file)) if file.contains('/') => false,
+            Some((dir, file)) => match file {
+                "config.json" | "scheduler_config.json" => true,
+                "vocab.json"
+                | "merges.txt"
+                | "tokenizer.json"
+                | "tokenizer_config.json"
+                | "special_tokens_map.json" => true,
+                f if is_weights(f) => is_fp16(f) == dir_has_fp16(dir),
+                _ => false,
+            },
+        })
+        .map(|name| name.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids() {
+        assert!(looks_like_hub_id("stabilityai/sdxl-turbo"));
+        assert!(looks_like_hub_id("runwayml/stable-diffusion-v1-5"));
+        assert!(!looks_like_hub_id("./model"));
+        assert!(!looks_like_hub_id("/abs/path"));
+        assert!(!looks_like_hub_id("a/b/c"));
+        assert!(!looks_like_hub_id("single"));
+    }
+
+    #[test]
+    fn picks_configs_tokenizers_and_fp16_weights() {
+        let listing = [
+            "model_index.json",
+            "sd_xl_turbo_1.0_fp16.safetensors",
+            "README.md",
+            "scheduler/scheduler_config.json",
+            "text_encoder/config.json",
+            "text_encoder/model.fp16.safetensors",
+            "text_encoder/model.safetensors",
+            "text_encoder/openvino_model.bin",
+            "tokenizer/vocab.json",
+            "tokenizer/merges.txt",
+            "tokenizer/special_tokens_map.json",
+            "tokenizer/tokenizer_config.json",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+            "unet/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.bin",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "vae_decoder/model.onnx",
+        ];
+        let picked = pick_files(listing.into_iter());
+        assert_eq!(
+            picked,
+            [
+                "model_index.json",
+                "scheduler/scheduler_config.json",
+                "text_encoder/config.json",
+                "text_encoder/model.fp16.safetensors",
+                "tokenizer/vocab.json",
+                "tokenizer/merges.txt",
+                "tokenizer/special_tokens_map.json",
+                "tokenizer/tokenizer_config.json",
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.fp16.safetensors",
+                "vae/config.json",
+                "vae/diffusion_pytorch_model.safetensors",
+            ]
+        );
+    }
+
+    #[test]
+    fn folders_without_model_index_are_refused() {
+        let dir = std::env::temp_dir().join(format!("model-source-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = resolve(dir.to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("no model_index.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            resolve("./no/such/dir")
+                .unwrap_err()
+                .to_string()
+                .contains("no such folder")
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! Between the contract's records (wit/) and the engine's types: validation of a
+//! generate-request (the server trusts no client, not even our edge), and the
+//! encoding of results.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use contract::{Error, GenerateRequest, GeneratedImage, Timings};
+
+use crate::engine::{EngineError, GenerateParams, ModelInfo, StageTimings};
+
+/// Sides beyond this would not fit in memory on most machines (and no model was trained for them).
+const MAX_SIDE: u32 = 4096;
+const MAX_STEPS: u32 = 1000;
+const MAX_SAMPLES: u32 = 8;
+/// Init images are resized to the target size by the engine; this only bounds the decode.
+const MAX_INIT_PIXELS: u64 = 64_000_000;
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidRequest(msg.into())
+}
+
+pub fn to_params(req: &GenerateRequest, info: &ModelInfo) -> Result<GenerateParams, Error> {
+    let factor = info.vae_scale_factor as u32;
+    for (name, v) in [("width", req.width), ("height", req.height)] {
+        if !(64..=MAX_SIDE).contains(&v) || !v.is_multiple_of(factor) {
+            return Err(invalid(format!(
+                "{name}: must be a multiple of {factor} from 64 to {MAX_SIDE} (got {v})"
+            )));
+        }
+    }
+    if req.steps == 0 || req.steps > MAX_STEPS {
+        return Err(invalid(format!(
+            "steps: must be from 1 to {MAX_STEPS} (got {})",
+            req.steps
+        )));
+    }
+    if !req.guidance.is_finite() || !(0.0..=100.0).contains(&req.guidance) {
+        return Err(invalid(format!(
+            "guidance: must be from 0 to 100 (got {})",
+            req.guidance
+        )));
+    }
+    if req.samples == 0 || req.samples > MAX_SAMPLES {
+        return Err(invalid(format!(
+            "samples: must be from 1 to {MAX_SAMPLES} (got {})",
+            req.samples
+        )));
+    }
+    let init_image = match &req.init_image {
+        None => None,
+        Some(init) => {
+            if !(init.strength > 0.0 && init.strength <= 1.0) {
+                return Err(invalid(format!(
+                    "init_image.strength: must be in (0, 1] (got {})",
+                    init.strength
+                )));
+            }
+            Some((decode_image(&init.image)?, f64::from(init.strength)))
+        }
+    };
+    Ok(GenerateParams {
+        prompt: req.prompt.clone(),
+        negative_prompt: req.negative_prompt.clone(),
+        width: req.width as usize,
+        height: req.height as usize,
+        steps: req.steps as usize,
+        guidance: f64::from(req.guidance),
+        seed: req.seed.unwrap_or_else(crate::random_seed),
+        samples: req.samples as usize,
+        scheduler: req.scheduler.clone(),
+        karras: req.karras,
+        init_image,
+    })
+}
+
+fn decode_image(b64: &str) -> Result<image::DynamicImage, Error> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| invalid(format!("init_image.image: not valid base64 ({e})")))?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| invalid(format!("init_image.image: unreadable ({e})")))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_INIT_PIXELS * 4);
+    reader.limits(limits);
+    reader.decode().map_err(|e| {
+        invalid(format!(
+            "init_image.image: not a PNG, JPEG or WebP image ({e})"
+        ))
+    })
+}
+
+/// The message of an engine's invalid-parameter error, in the contract's terms
+/// ("field: what is accepted").
+pub fn param_message(err: &anyhow::Error) -> String {
+    match err.downcast_ref::<EngineError>() {
+        Some(EngineError::InvalidParam { param, message }) => {
+            format!("{}: {message}", contract_field(param))
+        }
+        _ => format!("{err:#}"),
+    }
+}
+
+/// The contract's name for an engine parameter.
+fn contract_field(param: &str) -> &str {
+    match param {
+        "strength" => "init_image.strength",
+        "init_image" => "init_image.image",
+        other => other,
+    }
+}
+
+pub fn encode_images(images: &[(image::RgbImage, u64)]) -> anyhow::Result<Vec<GeneratedImage>> {
+    images
+        .iter()
+        .map(|(img, seed)| {
+            let mut png = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+            Ok(GeneratedImage {
+                png: base64::engine::general_purpose::STANDARD.encode(png),
+                seed: *seed,
+                width: img.width(),
+                height: img.height(),
+            })
+        })
+        .collect()
+}
+
+pub fn timings(queued: Duration, stages: &StageTimings, started: Instant) -> Timings {
+    let ms = |d: Duration| d.as_millis().min(u128::from(u32::MAX)) as u32;
+    Timings {
+        queued_ms: ms(queued),
+        prepare_ms: ms(stages.prepare),
+        denoise_ms: ms(stages.denoise),
+        decode_ms: ms(stages.decode),
+        total_ms: ms(started.elapsed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ModelInfo {
+        ModelInfo {
+            architecture: "stable-diffusion-xl".into(),
+            pipeline_class: "StableDiffusionXLPipeline".into(),
+            default_width: 1024,
+            default_height: 1024,
+            vae_scale_factor: 8,
+            default_scheduler: "EulerDiscreteScheduler".into(),
+            supported_schedulers: vec![],
+            prediction_type: "epsilon".into(),
+            default_steps: 20,
+            default_guidance: 5.0,
+            uses_cfg_embedding: false,
+        }
+    }
+
+    fn request() -> GenerateRequest {
+        GenerateRequest {
+            model: "m".into(),
+            prompt: "p".into(),
+            negative_prompt: None,
+            width: 512,
+            height: 512,
+            steps: 4,
+            guidance: 5.0,
+            seed: None,
+            samples: 1,
+            scheduler: None,
+            karras: None,
+            init_image: None,
+        }
+    }
+
+    #[test]
+    fn valid_requests_become_params_with_a_seed() {
+        let p = to_params(&request(), &info()).unwrap();
+        assert_eq!((p.width, p.height, p.steps, p.samples), (512, 512, 4, 1));
+        assert!(p.seed >= 1 && p.seed <= u64::from(u32::MAX));
+        let p = to_params(
+            &GenerateRequest {
+                seed: Some(u64::MAX),
+                ..request()
+            },
+            &info(),
+        )
+        .unwrap();
+        assert_eq!(p.seed, u64::MAX);
+    }
+
+    #[test]
+    fn out_of_range_fields_are_named() {
+        for (req, needle) in [
+            (
+                GenerateRequest {
+                    width: 500,
+                    ..request()
+                },
+                "width: must be a multiple of 8",
+            ),
+            (
+                GenerateRequest {
+                    height: 8192,
+                    ..request()
+                },
+                "height: must be a multiple of 8 from 64 to 4096",
+            ),
+            (
+                GenerateRequest {
+                    steps: 0,
+                    ..request()
+                },
+                "steps: must be from 1",
+            ),
+            (
+                GenerateRequest {
+                    guidance: f32::NAN,
+                    ..request()
+                },
+                "guidance:",
+            ),
+            (
+                GenerateRequest {
+                    samples: 9,
+                    ..request()
+                },
+                "samples: must be from 1 to 8",
+            ),
+            (
+                GenerateRequest {
+                    init_image: Some(contract::InitImage {
+                        image: "iVBORw0KGgo=".into(),
+                        strength: 0.0,
+                    }),
+                    ..request()
+                },
+                "init_image.strength",
+            ),
+            (
+                GenerateRequest {
+                    init_image: Some(contract::InitImage {
+                        image: "!!".into(),
+                        strength: 0.5,
+                    }),
+                    ..request()
+                },
+                "init_image.image: not valid base64",
+            ),
+            (
+                GenerateRequest {
+                    init_image: Some(contract::InitImage {
+                        image: "aGVsbG8=".into(),
+                        strength: 0.5,
+                    }),
+                    ..request()
+                },
+                "init_image.image:",
+            ),
+        ] {
+            match to_params(&req, &info()) {
+                Err(Error::InvalidRequest(m)) => assert!(m.starts_with(needle), "{m}"),
+                other => panic!("expected InvalidRequest({needle}), got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn engine_parameter_errors_read_as_contract_fields() {
+        let e = EngineError::invalid("strength", "must be in (0, 1]");
+        assert_eq!(param_message(&e), "init_image.strength: must be in (0, 1]");
+        let e = EngineError::invalid("scheduler", "unknown; supported: DDIM, Euler");
+        assert_eq!(
+            param_message(&e),
+            "scheduler: unknown; supported: DDIM, Euler"
+        );
+    }
+}
