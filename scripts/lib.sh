@@ -1,8 +1,12 @@
 # Shared by the scripts: repository root, toolchain checks, GPU detection.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CALLER_DIR="$PWD"
 cd "$ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+# A path the user gave, made absolute against where they ran the script.
+from_caller() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER_DIR/$1" ;; esac; }
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -25,4 +29,11 @@ inference_features() {
     if command -v nvcc >/dev/null; then echo "--features inference/cuda"; return; fi
     say "an NVIDIA GPU is present but nvcc (the CUDA toolkit) is not: building for CPU" 
   fi
+}
+
+# The native binaries (edge-host, inference), always built with the same
+# arguments so that cargo's feature resolution, and so its cache, stays the same.
+build_native() {
+  # shellcheck disable=SC2046
+  cargo build --release --workspace --bins $(inference_features)
 }

@@ -26,9 +26,20 @@ enum Command {
     Serve(inference::server::ServeArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     cli::init_logging();
-    match Cli::parse().command {
+    // Errors are for people: the chain of causes on one line each, no backtrace.
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Generate(args) => cli::generate::run(args),
         Command::MakeTinyModel(args) => cli::make_tiny::run(args),
         Command::Serve(args) => {

@@ -81,7 +81,7 @@ fn from_cache_or_explain(id: &str, err: hf_hub::api::sync::ApiError) -> anyhow::
         return snapshot_dir(index);
     }
     bail!(
-        "could not reach the Hugging Face hub to download {id} ({err}).\n\
+        "{id} is not a folder here, and the Hugging Face hub could not be reached to download it ({err}).\n\
          Set MODEL to a local diffusers-format folder instead; `scripts/make-tiny-model DIR` \
          writes a tiny random one that runs offline, e.g.\n  \
          scripts/make-tiny-model .tiny-model && MODEL=.tiny-model scripts/up"

@@ -11,7 +11,7 @@
 //! - Errors: `{"code":<status>,"message":"...","traceId":"..."}`.
 
 use contract::{GenerateRequest, GenerateResult};
-use serde_json::json;
+use serde::Serialize;
 
 use super::{Dialect, Incoming, Outgoing};
 use crate::api_error::ApiError;
@@ -116,25 +116,48 @@ impl Dialect for Appypie {
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::internal("the inference server returned no image"))?;
-        let body = json!({
-            "status": 200,
-            "content-type": "image/png",
-            "content-length": base64_decoded_len(&image.png).to_string(),
-            "image_data": image.png,
-        });
+        let body = ImageBody {
+            status: 200,
+            content_type: "image/png",
+            content_length: base64_decoded_len(&image.png).to_string(),
+            image_data: image.png,
+        };
         Ok(Outgoing::json(200, &body).with_header("x-seed", image.seed.to_string()))
     }
 
     fn render_error(&self, err: &ApiError, trace_id: &str) -> Outgoing {
-        let out = Outgoing::json(
-            err.status,
-            &json!({ "code": err.status, "message": err.message, "traceId": trace_id }),
-        );
+        let body = ErrorBody {
+            code: err.status,
+            message: &err.message,
+            trace_id,
+        };
+        let out = Outgoing::json(err.status, &body);
         match err.retry_after {
             Some(secs) => out.with_header("retry-after", secs.to_string()),
             None => out,
         }
     }
+}
+
+/// The seed's success body, fields in the seed's order.
+#[derive(Serialize)]
+struct ImageBody {
+    status: u16,
+    #[serde(rename = "content-type")]
+    content_type: &'static str,
+    /// Size of the PNG in bytes, as a string (as the seed shows it).
+    #[serde(rename = "content-length")]
+    content_length: String,
+    image_data: String,
+}
+
+/// The seed's error contract.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: u16,
+    message: &'a str,
+    #[serde(rename = "traceId")]
+    trace_id: &'a str,
 }
 
 /// `size` ("WxH") or `width`/`height`; both given must agree.
@@ -171,6 +194,7 @@ fn size(f: &Fields) -> Result<(u32, u32), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn incoming(body: &str) -> Incoming {
         Incoming {
@@ -307,6 +331,10 @@ mod tests {
         };
         let job = parse(r#"{"prompt":"p"}"#).unwrap();
         let out = Appypie.render(&job, result).unwrap();
+        assert!(
+            out.body
+                .starts_with(br#"{"status":200,"content-type":"image/png","content-length":"5","#)
+        );
         let body: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(
             body,

@@ -2,11 +2,9 @@
 //! the result back. Everything else (auth, images, the backend call, error
 //! statuses) is shared and lives outside this folder.
 
-use contract::GenerateResult;
-use serde_json::Value;
-
 use crate::api_error::ApiError;
 use crate::job::Job;
+use contract::GenerateResult;
 
 pub mod appypie;
 
@@ -35,11 +33,11 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    pub fn json(status: u16, value: &Value) -> Outgoing {
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Outgoing {
         Outgoing {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
-            body: serde_json::to_vec(value).expect("a JSON value always serialises"),
+            body: serde_json::to_vec(value).expect("our response bodies always serialise"),
         }
     }
 
@@ -79,10 +77,8 @@ pub fn for_path(path: &str) -> Option<&'static dyn Dialect> {
 
 /// The error body for paths no dialect serves. Spin only routes the paths in
 /// spin.toml to us, so this is for a route we list but don't know (a bug) or a
-/// runtime that routes everything.
+/// runtime that routes everything. Appypie's `{code, message, traceId}` is the
+/// most self-explanatory of the dialects' error shapes, so it serves here too.
 pub fn render_unrouted(err: &ApiError, trace_id: &str) -> Outgoing {
-    Outgoing::json(
-        err.status,
-        &serde_json::json!({ "code": err.status, "message": err.message, "traceId": trace_id }),
-    )
+    appypie::Appypie.render_error(err, trace_id)
 }
