@@ -47,12 +47,20 @@ pub fn edge_wasm() -> PathBuf {
     built(target_dir().join("wasm32-wasip2/release/edge.wasm"))
 }
 
+static TINY_MODEL: OnceLock<PathBuf> = OnceLock::new();
+
 /// A tiny random SDXL-architecture model made by `inference make-tiny-model`,
-/// once per test run.
+/// once per test binary, and removed when it exits.
 pub fn tiny_model() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+    TINY_MODEL.get_or_init(|| {
         let dir = target_dir().join(format!("e2e-tiny-model-{}", std::process::id()));
+        extern "C" fn remove_tiny_model() {
+            if let Some(dir) = TINY_MODEL.get() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        // The test harness ends with exit(), which runs atexit handlers.
+        unsafe { libc::atexit(remove_tiny_model) };
         let status = std::process::Command::new(binary("inference"))
             .arg("make-tiny-model")
             .arg(&dir)
