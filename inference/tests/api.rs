@@ -1,15 +1,35 @@
 //! The engine's public API: typed parameter errors, cancellation, errors naming files and
 //! tensors, thread-safety, per-image seeds.
 
+use std::path::{Path, PathBuf};
+
 use candle_core::Device;
 use inference::engine::{EngineError, ErrorKind, GenerateParams, Pipeline, tiny};
 
-fn tiny_pipeline() -> (tempfile::TempDir, Pipeline) {
+/// The tiny model written to a temporary folder (deleted when the guard drops).
+fn tiny_model() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tiny");
     tiny::write_tiny_model(&dir, 0).unwrap();
+    (tmp, dir)
+}
+
+fn tiny_pipeline() -> (tempfile::TempDir, Pipeline) {
+    let (tmp, dir) = tiny_model();
     let p = Pipeline::load(&dir, &Device::Cpu).unwrap();
     (tmp, p)
+}
+
+/// The error (with its context chain) of loading the model in `dir`, which must fail.
+fn load_error(dir: &Path) -> String {
+    format!("{:#}", Pipeline::load(dir, &Device::Cpu).err().unwrap())
+}
+
+/// Replaces `from` with `to` in the file at `path`; returns the original text.
+fn edit(path: &Path, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, text.replace(from, to)).unwrap();
+    text
 }
 
 fn small() -> GenerateParams {
@@ -199,13 +219,11 @@ fn each_image_reproduces_alone() {
 
 #[test]
 fn load_errors_name_the_file_and_tensor() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("tiny");
-    tiny::write_tiny_model(&dir, 0).unwrap();
+    let (_tmp, dir) = tiny_model();
     // A missing weights file.
     let vae = dir.join("vae/diffusion_pytorch_model.safetensors");
     std::fs::rename(&vae, dir.join("vae/moved.safetensors")).unwrap();
-    let err = format!("{:#}", Pipeline::load(&dir, &Device::Cpu).err().unwrap());
+    let err = load_error(&dir);
     assert!(
         err.contains("vae") && err.contains("diffusion_pytorch_model.safetensors"),
         "{err}"
@@ -213,27 +231,24 @@ fn load_errors_name_the_file_and_tensor() {
     std::fs::rename(dir.join("vae/moved.safetensors"), &vae).unwrap();
     // A config that no longer fits the weights: the error names the tensor and the file.
     let cfg_path = dir.join("unet/config.json");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
-    std::fs::write(
+    let cfg = edit(
         &cfg_path,
-        cfg.replace("\"cross_attention_dim\": 64", "\"cross_attention_dim\": 48"),
-    )
-    .unwrap();
-    let err = format!("{:#}", Pipeline::load(&dir, &Device::Cpu).err().unwrap());
+        "\"cross_attention_dim\": 64",
+        "\"cross_attention_dim\": 48",
+    );
+    let err = load_error(&dir);
     assert!(
         err.contains("cross_attention_dim") || err.contains("attn2.to_k.weight"),
         "{err}"
     );
     std::fs::write(&cfg_path, &cfg).unwrap();
     // A mis-shaped tensor.
-    let te = dir.join("text_encoder/config.json");
-    let c = std::fs::read_to_string(&te).unwrap();
-    std::fs::write(
-        &te,
-        c.replace("\"intermediate_size\": 37", "\"intermediate_size\": 38"),
-    )
-    .unwrap();
-    let err = format!("{:#}", Pipeline::load(&dir, &Device::Cpu).err().unwrap());
+    edit(
+        &dir.join("text_encoder/config.json"),
+        "\"intermediate_size\": 37",
+        "\"intermediate_size\": 38",
+    );
+    let err = load_error(&dir);
     assert!(
         err.contains("fc1.weight") && err.contains("model.safetensors"),
         "{err}"
@@ -244,9 +259,7 @@ fn load_errors_name_the_file_and_tensor() {
 /// checkpoints; both load to the same model.
 #[test]
 fn text_encoder_without_prefix_loads() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("tiny");
-    tiny::write_tiny_model(&dir, 0).unwrap();
+    let (_tmp, dir) = tiny_model();
     let before = Pipeline::load(&dir, &Device::Cpu)
         .unwrap()
         .generate(&small(), &mut |_, _| true)

@@ -40,40 +40,28 @@ fn schedules_match_diffusers() {
         let what = format!("{cfg_name}/{class}/{steps}");
         let want_t = floats(&case["timesteps"]);
         let want_init = case["init_noise_sigma"].as_f64().unwrap();
-        let (timesteps, init, values, want_values): (Vec<f64>, f64, Vec<f64>, Vec<f64>) =
-            match class {
-                "EulerDiscreteScheduler" => {
-                    let s = EulerDiscrete::new(&cfg, steps, None).unwrap();
-                    let sig = s.sigmas().iter().map(|&v| v as f64).collect();
-                    (
-                        s.timesteps().to_vec(),
-                        s.init_noise_sigma(),
-                        sig,
-                        floats(&case["sigmas"]),
-                    )
-                }
-                "EulerAncestralDiscreteScheduler" => {
-                    let s = EulerAncestralDiscrete::new(&cfg, steps).unwrap();
-                    let sig = s.sigmas().iter().map(|&v| v as f64).collect();
-                    (
-                        s.timesteps().to_vec(),
-                        s.init_noise_sigma(),
-                        sig,
-                        floats(&case["sigmas"]),
-                    )
-                }
-                "DDIMScheduler" => {
-                    let s = Ddim::new(&cfg, steps).unwrap();
-                    let a = s.alphas_at_timesteps().iter().map(|&v| v as f64).collect();
-                    (
-                        s.timesteps().to_vec(),
-                        s.init_noise_sigma(),
-                        a,
-                        floats(&case["alphas_cumprod"]),
-                    )
-                }
-                other => panic!("unknown class {other}"),
-            };
+        // The per-step values compared: sigmas for the Euler family, alphas_cumprod for DDIM.
+        let (s, values, key): (Box<dyn Scheduler>, Vec<f32>, &str) = match class {
+            "EulerDiscreteScheduler" => {
+                let s = EulerDiscrete::new(&cfg, steps, None).unwrap();
+                let v = s.sigmas().to_vec();
+                (Box::new(s), v, "sigmas")
+            }
+            "EulerAncestralDiscreteScheduler" => {
+                let s = EulerAncestralDiscrete::new(&cfg, steps).unwrap();
+                let v = s.sigmas().to_vec();
+                (Box::new(s), v, "sigmas")
+            }
+            "DDIMScheduler" => {
+                let s = Ddim::new(&cfg, steps).unwrap();
+                let v = s.alphas_at_timesteps();
+                (Box::new(s), v, "alphas_cumprod")
+            }
+            other => panic!("unknown class {other}"),
+        };
+        let (timesteps, init) = (s.timesteps().to_vec(), s.init_noise_sigma());
+        let values: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+        let want_values = floats(&case[key]);
         // Timesteps: float32 values (fractional with Karras sigmas).
         close(
             &format!("{what} timesteps"),

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use inference::engine::unet::UNet;
 
 #[test]
@@ -25,25 +25,20 @@ fn unet_variant_matches_diffusers() {
         .unwrap();
     let want = &io["out"];
     assert_eq!(out.dims(), want.dims());
-    let diff = (out - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = want
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs(&(out - want).unwrap());
+    let scale = max_abs(want);
     println!("max abs diff {diff} (output max {scale})");
     assert!(diff <= 1e-4 * scale.max(1.0), "max abs diff {diff}");
+}
+
+/// The largest absolute value in `t`.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }

@@ -8,34 +8,14 @@
 use candle_core::{CpuStorage, Layout, Shape};
 use rayon::prelude::*;
 
+use super::cpu_kernels::{SendPtr, f32_slice, gemm_serial};
+
 /// Target size of one band's im2col block (floats): about 1 MiB, to stay in cache.
 const BAND_FLOATS: usize = 256 * 1024;
 
 pub struct Conv2dOp {
     pub stride: usize,
     pub padding: usize,
-}
-
-/// The output buffer shared by the bands (each writes a disjoint region).
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let v = match s {
-        CpuStorage::F32(v) => v,
-        _ => candle_core::bail!("conv2d: {what} must be f32"),
-    };
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("conv2d: {what} must be contiguous")))?;
-    Ok(&v[a..b])
 }
 
 impl Conv2dOp {
@@ -46,9 +26,9 @@ impl Conv2dOp {
         weight: (&CpuStorage, &Layout),
         bias: (&CpuStorage, &Layout),
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(input.0, input.1, "input")?;
-        let w = slice(weight.0, weight.1, "weight")?;
-        let bias = slice(bias.0, bias.1, "bias")?;
+        let x = f32_slice(input.0, input.1, "conv2d: input")?;
+        let w = f32_slice(weight.0, weight.1, "conv2d: weight")?;
+        let bias = f32_slice(bias.0, bias.1, "conv2d: bias")?;
         let (b, c, h, wd) = input.1.shape().dims4()?;
         let (cout, cin, kh, kw) = weight.1.shape().dims4()?;
         if cin != c || kh != kw {
@@ -93,27 +73,20 @@ impl Conv2dOp {
                 fill_cols(&mut cols_buf, xin, c, h, wd, k, s, p, ow, y0, y1);
                 (&cols_buf, n)
             };
+            // dst (cout × n, on the bias) += weight (cout × ckk) · cols (ckk × n)
             unsafe {
-                gemm::gemm(
+                gemm_serial(
                     cout,
                     n,
                     ckk,
                     dst,
-                    1,
-                    plane as isize,
+                    plane,
                     true,
                     w.as_ptr(),
-                    1,
-                    ckk as isize,
+                    ckk,
                     cols.as_ptr(),
                     1,
-                    cols_rs as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    cols_rs,
                 );
             }
         });

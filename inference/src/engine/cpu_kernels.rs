@@ -168,7 +168,12 @@ pub mod geglu_rows {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+/// The f32 data of a contiguous CPU tensor (the custom ops here take no other).
+pub(crate) fn f32_slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let v = match s {
         CpuStorage::F32(v) => v,
         _ => candle_core::bail!("{what} must be f32"),
@@ -206,12 +211,61 @@ impl candle_core::CustomOp1 for GegluOp {
     }
 }
 
-struct SendPtr(*mut f32);
+/// An output buffer shared by parallel tasks that each write a disjoint region.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn get(&self) -> *mut f32 {
+    pub(crate) fn get(&self) -> *mut f32 {
         self.0
+    }
+}
+
+/// Single-threaded `dst = lhs · rhs` (`dst += lhs · rhs` with `accumulate`) in f32: `dst` is
+/// `m × n`, `lhs` `m × k`, `rhs` `k × n`; `dst` and `lhs` have contiguous rows (row strides
+/// given), `rhs` any (column, row) strides. Single-threaded because the callers already run
+/// one gemm per rayon task (no nested thread pools).
+///
+/// # Safety
+/// The pointers must cover the matrices their shapes and strides describe, and `dst` must not
+/// overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    rhs: *const f32,
+    rhs_cs: usize,
+    rhs_rs: usize,
+) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            1,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0f32 } else { 0.0f32 },
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -266,28 +320,21 @@ impl candle_core::CustomOp3 for AttentionOp {
                 let kh = &k[h * m * d..];
                 let vh = &v[h * m * dv..];
                 let s = &mut scores[..r * m];
+                // s (r × m) = q_block (r × d) · kᵀ (d × m)
+                // SAFETY: the slices hold the blocks; `s` is this task's own buffer.
                 unsafe {
-                    // s (r × m) = q_block (r × d) · kᵀ (d × m)
-                    gemm::gemm(
+                    gemm_serial(
                         r,
                         m,
                         d,
                         s.as_mut_ptr(),
-                        1,
-                        m as isize,
+                        m,
                         false,
                         qb.as_ptr(),
-                        1,
-                        d as isize,
+                        d,
                         kh.as_ptr(),
-                        d as isize,
+                        d,
                         1,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
                     );
                 }
                 let mut sums = [0f32; 1];
@@ -300,27 +347,7 @@ impl candle_core::CustomOp3 for AttentionOp {
                 let ob = unsafe { out_ptr.get().add((h * n + r0) * dv) };
                 unsafe {
                     // o_block (r × dv) = p (r × m) · v (m × dv)
-                    gemm::gemm(
-                        r,
-                        dv,
-                        m,
-                        ob,
-                        1,
-                        dv as isize,
-                        false,
-                        s.as_ptr(),
-                        1,
-                        m as isize,
-                        vh.as_ptr(),
-                        1,
-                        dv as isize,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+                    gemm_serial(r, dv, m, ob, dv, false, s.as_ptr(), m, vh.as_ptr(), 1, dv);
                     // Normalise the rows of the output instead of the probabilities.
                     let o = std::slice::from_raw_parts_mut(ob, r * dv);
                     for (row, &f) in o.chunks_exact_mut(dv).zip(&inv) {

@@ -9,7 +9,14 @@ use anyhow::Result;
 use candle_core::{CpuStorage, DType, Device, Layout, Module, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_kernels::f32_slice;
 use super::weights::Weights;
+
+/// Whether `x` takes the fused CPU kernels (f32 on the CPU); other devices and dtypes take
+/// candle's tensor ops.
+fn cpu_kernels_apply(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+}
 
 /// `torch.nn.Linear`.
 #[derive(Clone, Debug)]
@@ -70,7 +77,7 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+        if cpu_kernels_apply(x) {
             let op = super::cpu_conv::Conv2dOp {
                 stride: self.stride,
                 padding: self.padding,
@@ -83,13 +90,58 @@ impl Conv2d {
     }
 }
 
-/// `torch.nn.GroupNorm` (affine), optionally followed by SiLU in the same pass.
+/// The weight and bias of an affine norm: tensors for the generic path, host copies for the
+/// CPU kernels.
 #[derive(Clone, Debug)]
-pub struct GroupNorm {
+struct NormAffine {
     weight: Tensor,
     bias: Tensor,
     weight_host: Vec<f32>,
     bias_host: Vec<f32>,
+}
+
+impl NormAffine {
+    fn load(w: &Weights, dim: usize) -> Result<Self> {
+        let weight = w.get(dim, "weight")?;
+        let bias = w.get(dim, "bias")?;
+        let weight_host = weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let bias_host = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(NormAffine {
+            weight,
+            bias,
+            weight_host,
+            bias_host,
+        })
+    }
+}
+
+/// Generic path: `(x - mean) / sqrt(var + eps)` over the last dimension of an f32 tensor.
+fn standardize_last_dim(xf: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = xf.mean_keepdim(candle_core::D::Minus1)?;
+    let centered = xf.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+    Ok(centered.broadcast_div(&(var + eps)?.sqrt()?)?)
+}
+
+/// CPU kernels: mean and `1 / sqrt(var + eps)` of `v`, two-pass in f64, rounded to f32.
+fn mean_rstd(v: &[f32], eps: f64) -> (f32, f32) {
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v
+        .iter()
+        .map(|&x| {
+            let d = x as f64 - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+/// `torch.nn.GroupNorm` (affine), optionally followed by SiLU in the same pass.
+#[derive(Clone, Debug)]
+pub struct GroupNorm {
+    affine: NormAffine,
     groups: usize,
     eps: f64,
 }
@@ -99,15 +151,8 @@ impl GroupNorm {
         if groups == 0 || !channels.is_multiple_of(groups) {
             anyhow::bail!("group norm: {channels} channels cannot be split in {groups} groups");
         }
-        let weight = w.get(channels, "weight")?;
-        let bias = w.get(channels, "bias")?;
-        let weight_host = weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let bias_host = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         Ok(GroupNorm {
-            weight,
-            bias,
-            weight_host,
-            bias_host,
+            affine: NormAffine::load(w, channels)?,
             groups,
             eps,
         })
@@ -123,11 +168,11 @@ impl GroupNorm {
     }
 
     fn run(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+        if cpu_kernels_apply(x) {
             let x = x.contiguous()?;
             return Ok(x.apply_op1_no_bwd(&GroupNormOp {
-                weight: &self.weight_host,
-                bias: &self.bias_host,
+                weight: &self.affine.weight_host,
+                bias: &self.affine.bias_host,
                 groups: self.groups,
                 eps: self.eps,
                 silu,
@@ -138,21 +183,14 @@ impl GroupNorm {
         let (b, c) = (dims[0], dims[1]);
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?.reshape((b, self.groups, ()))?;
-        let mean = xf.mean_keepdim(2)?;
-        let centered = xf.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(2)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let normed = standardize_last_dim(&xf, self.eps)?;
         let mut wshape = vec![1usize; dims.len()];
         wshape[1] = c;
+        let per_channel = |t: &Tensor| t.to_dtype(DType::F32)?.reshape(wshape.as_slice());
         let y = normed
             .reshape(dims.as_slice())?
-            .broadcast_mul(
-                &self
-                    .weight
-                    .to_dtype(DType::F32)?
-                    .reshape(wshape.as_slice())?,
-            )?
-            .broadcast_add(&self.bias.to_dtype(DType::F32)?.reshape(wshape.as_slice())?)?;
+            .broadcast_mul(&per_channel(&self.affine.weight)?)?
+            .broadcast_add(&per_channel(&self.affine.bias)?)?;
         let y = if silu { y.silu()? } else { y };
         Ok(y.to_dtype(dtype)?)
     }
@@ -176,14 +214,7 @@ impl candle_core::CustomOp1 for GroupNormOp<'_> {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let src = match storage {
-            CpuStorage::F32(v) => v,
-            _ => candle_core::bail!("group-norm: f32 only"),
-        };
-        let (o1, o2) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("group-norm: input not contiguous".into()))?;
-        let src = &src[o1..o2];
+        let src = f32_slice(storage, layout, "group-norm: input")?;
         let dims = layout.shape().dims();
         let c = dims[1];
         let spatial: usize = dims[2..].iter().product();
@@ -196,18 +227,7 @@ impl candle_core::CustomOp1 for GroupNormOp<'_> {
             .enumerate()
             .for_each(|(bg, (dst, src))| {
                 let g = bg % self.groups;
-                let n = src.len() as f64;
-                let mean = src.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let var = src
-                    .iter()
-                    .map(|&v| {
-                        let d = v as f64 - mean;
-                        d * d
-                    })
-                    .sum::<f64>()
-                    / n;
-                let rstd = 1.0 / (var + self.eps).sqrt();
-                let (mean, rstd) = (mean as f32, rstd as f32);
+                let (mean, rstd) = mean_rstd(src, self.eps);
                 dst.par_chunks_mut(spatial)
                     .zip(src.par_chunks(spatial))
                     .enumerate()
@@ -225,46 +245,31 @@ impl candle_core::CustomOp1 for GroupNormOp<'_> {
 /// `torch.nn.LayerNorm` over the last dimension (affine).
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    weight_host: Vec<f32>,
-    bias_host: Vec<f32>,
+    affine: NormAffine,
     eps: f64,
 }
 
 impl LayerNorm {
     pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
-        let weight = w.get(dim, "weight")?;
-        let bias = w.get(dim, "bias")?;
-        let weight_host = weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let bias_host = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         Ok(LayerNorm {
-            weight,
-            bias,
-            weight_host,
-            bias_host,
+            affine: NormAffine::load(w, dim)?,
             eps,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+        if cpu_kernels_apply(x) {
             let x = x.contiguous()?;
             return Ok(x.apply_op1_no_bwd(&LayerNormOp {
-                weight: &self.weight_host,
-                bias: &self.bias_host,
+                weight: &self.affine.weight_host,
+                bias: &self.affine.bias_host,
                 eps: self.eps,
             })?);
         }
         let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32)?;
-        let mean = xf.mean_keepdim(candle_core::D::Minus1)?;
-        let centered = xf.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
-        let y = centered
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight.to_dtype(DType::F32)?)?
-            .broadcast_add(&self.bias.to_dtype(DType::F32)?)?;
+        let y = standardize_last_dim(&x.to_dtype(DType::F32)?, self.eps)?
+            .broadcast_mul(&self.affine.weight.to_dtype(DType::F32)?)?
+            .broadcast_add(&self.affine.bias.to_dtype(DType::F32)?)?;
         Ok(y.to_dtype(dtype)?)
     }
 }
@@ -285,31 +290,13 @@ impl candle_core::CustomOp1 for LayerNormOp<'_> {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let src = match storage {
-            CpuStorage::F32(v) => v,
-            _ => candle_core::bail!("layer-norm: f32 only"),
-        };
-        let (o1, o2) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("layer-norm: input not contiguous".into()))?;
-        let src = &src[o1..o2];
+        let src = f32_slice(storage, layout, "layer-norm: input")?;
         let dim = *layout.shape().dims().last().unwrap_or(&1);
         let mut dst = vec![0f32; src.len()];
         dst.par_chunks_mut(dim)
             .zip(src.par_chunks(dim))
             .for_each(|(d, s)| {
-                let n = dim as f64;
-                let mean = s.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let var = s
-                    .iter()
-                    .map(|&v| {
-                        let x = v as f64 - mean;
-                        x * x
-                    })
-                    .sum::<f64>()
-                    / n;
-                let rstd = (1.0 / (var + self.eps).sqrt()) as f32;
-                let mean = mean as f32;
+                let (mean, rstd) = mean_rstd(s, self.eps);
                 for (i, (d, &v)) in d.iter_mut().zip(s).enumerate() {
                     *d = (v - mean) * rstd * self.weight[i] + self.bias[i];
                 }
@@ -321,7 +308,7 @@ impl candle_core::CustomOp1 for LayerNormOp<'_> {
 /// Scaled dot-product attention on `(batch*heads, tokens, head_dim)` tensors, computed in
 /// query chunks so the score matrix stays small (identical results: softmax is row-wise).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    if matches!(q.device(), Device::Cpu) && q.dtype() == DType::F32 {
+    if cpu_kernels_apply(q) {
         let op = super::cpu_kernels::AttentionOp {
             scale: scale as f32,
         };
@@ -376,7 +363,7 @@ pub fn merge_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 
 /// GEGLU (`hidden, gate = x.chunk(2, -1); hidden * gelu(gate)`) with exact (erf) GELU.
 pub fn geglu(x: &Tensor) -> Result<Tensor> {
-    if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+    if cpu_kernels_apply(x) {
         return Ok(x
             .contiguous()?
             .apply_op1_no_bwd(&super::cpu_kernels::GegluOp)?);

@@ -29,6 +29,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::clip::ClipTextEncoder;
@@ -229,6 +230,23 @@ fn write_tokenizer(dir: &Path, pad: &str) -> Result<()> {
     )
 }
 
+/// Writes one model component to `d`: its `config.json`, and random weights drawn by building
+/// the model from them (so the file holds exactly the tensors the model loads, in load order).
+fn write_component<C: DeserializeOwned>(
+    d: &Path,
+    cfg_json: Value,
+    seed: u64,
+    weights_file: &str,
+    build: impl FnOnce(&Weights, C) -> Result<()>,
+) -> Result<()> {
+    std::fs::create_dir_all(d)?;
+    write_json(&d.join("config.json"), &cfg_json)?;
+    let cfg: C = serde_json::from_value(cfg_json)?;
+    let w = Weights::random(seed);
+    build(&w, cfg)?;
+    write_safetensors(&d.join(weights_file), w.drawn())
+}
+
 /// Writes the tiny model to `dir` (created if needed; existing files are overwritten).
 pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -245,32 +263,27 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<()> {
         .into_iter()
         .enumerate()
     {
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d)?;
-        let cfg_json = text_encoder_config(with_projection);
-        write_json(&d.join("config.json"), &cfg_json)?;
-        let cfg: ClipTextConfig = serde_json::from_value(cfg_json)?;
-        let w = Weights::random(seed.wrapping_add(1 + k as u64));
-        ClipTextEncoder::build(&w, cfg, with_projection)?;
-        write_safetensors(&d.join("model.safetensors"), w.drawn())?;
+        write_component(
+            &dir.join(name),
+            text_encoder_config(with_projection),
+            seed.wrapping_add(1 + k as u64),
+            "model.safetensors",
+            |w, cfg: ClipTextConfig| ClipTextEncoder::build(w, cfg, with_projection).map(drop),
+        )?;
     }
-
-    let d = dir.join("unet");
-    std::fs::create_dir_all(&d)?;
-    let cfg_json = unet_config();
-    write_json(&d.join("config.json"), &cfg_json)?;
-    let cfg: UNetConfig = serde_json::from_value(cfg_json)?;
-    let w = Weights::random(seed.wrapping_add(3));
-    UNet::build(&w, cfg)?;
-    write_safetensors(&d.join("diffusion_pytorch_model.safetensors"), w.drawn())?;
-
-    let d = dir.join("vae");
-    std::fs::create_dir_all(&d)?;
-    let cfg_json = vae_config();
-    write_json(&d.join("config.json"), &cfg_json)?;
-    let cfg: VaeConfig = serde_json::from_value(cfg_json)?;
-    let w = Weights::random(seed.wrapping_add(4));
-    AutoencoderKl::build(&w, cfg)?;
-    write_safetensors(&d.join("diffusion_pytorch_model.safetensors"), w.drawn())?;
+    write_component(
+        &dir.join("unet"),
+        unet_config(),
+        seed.wrapping_add(3),
+        "diffusion_pytorch_model.safetensors",
+        |w, cfg: UNetConfig| UNet::build(w, cfg).map(drop),
+    )?;
+    write_component(
+        &dir.join("vae"),
+        vae_config(),
+        seed.wrapping_add(4),
+        "diffusion_pytorch_model.safetensors",
+        |w, cfg: VaeConfig| AutoencoderKl::build(w, cfg).map(drop),
+    )?;
     Ok(())
 }

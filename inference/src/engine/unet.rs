@@ -12,7 +12,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{UNET_KEEP_NULL, UNetConfig, read_config};
 use super::nn::{Conv2d, GroupNorm, Linear};
-use super::unet_blocks::{BlockCommon, DownBlock, DownSpec, MidBlockCrossAttn, UpBlock, UpSpec};
+use super::unet_blocks::{
+    AttnSpec, BlockCommon, DownBlock, DownSpec, MidBlockCrossAttn, UpBlock, UpSpec,
+};
 use super::weights::{Weights, find_weight_files};
 
 /// `get_timestep_embedding` (diffusers), in f32 as torch computes it.
@@ -181,11 +183,12 @@ impl UNet {
                     in_ch,
                     out_ch,
                     layers: layers[i],
-                    cross_attention: ty == "CrossAttnDownBlock2D",
-                    heads: heads[i],
-                    transformer_layers: tlpb[i],
-                    cross_dim: cross_dims[i],
-                    only_cross_attention: only_cross[i],
+                    attn: (ty == "CrossAttnDownBlock2D").then(|| AttnSpec {
+                        heads: heads[i],
+                        transformer_layers: tlpb[i],
+                        cross_dim: cross_dims[i],
+                        only_cross_attention: only_cross[i],
+                    }),
                     add_downsample: i + 1 < n,
                     downsample_padding: cfg.downsample_padding,
                 },
@@ -196,9 +199,12 @@ impl UNet {
             Some("UNetMidBlock2DCrossAttn") => Some(MidBlockCrossAttn::load(
                 &w.pp("mid_block"),
                 boc[n - 1],
-                heads[n - 1],
-                tlpb[n - 1],
-                cross_dims[n - 1],
+                &AttnSpec {
+                    heads: heads[n - 1],
+                    transformer_layers: tlpb[n - 1],
+                    cross_dim: cross_dims[n - 1],
+                    only_cross_attention: false,
+                },
                 cfg.mid_block_scale_factor,
                 &common,
             )?),
@@ -230,11 +236,12 @@ impl UNet {
                     prev_out_ch,
                     out_ch,
                     layers: rev_layers[i] + 1,
-                    cross_attention: ty == "CrossAttnUpBlock2D",
-                    heads: rev_heads[i],
-                    transformer_layers: rev_tlpb[i],
-                    cross_dim: rev_cross[i],
-                    only_cross_attention: rev_only[i],
+                    attn: (ty == "CrossAttnUpBlock2D").then(|| AttnSpec {
+                        heads: rev_heads[i],
+                        transformer_layers: rev_tlpb[i],
+                        cross_dim: rev_cross[i],
+                        only_cross_attention: rev_only[i],
+                    }),
                     add_upsample: i + 1 < n,
                 },
                 &common,

@@ -328,6 +328,68 @@ pub struct BlockCommon {
     pub use_linear_projection: bool,
 }
 
+/// The cross-attention settings of a block's transformers.
+pub struct AttnSpec {
+    pub heads: usize,
+    pub transformer_layers: usize,
+    pub cross_dim: usize,
+    pub only_cross_attention: bool,
+}
+
+impl BlockCommon {
+    /// A resnet with the UNet's time embedding, norms and output scale.
+    fn resnet_spec(&self, in_ch: usize, out_ch: usize) -> ResnetSpec {
+        ResnetSpec {
+            in_ch,
+            out_ch,
+            temb_ch: Some(self.temb_ch),
+            groups: self.groups,
+            eps: self.eps,
+            output_scale_factor: self.resnet_scale,
+        }
+    }
+
+    /// A transformer over `channels` with the UNet's norms and projection kind.
+    fn transformer_spec(&self, channels: usize, a: &AttnSpec) -> TransformerSpec {
+        TransformerSpec {
+            channels,
+            heads: a.heads,
+            layers: a.transformer_layers,
+            cross_dim: a.cross_dim,
+            groups: self.groups,
+            use_linear_projection: self.use_linear_projection,
+            only_cross_attention: a.only_cross_attention,
+        }
+    }
+
+    /// The layers of a down or up block: `resnets.{i}` (input channels `in_ch(i)`, output
+    /// `out_ch`), each followed by `attentions.{i}` in cross-attention blocks (`attn` set).
+    fn load_layers(
+        &self,
+        w: &Weights,
+        layers: usize,
+        out_ch: usize,
+        attn: Option<&AttnSpec>,
+        in_ch: impl Fn(usize) -> usize,
+    ) -> Result<(Vec<ResnetBlock2D>, Vec<Transformer2D>)> {
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for i in 0..layers {
+            resnets.push(ResnetBlock2D::load(
+                &w.pp(format!("resnets.{i}")),
+                &self.resnet_spec(in_ch(i), out_ch),
+            )?);
+            if let Some(a) = attn {
+                attentions.push(Transformer2D::load(
+                    &w.pp(format!("attentions.{i}")),
+                    &self.transformer_spec(out_ch, a),
+                )?);
+            }
+        }
+        Ok((resnets, attentions))
+    }
+}
+
 /// `DownBlock2D` / `CrossAttnDownBlock2D`.
 pub struct DownBlock {
     resnets: Vec<ResnetBlock2D>,
@@ -339,47 +401,17 @@ pub struct DownSpec {
     pub in_ch: usize,
     pub out_ch: usize,
     pub layers: usize,
-    pub cross_attention: bool,
-    pub heads: usize,
-    pub transformer_layers: usize,
-    pub cross_dim: usize,
-    pub only_cross_attention: bool,
+    /// `Some` for `CrossAttnDownBlock2D`.
+    pub attn: Option<AttnSpec>,
     pub add_downsample: bool,
     pub downsample_padding: usize,
 }
 
 impl DownBlock {
     pub fn load(w: &Weights, s: &DownSpec, c: &BlockCommon) -> Result<Self> {
-        let mut resnets = Vec::new();
-        let mut attentions = Vec::new();
-        for i in 0..s.layers {
-            let in_ch = if i == 0 { s.in_ch } else { s.out_ch };
-            resnets.push(ResnetBlock2D::load(
-                &w.pp(format!("resnets.{i}")),
-                &ResnetSpec {
-                    in_ch,
-                    out_ch: s.out_ch,
-                    temb_ch: Some(c.temb_ch),
-                    groups: c.groups,
-                    eps: c.eps,
-                    output_scale_factor: c.resnet_scale,
-                },
-            )?);
-            if s.cross_attention {
-                attentions.push(Transformer2D::load(
-                    &w.pp(format!("attentions.{i}")),
-                    &TransformerSpec {
-                        channels: s.out_ch,
-                        heads: s.heads,
-                        layers: s.transformer_layers,
-                        cross_dim: s.cross_dim,
-                        groups: c.groups,
-                        use_linear_projection: c.use_linear_projection,
-                        only_cross_attention: s.only_cross_attention,
-                    },
-                )?);
-            }
-        }
+        let (resnets, attentions) = c.load_layers(w, s.layers, s.out_ch, s.attn.as_ref(), |i| {
+            if i == 0 { s.in_ch } else { s.out_ch }
+        })?;
         let downsampler = if s.add_downsample {
             Some(Downsample2D::load(
                 &w.pp("downsamplers.0"),
@@ -432,47 +464,19 @@ pub struct UpSpec {
     pub prev_out_ch: usize,
     pub out_ch: usize,
     pub layers: usize,
-    pub cross_attention: bool,
-    pub heads: usize,
-    pub transformer_layers: usize,
-    pub cross_dim: usize,
-    pub only_cross_attention: bool,
+    /// `Some` for `CrossAttnUpBlock2D`.
+    pub attn: Option<AttnSpec>,
     pub add_upsample: bool,
 }
 
 impl UpBlock {
     pub fn load(w: &Weights, s: &UpSpec, c: &BlockCommon) -> Result<Self> {
-        let mut resnets = Vec::new();
-        let mut attentions = Vec::new();
-        for i in 0..s.layers {
+        // Each resnet takes the previous output concatenated with its skip connection.
+        let (resnets, attentions) = c.load_layers(w, s.layers, s.out_ch, s.attn.as_ref(), |i| {
             let res_skip = if i == s.layers - 1 { s.in_ch } else { s.out_ch };
             let res_in = if i == 0 { s.prev_out_ch } else { s.out_ch };
-            resnets.push(ResnetBlock2D::load(
-                &w.pp(format!("resnets.{i}")),
-                &ResnetSpec {
-                    in_ch: res_in + res_skip,
-                    out_ch: s.out_ch,
-                    temb_ch: Some(c.temb_ch),
-                    groups: c.groups,
-                    eps: c.eps,
-                    output_scale_factor: c.resnet_scale,
-                },
-            )?);
-            if s.cross_attention {
-                attentions.push(Transformer2D::load(
-                    &w.pp(format!("attentions.{i}")),
-                    &TransformerSpec {
-                        channels: s.out_ch,
-                        heads: s.heads,
-                        layers: s.transformer_layers,
-                        cross_dim: s.cross_dim,
-                        groups: c.groups,
-                        use_linear_projection: c.use_linear_projection,
-                        only_cross_attention: s.only_cross_attention,
-                    },
-                )?);
-            }
-        }
+            res_in + res_skip
+        })?;
         let upsampler = if s.add_upsample {
             Some(Upsample2D::load(&w.pp("upsamplers.0"), s.out_ch)?)
         } else {
@@ -526,19 +530,13 @@ impl MidBlockCrossAttn {
     pub fn load(
         w: &Weights,
         channels: usize,
-        heads: usize,
-        transformer_layers: usize,
-        cross_dim: usize,
+        attn: &AttnSpec,
         output_scale_factor: f64,
         c: &BlockCommon,
     ) -> Result<Self> {
         let spec = ResnetSpec {
-            in_ch: channels,
-            out_ch: channels,
-            temb_ch: Some(c.temb_ch),
-            groups: c.groups,
-            eps: c.eps,
             output_scale_factor,
+            ..c.resnet_spec(channels, channels)
         };
         let resnets = vec![
             ResnetBlock2D::load(&w.pp("resnets.0"), &spec)?,
@@ -546,15 +544,7 @@ impl MidBlockCrossAttn {
         ];
         let attentions = vec![Transformer2D::load(
             &w.pp("attentions.0"),
-            &TransformerSpec {
-                channels,
-                heads,
-                layers: transformer_layers,
-                cross_dim,
-                groups: c.groups,
-                use_linear_projection: c.use_linear_projection,
-                only_cross_attention: false,
-            },
+            &c.transformer_spec(channels, attn),
         )?];
         Ok(MidBlockCrossAttn {
             resnets,

@@ -15,6 +15,37 @@ use super::weights::{Weights, find_weight_files};
 
 const VAE_EPS: f64 = 1e-6;
 
+/// The VAE's resnets: no time embedding, eps 1e-6, no output scaling.
+fn resnet_spec(in_ch: usize, out_ch: usize, groups: usize) -> ResnetSpec {
+    ResnetSpec {
+        in_ch,
+        out_ch,
+        temb_ch: None,
+        groups,
+        eps: VAE_EPS,
+        output_scale_factor: 1.0,
+    }
+}
+
+/// The `n` resnets of an encoder / decoder block; the first takes `in_ch` channels.
+fn load_resnets(
+    w: &Weights,
+    n: usize,
+    in_ch: usize,
+    out_ch: usize,
+    groups: usize,
+) -> Result<Vec<ResnetBlock2D>> {
+    (0..n)
+        .map(|j| {
+            let res_in = if j == 0 { in_ch } else { out_ch };
+            ResnetBlock2D::load(
+                &w.pp(format!("resnets.{j}")),
+                &resnet_spec(res_in, out_ch, groups),
+            )
+        })
+        .collect()
+}
+
 /// The single-head self-attention of the VAE mid block (diffusers' `Attention` with a group
 /// norm, residual connection and biased projections).
 struct VaeAttention {
@@ -68,14 +99,7 @@ struct VaeMidBlock {
 
 impl VaeMidBlock {
     fn load(w: &Weights, channels: usize, groups: usize, add_attention: bool) -> Result<Self> {
-        let spec = ResnetSpec {
-            in_ch: channels,
-            out_ch: channels,
-            temb_ch: None,
-            groups,
-            eps: VAE_EPS,
-            output_scale_factor: 1.0,
-        };
+        let spec = resnet_spec(channels, channels, groups);
         Ok(VaeMidBlock {
             resnet0: ResnetBlock2D::load(&w.pp("resnets.0"), &spec)?,
             attention: if add_attention {
@@ -115,21 +139,7 @@ impl Encoder {
             let in_ch = out_ch;
             out_ch = boc[i];
             let bw = w.pp(format!("down_blocks.{i}"));
-            let resnets = (0..cfg.layers_per_block)
-                .map(|j| {
-                    ResnetBlock2D::load(
-                        &bw.pp(format!("resnets.{j}")),
-                        &ResnetSpec {
-                            in_ch: if j == 0 { in_ch } else { out_ch },
-                            out_ch,
-                            temb_ch: None,
-                            groups: g,
-                            eps: VAE_EPS,
-                            output_scale_factor: 1.0,
-                        },
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let resnets = load_resnets(&bw, cfg.layers_per_block, in_ch, out_ch, g)?;
             let ds = if i + 1 < boc.len() {
                 Some(Downsample2D::load(&bw.pp("downsamplers.0"), out_ch, 0)?)
             } else {
@@ -184,21 +194,7 @@ impl Decoder {
             let prev = out_ch;
             out_ch = ch;
             let bw = w.pp(format!("up_blocks.{i}"));
-            let resnets = (0..cfg.layers_per_block + 1)
-                .map(|j| {
-                    ResnetBlock2D::load(
-                        &bw.pp(format!("resnets.{j}")),
-                        &ResnetSpec {
-                            in_ch: if j == 0 { prev } else { out_ch },
-                            out_ch,
-                            temb_ch: None,
-                            groups: g,
-                            eps: VAE_EPS,
-                            output_scale_factor: 1.0,
-                        },
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let resnets = load_resnets(&bw, cfg.layers_per_block + 1, prev, out_ch, g)?;
             let us = if i + 1 < rev.len() {
                 Some(Upsample2D::load(&bw.pp("upsamplers.0"), out_ch)?)
             } else {

@@ -3,19 +3,18 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
-use super::schedule::{
-    Spacing, TrainSchedule, euler_timesteps, np_interp_index, np_linspace, torch_linspace_f32,
+use super::schedule::{TrainSchedule, np_linspace, torch_linspace_f32};
+use super::sigma_schedule::{
+    SigmaSchedule, euler_update, interp_sigmas, pred_original, spaced_timesteps,
 };
-use super::{Prediction, Scheduler, div_scalar, mul_scalar, reject_flag};
+use super::{Prediction, Scheduler, reject_flag};
 use crate::engine::config::SchedulerConfig;
 use crate::engine::noise::NoiseSource;
 
 const CLASS: &str = "EulerDiscreteScheduler";
 
 pub struct EulerDiscrete {
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
-    init_noise_sigma: f32,
+    schedule: SigmaSchedule,
     prediction: Prediction,
 }
 
@@ -63,22 +62,16 @@ impl EulerDiscrete {
         reject_flag(cfg, "use_exponential_sigmas", CLASS)?;
         reject_flag(cfg, "use_beta_sigmas", CLASS)?;
         let prediction = Prediction::from_config(cfg)?;
-        let spacing = Spacing::parse(&cfg.str_or("timestep_spacing", "linspace")?, CLASS)?;
-        let offset = cfg.usize_or("steps_offset", 0)?;
+        let (spacing, mut timesteps) = spaced_timesteps(cfg, &sched, steps, CLASS)?;
         let use_karras = karras.unwrap_or(cfg.bool_or("use_karras_sigmas", false)?);
         let interpolation = cfg.str_or("interpolation_type", "linear")?;
         let final_type = cfg.str_or("final_sigmas_type", "zero")?;
         let timestep_type = cfg.str_or("timestep_type", "discrete")?;
         let n_train = sched.num_train_timesteps;
 
-        let mut timesteps = euler_timesteps(spacing, n_train, steps, offset);
         let base: Vec<f32> = sched.sigmas();
-        let base64: Vec<f64> = base.iter().map(|&s| s as f64).collect();
         let mut sigmas: Vec<f64> = match interpolation.as_str() {
-            "linear" => timesteps
-                .iter()
-                .map(|&t| np_interp_index(t, &base64))
-                .collect(),
+            "linear" => interp_sigmas(&timesteps, &base),
             "log_linear" => {
                 let lo = base[n_train - 1].ln() as f64;
                 let hi = base[0].ln() as f64;
@@ -121,21 +114,14 @@ impl EulerDiscrete {
                 .map(|s| (0.25 * s.ln()) as f64)
                 .collect();
         }
-        let max_sigma = sigmas.iter().cloned().fold(f32::MIN, f32::max);
-        let init_noise_sigma = match spacing {
-            Spacing::Linspace | Spacing::Trailing => max_sigma,
-            Spacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
-        };
         Ok(EulerDiscrete {
-            timesteps,
-            sigmas,
-            init_noise_sigma,
+            schedule: SigmaSchedule::new(timesteps, sigmas, spacing),
             prediction,
         })
     }
 
     pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
+        self.schedule.sigmas()
     }
 }
 
@@ -145,16 +131,15 @@ impl Scheduler for EulerDiscrete {
     }
 
     fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+        self.schedule.timesteps()
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma as f64
+        self.schedule.init_noise_sigma()
     }
 
     fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
-        let s = self.sigmas[i];
-        div_scalar(sample, (s * s + 1.0).sqrt())
+        self.schedule.scale_model_input(sample, i)
     }
 
     fn step(
@@ -164,24 +149,13 @@ impl Scheduler for EulerDiscrete {
         sample: &Tensor,
         _noise: &mut NoiseSource,
     ) -> Result<Tensor> {
-        let sigma = self.sigmas[i];
         // gamma = 0 (s_churn = 0): sigma_hat = sigma.
-        let sigma_hat = sigma;
-        let pred_original = match self.prediction {
-            Prediction::Epsilon => (sample - mul_scalar(model_output, sigma_hat)?)?,
-            Prediction::VPrediction => {
-                let denom = sigma * sigma + 1.0;
-                let c_out = -sigma / denom.sqrt();
-                (mul_scalar(model_output, c_out)? + div_scalar(sample, denom)?)?
-            }
-            Prediction::Sample => model_output.clone(),
-        };
-        let derivative = div_scalar(&(sample - pred_original)?, sigma_hat)?;
-        let dt = self.sigmas[i + 1] - sigma_hat;
-        Ok((sample + mul_scalar(&derivative, dt)?)?)
+        let sigmas = self.schedule.sigmas();
+        let pred = pred_original(self.prediction, model_output, sample, sigmas[i])?;
+        euler_update(sample, &pred, sigmas[i], sigmas[i + 1])
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
-        Ok((original + mul_scalar(noise, self.sigmas[i])?)?)
+        self.schedule.add_noise(original, noise, i)
     }
 }

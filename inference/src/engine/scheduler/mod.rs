@@ -16,6 +16,7 @@ mod ddim;
 mod euler;
 mod euler_ancestral;
 pub mod schedule;
+mod sigma_schedule;
 
 use anyhow::Result;
 use candle_core::Tensor;
