@@ -91,6 +91,10 @@ pub struct EdgeConfig<'a> {
     pub image_hosts: &'a str,
     /// Extra SPIN_VARIABLE_* settings, e.g. ("INFERENCE_TIMEOUT_SECS", "2").
     pub variables: Vec<(&'a str, &'a str)>,
+    /// Whether the runtime also allows the image hosts as outbound hosts
+    /// (`--allow-outbound`, as scripts/up does); without it only spin.toml's
+    /// allowed_outbound_hosts apply.
+    pub runtime_allows_image_hosts: bool,
 }
 
 /// The local Spin runtime serving the real spin.toml and edge.wasm.
@@ -105,8 +109,10 @@ pub fn start_edge(cfg: &EdgeConfig) -> (Process, String) {
         .env("SPIN_VARIABLE_INFERENCE_URL", cfg.inference_url)
         .env("SPIN_VARIABLE_API_KEYS", cfg.api_keys)
         .env("SPIN_VARIABLE_IMAGE_HOSTS", cfg.image_hosts);
-    for origin in cfg.image_hosts.split(',').filter(|s| !s.is_empty()) {
-        cmd.arg("--allow-outbound").arg(origin);
+    if cfg.runtime_allows_image_hosts {
+        for origin in cfg.image_hosts.split(',').filter(|s| !s.is_empty()) {
+            cmd.arg("--allow-outbound").arg(origin);
+        }
     }
     for (name, value) in &cfg.variables {
         cmd.env(format!("SPIN_VARIABLE_{name}"), value);

@@ -104,6 +104,7 @@ fn the_seed_request_returns_a_1024_png_made_from_the_fetched_image() {
         api_keys: KEY,
         image_hosts: &images.origin,
         variables: vec![],
+        runtime_allows_image_hosts: true,
     });
 
     // The seed's curl, byte for byte but for the URLs.
@@ -226,6 +227,7 @@ fn text_to_image_on_both_routes_with_sizes_and_seeds() {
         api_keys: KEY,
         image_hosts: "",
         variables: vec![],
+        runtime_allows_image_hosts: true,
     });
 
     let body = r#"{"prompt":"a red fox in snow","negative_prompt":"blurry","size":"256x192","seed":7,"num_inference_steps":4}"#;
@@ -286,6 +288,7 @@ fn errors_follow_the_seed_contract() {
         api_keys: KEY,
         image_hosts: &images.origin,
         variables: vec![],
+        runtime_allows_image_hosts: true,
     });
     let url = format!("{edge}{IMG2IMG}");
     let ok_body = |image: &str| {
@@ -373,6 +376,7 @@ fn a_down_backend_is_503_and_a_stalled_one_504() {
         api_keys: KEY,
         image_hosts: "",
         variables: vec![],
+        runtime_allows_image_hosts: true,
     });
     let reply = post(
         &format!("{edge}{TXT2IMG}"),
@@ -394,6 +398,7 @@ fn a_down_backend_is_503_and_a_stalled_one_504() {
         api_keys: KEY,
         image_hosts: "",
         variables: vec![("INFERENCE_TIMEOUT_SECS", "2")],
+        runtime_allows_image_hosts: true,
     });
     let started = std::time::Instant::now();
     let reply = post(
@@ -403,4 +408,26 @@ fn a_down_backend_is_503_and_a_stalled_one_504() {
     );
     assert_error(&reply, 504, "did not answer within 2 s");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn image_hosts_must_also_be_allowed_by_the_runtime() {
+    // image_hosts names the image server, but spin.toml's allowed_outbound_hosts
+    // (and no --allow-outbound) do not: the runtime refuses the connection and the
+    // edge says why, without the image server ever being asked.
+    let images = images();
+    let (_edge, edge) = start_edge(&EdgeConfig {
+        inference_url: "http://127.0.0.1:9",
+        api_keys: KEY,
+        image_hosts: &images.origin,
+        variables: vec![],
+        runtime_allows_image_hosts: false,
+    });
+    let body = format!(
+        r#"{{"prompt":"p","inputImage":"{}","size":"64x64"}}"#,
+        images.url("/dog.png")
+    );
+    let reply = post(&format!("{edge}{IMG2IMG}"), &seed_headers(), &body);
+    assert_error(&reply, 400, "allowed_outbound_hosts does not list it");
+    assert!(images.hits().is_empty());
 }
