@@ -18,18 +18,24 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
+
+mod conditioning;
+mod denoise;
+mod latents;
 
 use super::clip::ClipTextEncoder;
 use super::config::{ModelIndex, SchedulerConfig, read_json};
 use super::error::EngineError;
-use super::image_io::{image_to_tensor, tensor_to_images};
+use super::image_io::tensor_to_images;
 use super::noise::NoiseSource;
-use super::scheduler::{self, SchedulerKind, mul_scalar};
+use super::scheduler::{self, SchedulerKind};
 use super::tokenizer::ClipTokenizer;
-use super::unet::{AddedCond, UNet};
+use super::unet::UNet;
 use super::vae::AutoencoderKl;
 use super::{GenerateParams, Generated, ModelInfo, StageTimings};
+use conditioning::TextEncoderSlot;
+use denoise::DenoiseRun;
 
 /// Largest width / height accepted (pixels).
 pub const MAX_SIDE: usize = 4096;
@@ -49,19 +55,6 @@ impl Architecture {
             Architecture::StableDiffusionXl => "stable-diffusion-xl",
         }
     }
-}
-
-struct TextEncoderSlot {
-    tokenizer: ClipTokenizer,
-    encoder: ClipTextEncoder,
-}
-
-/// Prompt conditioning for one prompt (batch 1).
-struct Conditioning {
-    /// `(1, tokens, cross_attention_dim)`
-    embeds: Tensor,
-    /// `(1, projection_dim)` (SDXL)
-    pooled: Option<Tensor>,
 }
 
 pub struct Pipeline {
@@ -275,24 +268,6 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Encodes one prompt with every text encoder (SDXL: concat of penultimate hidden states,
-    /// pooled from the last encoder).
-    fn encode_prompt(&self, text: &str) -> Result<Conditioning> {
-        let mut parts = Vec::new();
-        let mut pooled = None;
-        for slot in &self.encoders {
-            let ids = slot.tokenizer.encode_padded(text)?;
-            let out = slot.encoder.forward(&[ids])?;
-            let n = out.hidden_states.len();
-            parts.push(out.hidden_states[n - 2].clone());
-            if let Some(te) = out.text_embeds {
-                pooled = Some(te);
-            }
-        }
-        let embeds = Tensor::cat(&parts, candle_core::D::Minus1)?;
-        Ok(Conditioning { embeds, pooled })
-    }
-
     /// Runs one request. `on_step(done, total)` is called after every denoising step, on the
     /// calling thread; returning `false` cancels with [`EngineError::Cancelled`].
     pub fn generate(
@@ -341,140 +316,29 @@ impl Pipeline {
         let karras = params.karras.or(name_karras);
         let mut sched = scheduler::build(kind, &self.scheduler_config, params.steps, karras)?;
         let n = params.samples;
-        let (w, h) = (params.width, params.height);
-        let f = self.vae_scale_factor();
-        let lc = self.unet.config.in_channels;
-        let latent_shape = [lc, h / f, w / f];
         let has_time_cond = self.unet.config.time_cond_proj_dim.is_some();
         let do_cfg = params.guidance > 1.0 && !has_time_cond;
 
         // 1. Prompt conditioning.
-        let cond = self.encode_prompt(&params.prompt)?;
-        let uncond = if do_cfg {
-            if params.negative_prompt.is_none() && self.force_zeros_for_empty_prompt {
-                Some(Conditioning {
-                    embeds: cond.embeds.zeros_like()?,
-                    pooled: match &cond.pooled {
-                        Some(p) => Some(p.zeros_like()?),
-                        None => None,
-                    },
-                })
-            } else {
-                Some(self.encode_prompt(params.negative_prompt.as_deref().unwrap_or(""))?)
-            }
-        } else {
-            None
-        };
-        let repeat = |t: &Tensor| -> Result<Tensor> {
-            let dims = t.dims().to_vec();
-            let mut rep = vec![1usize; dims.len()];
-            rep[0] = n;
-            Ok(t.repeat(rep.as_slice())?)
-        };
-        let (context, text_embeds) = {
-            let pooled = cond
-                .pooled
-                .as_ref()
-                .context("SDXL needs pooled text embeddings")?;
-            match &uncond {
-                Some(u) => {
-                    let up = u
-                        .pooled
-                        .as_ref()
-                        .context("SDXL needs pooled text embeddings")?;
-                    (
-                        Tensor::cat(&[repeat(&u.embeds)?, repeat(&cond.embeds)?], 0)?,
-                        Tensor::cat(&[repeat(up)?, repeat(pooled)?], 0)?,
-                    )
-                }
-                None => (repeat(&cond.embeds)?, repeat(pooled)?),
-            }
-        };
-        let batch = context.dim(0)?;
-        // add_time_ids = original_size + crops_coords_top_left + target_size.
-        let ids: Vec<f32> = [h, w, 0, 0, h, w].iter().map(|&v| v as f32).collect();
-        let time_ids = Tensor::from_vec(ids, (1, 6), &self.device)?
-            .to_dtype(self.dtype)?
-            .repeat((batch, 1))?;
-        let timestep_cond = if has_time_cond {
-            let dim = self.unet.config.time_cond_proj_dim.unwrap_or(0);
-            Some(
-                guidance_embedding(params.guidance - 1.0, dim, n, &self.device)?
-                    .to_dtype(self.dtype)?,
-            )
-        } else {
-            None
-        };
-
+        let cond = self.condition(params, n, do_cfg)?;
         // 2. Timesteps.
-        let total = sched.timesteps().len();
-        let order = sched.order();
-        let begin = match &params.init_image {
-            Some((_, strength)) => {
-                let steps = params.steps;
-                let init_timestep = (((steps as f64) * strength) as usize).min(steps);
-                (steps - init_timestep) * order
-            }
-            None => 0,
-        };
-
+        let strength = params.init_image.as_ref().map(|(_, s)| *s);
+        let begin = denoise::first_step(params.steps, strength, sched.order());
         // 3. Initial latents.
         let mut noise = NoiseSource::new(params.seed, n, &self.device);
-        let mut latents = match &params.init_image {
-            None => {
-                let x = noise.randn(&latent_shape)?.to_dtype(self.dtype)?;
-                mul_scalar(&x, sched.init_noise_sigma() as f32)?
-            }
-            Some((img, _)) => {
-                let pixels = image_to_tensor(img, w, h, &self.device, self.dtype)?;
-                let dist = self.vae.encode(&pixels)?;
-                let sample_noise = noise.randn(&latent_shape)?.to_dtype(self.dtype)?;
-                let sample = dist
-                    .mean
-                    .broadcast_add(&dist.std.broadcast_mul(&sample_noise)?)?;
-                let init = self.scale_latents(&sample)?;
-                let eps = noise.randn(&latent_shape)?.to_dtype(self.dtype)?;
-                sched.add_noise(&init, &eps, begin)?
-            }
-        };
+        let latents = self.initial_latents(params, sched.as_ref(), begin, &mut noise)?;
         let prepare = t0.elapsed();
 
         // 4. Denoising loop.
         let t1 = Instant::now();
-        let steps_to_run = total - begin;
-        for (k, i) in (begin..total).enumerate() {
-            let t = sched.timesteps()[i] as f32;
-            let model_in = if do_cfg {
-                Tensor::cat(&[&latents, &latents], 0)?
-            } else {
-                latents.clone()
-            };
-            let model_in = sched.scale_model_input(&model_in, i)?;
-            let ts = vec![t; batch];
-            let added = AddedCond {
-                text_embeds: &text_embeds,
-                time_ids: &time_ids,
-            };
-            let tcond = match &timestep_cond {
-                Some(c) if do_cfg => Some(Tensor::cat(&[c, c], 0)?),
-                Some(c) => Some(c.clone()),
-                None => None,
-            };
-            let pred = self
-                .unet
-                .forward(&model_in, &ts, &context, Some(&added), tcond.as_ref())?;
-            let pred = if do_cfg {
-                let uncond = pred.narrow(0, 0, n)?;
-                let cond = pred.narrow(0, n, n)?;
-                (&uncond + mul_scalar(&(cond - &uncond)?, params.guidance as f32)?)?
-            } else {
-                pred
-            };
-            latents = sched.step(&pred, i, &latents, &mut noise)?;
-            if !on_step(k + 1, steps_to_run) {
-                return Err(EngineError::Cancelled.into());
-            }
-        }
+        let run = DenoiseRun {
+            cond: &cond,
+            n,
+            do_cfg,
+            guidance: params.guidance,
+            begin,
+        };
+        let latents = self.denoise(&run, sched.as_mut(), latents, &mut noise, on_step)?;
         let denoise = t1.elapsed();
 
         // 5. Decode.
@@ -497,56 +361,4 @@ impl Pipeline {
             scheduler: sched.class_name().to_string(),
         })
     }
-
-    /// Posterior sample → UNet latent space.
-    fn scale_latents(&self, x: &Tensor) -> Result<Tensor> {
-        let cfg = &self.vae.config;
-        let sf = cfg.scaling_factor as f32;
-        match (&cfg.latents_mean, &cfg.latents_std) {
-            (Some(m), Some(s)) => {
-                let (mean, std) = self.channel_stats(m, s)?;
-                Ok(mul_scalar(&x.broadcast_sub(&mean)?, sf)?.broadcast_div(&std)?)
-            }
-            _ => mul_scalar(x, sf),
-        }
-    }
-
-    /// UNet latent space → VAE decoder input.
-    fn unscale_latents(&self, x: &Tensor) -> Result<Tensor> {
-        let cfg = &self.vae.config;
-        let sf = cfg.scaling_factor as f32;
-        match (&cfg.latents_mean, &cfg.latents_std) {
-            (Some(m), Some(s)) => {
-                let (mean, std) = self.channel_stats(m, s)?;
-                Ok(scheduler::div_scalar(&x.broadcast_mul(&std)?, sf)?.broadcast_add(&mean)?)
-            }
-            _ => scheduler::div_scalar(x, sf),
-        }
-    }
-
-    fn channel_stats(&self, m: &[f64], s: &[f64]) -> Result<(Tensor, Tensor)> {
-        let c = m.len();
-        let mean: Vec<f32> = m.iter().map(|&v| v as f32).collect();
-        let std: Vec<f32> = s.iter().map(|&v| v as f32).collect();
-        Ok((
-            Tensor::from_vec(mean, (1, c, 1, 1), &self.device)?.to_dtype(self.dtype)?,
-            Tensor::from_vec(std, (1, c, 1, 1), &self.device)?.to_dtype(self.dtype)?,
-        ))
-    }
-}
-
-/// LCM's `get_guidance_scale_embedding(w, embedding_dim)` for `n` samples.
-fn guidance_embedding(w: f64, dim: usize, n: usize, device: &Device) -> Result<Tensor> {
-    let w = (w as f32) * 1000.0;
-    let half = dim / 2;
-    let base = (10000f32).ln() / (half as f32 - 1.0);
-    let mut row = Vec::with_capacity(dim);
-    let args: Vec<f32> = (0..half).map(|i| w * (i as f32 * -base).exp()).collect();
-    row.extend(args.iter().map(|a| a.sin()));
-    row.extend(args.iter().map(|a| a.cos()));
-    if dim % 2 == 1 {
-        row.push(0.0);
-    }
-    let data: Vec<f32> = (0..n).flat_map(|_| row.iter().copied()).collect();
-    Ok(Tensor::from_vec(data, (n, dim), device)?)
 }

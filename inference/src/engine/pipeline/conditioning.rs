@@ -1,0 +1,149 @@
+//! What the UNet is conditioned on: prompt embeddings from the text encoders,
+//! the negative prompt for classifier-free guidance, SDXL's added conditioning
+//! (pooled text embeddings and micro-conditioning time ids), and LCM's guidance
+//! embedding.
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+
+use super::Pipeline;
+use crate::engine::GenerateParams;
+use crate::engine::clip::ClipTextEncoder;
+use crate::engine::tokenizer::ClipTokenizer;
+
+pub(super) struct TextEncoderSlot {
+    pub tokenizer: ClipTokenizer,
+    pub encoder: ClipTextEncoder,
+}
+
+/// Prompt conditioning for one prompt (batch 1).
+struct Conditioning {
+    /// `(1, tokens, cross_attention_dim)`
+    embeds: Tensor,
+    /// `(1, projection_dim)` (SDXL)
+    pooled: Option<Tensor>,
+}
+
+/// Everything the UNet takes besides the latents and the timestep, for the whole
+/// batch: with CFG the unconditional half first, then the conditional half.
+pub(super) struct UnetConditioning {
+    /// `(batch, tokens, cross_attention_dim)`
+    pub context: Tensor,
+    /// SDXL `text_embeds`, `(batch, projection_dim)`.
+    pub text_embeds: Tensor,
+    /// SDXL `time_ids`, `(batch, 6)`.
+    pub time_ids: Tensor,
+    /// LCM's guidance embedding, `(batch, time_cond_proj_dim)`.
+    pub timestep_cond: Option<Tensor>,
+}
+
+impl Pipeline {
+    /// Encodes one prompt with every text encoder (SDXL: concat of penultimate hidden states,
+    /// pooled from the last encoder).
+    fn encode_prompt(&self, text: &str) -> Result<Conditioning> {
+        let mut parts = Vec::new();
+        let mut pooled = None;
+        for slot in &self.encoders {
+            let ids = slot.tokenizer.encode_padded(text)?;
+            let out = slot.encoder.forward(&[ids])?;
+            let n = out.hidden_states.len();
+            parts.push(out.hidden_states[n - 2].clone());
+            if let Some(te) = out.text_embeds {
+                pooled = Some(te);
+            }
+        }
+        let embeds = Tensor::cat(&parts, candle_core::D::Minus1)?;
+        Ok(Conditioning { embeds, pooled })
+    }
+
+    /// The conditioning of `n` images of one request; `do_cfg` adds the negative half.
+    pub(super) fn condition(
+        &self,
+        params: &GenerateParams,
+        n: usize,
+        do_cfg: bool,
+    ) -> Result<UnetConditioning> {
+        let (w, h) = (params.width, params.height);
+        let cond = self.encode_prompt(&params.prompt)?;
+        let uncond = if do_cfg {
+            if params.negative_prompt.is_none() && self.force_zeros_for_empty_prompt {
+                Some(Conditioning {
+                    embeds: cond.embeds.zeros_like()?,
+                    pooled: match &cond.pooled {
+                        Some(p) => Some(p.zeros_like()?),
+                        None => None,
+                    },
+                })
+            } else {
+                Some(self.encode_prompt(params.negative_prompt.as_deref().unwrap_or(""))?)
+            }
+        } else {
+            None
+        };
+        let repeat = |t: &Tensor| -> Result<Tensor> {
+            let dims = t.dims().to_vec();
+            let mut rep = vec![1usize; dims.len()];
+            rep[0] = n;
+            Ok(t.repeat(rep.as_slice())?)
+        };
+        let (context, text_embeds) = {
+            let pooled = cond
+                .pooled
+                .as_ref()
+                .context("SDXL needs pooled text embeddings")?;
+            match &uncond {
+                Some(u) => {
+                    let up = u
+                        .pooled
+                        .as_ref()
+                        .context("SDXL needs pooled text embeddings")?;
+                    (
+                        Tensor::cat(&[repeat(&u.embeds)?, repeat(&cond.embeds)?], 0)?,
+                        Tensor::cat(&[repeat(up)?, repeat(pooled)?], 0)?,
+                    )
+                }
+                None => (repeat(&cond.embeds)?, repeat(pooled)?),
+            }
+        };
+        let batch = context.dim(0)?;
+        // add_time_ids = original_size + crops_coords_top_left + target_size.
+        let ids: Vec<f32> = [h, w, 0, 0, h, w].iter().map(|&v| v as f32).collect();
+        let time_ids = Tensor::from_vec(ids, (1, 6), &self.device)?
+            .to_dtype(self.dtype)?
+            .repeat((batch, 1))?;
+        let timestep_cond = match self.unet.config.time_cond_proj_dim {
+            Some(dim) => {
+                let c = guidance_embedding(params.guidance - 1.0, dim, n, &self.device)?
+                    .to_dtype(self.dtype)?;
+                Some(if do_cfg {
+                    Tensor::cat(&[&c, &c], 0)?
+                } else {
+                    c
+                })
+            }
+            None => None,
+        };
+        Ok(UnetConditioning {
+            context,
+            text_embeds,
+            time_ids,
+            timestep_cond,
+        })
+    }
+}
+
+/// LCM's `get_guidance_scale_embedding(w, embedding_dim)` for `n` samples.
+fn guidance_embedding(w: f64, dim: usize, n: usize, device: &Device) -> Result<Tensor> {
+    let w = (w as f32) * 1000.0;
+    let half = dim / 2;
+    let base = (10000f32).ln() / (half as f32 - 1.0);
+    let mut row = Vec::with_capacity(dim);
+    let args: Vec<f32> = (0..half).map(|i| w * (i as f32 * -base).exp()).collect();
+    row.extend(args.iter().map(|a| a.sin()));
+    row.extend(args.iter().map(|a| a.cos()));
+    if dim % 2 == 1 {
+        row.push(0.0);
+    }
+    let data: Vec<f32> = (0..n).flat_map(|_| row.iter().copied()).collect();
+    Ok(Tensor::from_vec(data, (n, dim), device)?)
+}

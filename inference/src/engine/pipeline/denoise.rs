@@ -1,0 +1,87 @@
+//! The denoising loop: which timesteps run (img2img keeps the last
+//! `int(steps * strength)` of them, times the scheduler's order, as diffusers'
+//! `get_timesteps`), the UNet call per step with classifier-free guidance, and the
+//! scheduler step.
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use super::Pipeline;
+use super::conditioning::UnetConditioning;
+use crate::engine::error::EngineError;
+use crate::engine::noise::NoiseSource;
+use crate::engine::scheduler::{Scheduler, mul_scalar};
+use crate::engine::unet::AddedCond;
+
+/// Index of the first timestep that runs: 0 for text-to-image; for image-to-image
+/// with `strength`, the schedule's last `int(steps * strength)` steps run.
+pub(super) fn first_step(steps: usize, strength: Option<f64>, order: usize) -> usize {
+    match strength {
+        Some(strength) => {
+            let init_timestep = (((steps as f64) * strength) as usize).min(steps);
+            (steps - init_timestep) * order
+        }
+        None => 0,
+    }
+}
+
+/// What one run of the loop needs besides the latents.
+pub(super) struct DenoiseRun<'a> {
+    pub cond: &'a UnetConditioning,
+    /// Images in the request (the batch is twice that with CFG).
+    pub n: usize,
+    pub do_cfg: bool,
+    pub guidance: f64,
+    pub begin: usize,
+}
+
+impl Pipeline {
+    /// Runs the timesteps from `run.begin` to the end; `on_step(done, total)` after
+    /// each, returning false cancels.
+    pub(super) fn denoise(
+        &self,
+        run: &DenoiseRun,
+        sched: &mut dyn Scheduler,
+        mut latents: Tensor,
+        noise: &mut NoiseSource,
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Tensor> {
+        let (n, cond) = (run.n, run.cond);
+        let batch = cond.context.dim(0)?;
+        let total = sched.timesteps().len();
+        let steps_to_run = total - run.begin;
+        for (k, i) in (run.begin..total).enumerate() {
+            let t = sched.timesteps()[i] as f32;
+            let model_in = if run.do_cfg {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let model_in = sched.scale_model_input(&model_in, i)?;
+            let ts = vec![t; batch];
+            let added = AddedCond {
+                text_embeds: &cond.text_embeds,
+                time_ids: &cond.time_ids,
+            };
+            let pred = self.unet.forward(
+                &model_in,
+                &ts,
+                &cond.context,
+                Some(&added),
+                cond.timestep_cond.as_ref(),
+            )?;
+            let pred = if run.do_cfg {
+                let uncond = pred.narrow(0, 0, n)?;
+                let cond = pred.narrow(0, n, n)?;
+                (&uncond + mul_scalar(&(cond - &uncond)?, run.guidance as f32)?)?
+            } else {
+                pred
+            };
+            latents = sched.step(&pred, i, &latents, noise)?;
+            if !on_step(k + 1, steps_to_run) {
+                return Err(EngineError::Cancelled.into());
+            }
+        }
+        Ok(latents)
+    }
+}

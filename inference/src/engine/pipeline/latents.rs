@@ -1,0 +1,80 @@
+//! Latents: the initial ones (noise for text-to-image; the VAE-encoded init image,
+//! sampled and noised, for image-to-image), and the VAE's latent scaling both ways.
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use super::Pipeline;
+use crate::engine::GenerateParams;
+use crate::engine::image_io::image_to_tensor;
+use crate::engine::noise::NoiseSource;
+use crate::engine::scheduler::{self, Scheduler, mul_scalar};
+
+impl Pipeline {
+    /// The latents the denoising loop starts from; `begin` is the index of the first
+    /// timestep that runs (img2img noises the image to that timestep).
+    pub(super) fn initial_latents(
+        &self,
+        params: &GenerateParams,
+        sched: &dyn Scheduler,
+        begin: usize,
+        noise: &mut NoiseSource,
+    ) -> Result<Tensor> {
+        let (w, h) = (params.width, params.height);
+        let f = self.vae_scale_factor();
+        let latent_shape = [self.unet.config.in_channels, h / f, w / f];
+        Ok(match &params.init_image {
+            None => {
+                let x = noise.randn(&latent_shape)?.to_dtype(self.dtype)?;
+                mul_scalar(&x, sched.init_noise_sigma() as f32)?
+            }
+            Some((img, _)) => {
+                let pixels = image_to_tensor(img, w, h, &self.device, self.dtype)?;
+                let dist = self.vae.encode(&pixels)?;
+                let sample_noise = noise.randn(&latent_shape)?.to_dtype(self.dtype)?;
+                let sample = dist
+                    .mean
+                    .broadcast_add(&dist.std.broadcast_mul(&sample_noise)?)?;
+                let init = self.scale_latents(&sample)?;
+                let eps = noise.randn(&latent_shape)?.to_dtype(self.dtype)?;
+                sched.add_noise(&init, &eps, begin)?
+            }
+        })
+    }
+
+    /// Posterior sample → UNet latent space.
+    fn scale_latents(&self, x: &Tensor) -> Result<Tensor> {
+        let cfg = &self.vae.config;
+        let sf = cfg.scaling_factor as f32;
+        match (&cfg.latents_mean, &cfg.latents_std) {
+            (Some(m), Some(s)) => {
+                let (mean, std) = self.channel_stats(m, s)?;
+                Ok(mul_scalar(&x.broadcast_sub(&mean)?, sf)?.broadcast_div(&std)?)
+            }
+            _ => mul_scalar(x, sf),
+        }
+    }
+
+    /// UNet latent space → VAE decoder input.
+    pub(super) fn unscale_latents(&self, x: &Tensor) -> Result<Tensor> {
+        let cfg = &self.vae.config;
+        let sf = cfg.scaling_factor as f32;
+        match (&cfg.latents_mean, &cfg.latents_std) {
+            (Some(m), Some(s)) => {
+                let (mean, std) = self.channel_stats(m, s)?;
+                Ok(scheduler::div_scalar(&x.broadcast_mul(&std)?, sf)?.broadcast_add(&mean)?)
+            }
+            _ => scheduler::div_scalar(x, sf),
+        }
+    }
+
+    fn channel_stats(&self, m: &[f64], s: &[f64]) -> Result<(Tensor, Tensor)> {
+        let c = m.len();
+        let mean: Vec<f32> = m.iter().map(|&v| v as f32).collect();
+        let std: Vec<f32> = s.iter().map(|&v| v as f32).collect();
+        Ok((
+            Tensor::from_vec(mean, (1, c, 1, 1), &self.device)?.to_dtype(self.dtype)?,
+            Tensor::from_vec(std, (1, c, 1, 1), &self.device)?.to_dtype(self.dtype)?,
+        ))
+    }
+}
