@@ -17,28 +17,34 @@ pub struct GenerateArgs {
     pub device: String,
     #[arg(long)]
     pub prompt: String,
-    /// Negative prompt. Leaving it out differs from passing "" (SDXL zeroes the negative
-    /// conditioning when the model sets force_zeros_for_empty_prompt).
+    /// Negative prompt. Leaving it out differs from passing "" for SDXL (it zeroes the negative
+    /// conditioning when the model sets force_zeros_for_empty_prompt); SD 1.x / 2.x encode "".
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    /// Width in pixels (default: the model's, 1024 for SDXL).
+    /// Width in pixels (default: the model's: unet sample_size x VAE scale factor, e.g. 1024 for
+    /// SDXL, 512 for SD 1.5).
     #[arg(long)]
     pub width: Option<usize>,
     /// Height in pixels (default: the model's).
     #[arg(long)]
     pub height: Option<usize>,
-    #[arg(long, default_value_t = 20)]
-    pub steps: usize,
-    /// Classifier-free guidance scale (CFG is on above 1).
-    #[arg(long, default_value_t = 5.0)]
-    pub guidance: f64,
+    /// Denoising steps (default: the model's, 20; 4 for LCM).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (CFG is on above 1; default: the model's, 7.5 for SD
+    /// 1.x / 2.x, 5 for SDXL; for LCM UNets the guidance embedding, 8.5).
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Seed of the first image (image i uses seed + i). Random when left out.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Scheduler: a diffusers class name or an A1111 name ("Euler", "Euler a", "DDIM").
+    /// Scheduler (default: the model's scheduler_config.json): a diffusers class name
+    /// (EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, ...)
+    /// or an A1111 name ("Euler a", "DPM++ 2M Karras", "DPM++ 2M SDE", "Heun", "LMS", "DPM2 a",
+    /// "DDIM", "DDPM", "PLMS", "UniPC", "DEIS", "LCM"); an unknown name lists the supported ones.
     #[arg(long)]
     pub scheduler: Option<String>,
-    /// Use Karras sigmas.
+    /// Use Karras sigmas (schedulers that have them: Euler, Heun, LMS, DPM2, DPM2 a, DPM++, UniPC, DEIS).
     #[arg(long)]
     pub karras: bool,
     /// Init image for img2img (any size; resized to width x height).
@@ -90,8 +96,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         negative_prompt: args.negative_prompt.clone(),
         width: args.width.unwrap_or(info.default_width),
         height: args.height.unwrap_or(info.default_height),
-        steps: args.steps,
-        guidance: args.guidance,
+        steps: args.steps.unwrap_or(info.default_steps),
+        guidance: args.guidance.unwrap_or(info.default_guidance),
         seed,
         samples: args.samples,
         scheduler: args.scheduler.clone(),

@@ -163,8 +163,20 @@ impl ClipTextEncoder {
         })
     }
 
-    /// Runs the encoder on `ids` (one row of token ids per prompt, all the same length).
+    /// Runs the encoder on `ids` (one row of token ids per prompt, all the same length), with
+    /// the causal mask only (no attention mask), as diffusers calls it by default.
     pub fn forward(&self, ids: &[Vec<u32>]) -> Result<ClipOutput> {
+        self.forward_masked(ids, None)
+    }
+
+    /// [`Self::forward`] with transformers' `attention_mask` given as the number of real
+    /// (non-padding) tokens of each row: padding positions are then not attended to, on top of
+    /// the causal mask. Only the padding positions' outputs change.
+    pub fn forward_masked(
+        &self,
+        ids: &[Vec<u32>],
+        lengths: Option<&[usize]>,
+    ) -> Result<ClipOutput> {
         let b = ids.len();
         let n = ids.first().map(|r| r.len()).unwrap_or(0);
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
@@ -175,10 +187,41 @@ impl ClipTextEncoder {
             .reshape((b, n, ()))?;
         let pos = self.position_embedding.i(0..n)?.unsqueeze(0)?;
         let mut x = tok.broadcast_add(&pos)?;
-        let mask: Vec<f32> = (0..n)
-            .flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (n, n), &self.device)?.to_dtype(x.dtype())?;
+        let causal = |i: usize, j: usize, len: usize| {
+            if j > i || j >= len {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        };
+        let mask = match lengths {
+            None => {
+                let m: Vec<f32> = (0..n)
+                    .flat_map(|i| (0..n).map(move |j| causal(i, j, n)))
+                    .collect();
+                Tensor::from_vec(m, (n, n), &self.device)?
+            }
+            Some(lengths) => {
+                anyhow::ensure!(
+                    lengths.len() == b,
+                    "clip: {} lengths for {b} rows",
+                    lengths.len()
+                );
+                // One (n, n) mask per row, repeated for each head: scores are (b * heads, n, n).
+                let heads = self.config.num_attention_heads;
+                let mut m = Vec::with_capacity(b * heads * n * n);
+                for &len in lengths {
+                    let row: Vec<f32> = (0..n)
+                        .flat_map(|i| (0..n).map(move |j| causal(i, j, len.max(1))))
+                        .collect();
+                    for _ in 0..heads {
+                        m.extend_from_slice(&row);
+                    }
+                }
+                Tensor::from_vec(m, (b * heads, n, n), &self.device)?
+            }
+        }
+        .to_dtype(x.dtype())?;
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         hidden_states.push(x.clone());
         for layer in &self.layers {

@@ -177,9 +177,11 @@ pub struct UNetConfig {
     #[serde(default = "cross_dim_default")]
     pub cross_attention_dim: OneOrMany<usize>,
     #[serde(default = "tlpb_default")]
-    pub transformer_layers_per_block: OneOrMany<usize>,
+    pub transformer_layers_per_block: TransformerDepth,
+    /// The up blocks' depths (SSD-1B and other asymmetric UNets); by default the reverse of
+    /// `transformer_layers_per_block`.
     #[serde(default)]
-    pub reverse_transformer_layers_per_block: Option<Vec<usize>>,
+    pub reverse_transformer_layers_per_block: Option<Vec<PerLayer>>,
     #[serde(default)]
     pub encoder_hid_dim: Option<usize>,
     #[serde(default)]
@@ -243,8 +245,60 @@ fn layers_default() -> OneOrMany<usize> {
 fn cross_dim_default() -> OneOrMany<usize> {
     OneOrMany::One(1280)
 }
-fn tlpb_default() -> OneOrMany<usize> {
-    OneOrMany::One(1)
+fn tlpb_default() -> TransformerDepth {
+    TransformerDepth::One(1)
+}
+
+/// A block's transformer depth: one number for all its layers, or one per layer (resnet).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PerLayer {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl PerLayer {
+    /// One depth per layer of a block with `layers` layers.
+    pub fn per_layer(&self, layers: usize, key: &str) -> Result<Vec<usize>> {
+        match self {
+            PerLayer::One(v) => Ok(vec![*v; layers]),
+            PerLayer::Many(v) if v.len() >= layers => Ok(v[..layers].to_vec()),
+            PerLayer::Many(v) => bail!(
+                "config key `{key}` lists {} transformer depths for a block of {layers} layers",
+                v.len()
+            ),
+        }
+    }
+}
+
+/// `transformer_layers_per_block` as diffusers accepts it: one number for every block, or
+/// one entry per block that is a number or a list with one depth per layer
+/// (`[1, [2, 2], [4, 4]]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TransformerDepth {
+    One(usize),
+    PerBlock(Vec<PerLayer>),
+}
+
+impl TransformerDepth {
+    /// One entry per block (`n` blocks).
+    pub fn per_block(&self, n: usize, key: &str) -> Result<Vec<PerLayer>> {
+        match self {
+            TransformerDepth::One(v) => Ok(vec![PerLayer::One(*v); n]),
+            TransformerDepth::PerBlock(v) if v.len() == n => Ok(v.clone()),
+            TransformerDepth::PerBlock(v) => bail!(
+                "config key `{key}` has {} entries but the model has {n} blocks",
+                v.len()
+            ),
+        }
+    }
+
+    /// Whether some block lists per-layer depths (diffusers then requires
+    /// `reverse_transformer_layers_per_block`).
+    pub fn has_per_layer_lists(&self) -> bool {
+        matches!(self, TransformerDepth::PerBlock(v) if v.iter().any(|e| matches!(e, PerLayer::Many(_))))
+    }
 }
 fn head_dim_default() -> OneOrMany<usize> {
     OneOrMany::One(8)
@@ -265,6 +319,13 @@ impl UNetConfig {
                 "down_block_types ({}) / up_block_types ({}) must have one entry per block_out_channels ({n})",
                 self.down_block_types.len(),
                 self.up_block_types.len()
+            );
+        }
+        if self.transformer_layers_per_block.has_per_layer_lists()
+            && self.reverse_transformer_layers_per_block.is_none()
+        {
+            bail!(
+                "unet config: transformer_layers_per_block lists per-layer depths, so reverse_transformer_layers_per_block is required (as in diffusers)"
             );
         }
         let unsupported = |key: &str, what: String| -> Result<()> {
@@ -495,6 +556,10 @@ pub struct ClipTextConfig {
     pub eos_token_id: i64,
     #[serde(default)]
     pub architectures: Option<Vec<String>>,
+    /// Not a `CLIPTextConfig` key, but diffusers' SD pipelines pass the tokenizer's attention
+    /// mask to the encoder when a config sets it (padding tokens are then not attended to).
+    #[serde(default)]
+    pub use_attention_mask: bool,
 }
 
 impl ClipTextConfig {
@@ -659,7 +724,7 @@ mod tests {
         assert_eq!(cfg.sample_size_hw(), Some((128, 128)));
         assert_eq!(
             cfg.transformer_layers_per_block.per_block(3, "t").unwrap(),
-            vec![1, 2, 10]
+            vec![PerLayer::One(1), PerLayer::One(2), PerLayer::One(10)]
         );
         // A config with almost nothing takes diffusers' defaults (SD 1.x style UNet).
         std::fs::write(
@@ -671,5 +736,38 @@ mod tests {
         assert_eq!(cfg.block_out_channels, vec![320, 640, 1280, 1280]);
         assert_eq!(cfg.mid_block_type, None);
         assert_eq!(cfg.attention_head_dim, OneOrMany::One(8));
+    }
+
+    /// SSD-1B style: per-layer depths in `transformer_layers_per_block` need
+    /// `reverse_transformer_layers_per_block` (as diffusers requires).
+    #[test]
+    fn parses_asymmetric_transformer_depths() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        let base = SDXL_UNET.replace(
+            r#""transformer_layers_per_block": [1, 2, 10]"#,
+            r#""transformer_layers_per_block": [1, [2, 1], [4, 10]]"#,
+        );
+        std::fs::write(&p, &base).unwrap();
+        let cfg: UNetConfig = read_config(&p, UNET_KEEP_NULL).unwrap();
+        let err = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(
+            err.contains("reverse_transformer_layers_per_block"),
+            "{err}"
+        );
+        let text = base.replace(
+            r#""upcast_attention": null"#,
+            r#""upcast_attention": null, "reverse_transformer_layers_per_block": [[10, 4, 4], [1, 2, 2], 1]"#,
+        );
+        std::fs::write(&p, text).unwrap();
+        let cfg: UNetConfig = read_config(&p, UNET_KEEP_NULL).unwrap();
+        cfg.validate().unwrap();
+        let down = cfg.transformer_layers_per_block.per_block(3, "t").unwrap();
+        assert_eq!(down[1].per_layer(2, "t").unwrap(), vec![2, 1]);
+        assert_eq!(down[0].per_layer(2, "t").unwrap(), vec![1, 1]);
+        let up = cfg.reverse_transformer_layers_per_block.unwrap();
+        assert_eq!(up[0].per_layer(3, "t").unwrap(), vec![10, 4, 4]);
+        assert_eq!(up[2].per_layer(3, "t").unwrap(), vec![1, 1, 1]);
+        assert!(up[1].per_layer(4, "t").is_err());
     }
 }

@@ -25,7 +25,8 @@
 //! ```
 //!
 //! * [`Pipeline`] is loaded once and shared by all requests (`Send + Sync`; `generate` takes
-//!   `&self` and may run concurrently). Weights are f32. `generate` blocks (call it from a
+//!   `&self` and may run concurrently). Models run in f32 on the CPU and f16 on a GPU (the
+//!   SDXL VAE in f32 when its config has `force_upcast`); latents and schedulers in f32. `generate` blocks (call it from a
 //!   blocking task in async code); the work runs on the rayon pool and `on_step` is called on
 //!   the calling thread after each denoising step.
 //! * Seeds: image `i` of a request uses its own torch-compatible generator seeded with
@@ -38,10 +39,13 @@
 //! * Schedulers: `scheduler: None` uses the model's `scheduler_config.json`; names are
 //!   resolved by [`scheduler::resolve`] (diffusers class names or A1111 names such as
 //!   `"Euler a"`).
+//! * Architectures: SD 1.x, SD 2.x, SDXL (base, Turbo, SSD-1B) and LCM-distilled UNets, in
+//!   diffusers' folder layout (weights in safetensors, plain or `fp16` variant, single or
+//!   sharded), decided from the folder's components and configs ([`pipeline::Architecture`]).
 //! * Fidelity: same folder, prompt, seed, scheduler and steps give diffusers' image (fp32,
 //!   `torch.Generator("cpu")`), see `inference/tests/parity.rs` and `scripts/reference/`.
 //!
-//! Module map: [`pipeline`] (SDXL txt2img / img2img), [`clip`] + [`tokenizer`] (text),
+//! Module map: [`pipeline`] (txt2img / img2img for every architecture), [`clip`] + [`tokenizer`] (text),
 //! [`unet`] + [`unet_blocks`], [`vae`], [`scheduler`], [`noise`] (torch-compatible RNG),
 //! [`config`] (model folder JSON), [`weights`] (safetensors), [`nn`] + [`cpu_conv`] +
 //! [`cpu_kernels`] (layers and fused CPU kernels), [`image_io`], [`tiny`] (test model writer).
@@ -73,7 +77,8 @@ pub use pipeline::Pipeline;
 pub struct GenerateParams {
     pub prompt: String,
     /// `None` and `Some("")` differ for SDXL (as in diffusers): with CFG, `None` uses zero
-    /// negative embeddings when the model sets `force_zeros_for_empty_prompt`.
+    /// negative embeddings when the model sets `force_zeros_for_empty_prompt`. SD 1.x / 2.x
+    /// encode `""` for `None`. Unused without CFG (and by LCM UNets).
     pub negative_prompt: Option<String>,
     /// Pixels; a positive multiple of the VAE scale factor.
     pub width: usize,
@@ -137,7 +142,7 @@ pub struct Generated {
 /// What a loaded model is and what it defaults to.
 #[derive(Clone, Debug)]
 pub struct ModelInfo {
-    /// e.g. `stable-diffusion-xl`.
+    /// `stable-diffusion-1`, `stable-diffusion-2` or `stable-diffusion-xl`.
     pub architecture: String,
     /// `_class_name` of model_index.json.
     pub pipeline_class: String,

@@ -307,7 +307,20 @@ impl candle_core::CustomOp1 for LayerNormOp<'_> {
 
 /// Scaled dot-product attention on `(batch*heads, tokens, head_dim)` tensors, computed in
 /// query chunks so the score matrix stays small (identical results: softmax is row-wise).
+/// In half precision the softmax runs in f32 (as PyTorch's fused attention does).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    attention_upcast(q, k, v, scale, false)
+}
+
+/// [`attention`] with diffusers' `upcast_attention`: in half precision, the scores `q kᵀ` are
+/// also computed in f32 (SD 2.1 overflows f16 there). A no-op in f32.
+pub fn attention_upcast(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    upcast: bool,
+) -> Result<Tensor> {
     if cpu_kernels_apply(q) {
         let op = super::cpu_kernels::AttentionOp {
             scale: scale as f32,
@@ -318,24 +331,35 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     }
     let (bh, n, _d) = q.dims3()?;
     let m = k.dim(1)?;
+    let dtype = v.dtype();
+    let half = matches!(dtype, DType::F16 | DType::BF16);
+    let (q, k) = if half && upcast {
+        (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?)
+    } else {
+        (q.clone(), k.clone())
+    };
     let q = (q * scale)?;
     let kt = k.t()?;
+    let probs_of = |scores: Tensor| -> Result<Tensor> {
+        let probs = if half {
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        Ok(probs.to_dtype(dtype)?)
+    };
     // Target about 32 MiB of f32 scores per chunk.
     let budget = 8usize << 20;
     let rows = (budget / (bh * m).max(1)).clamp(64, n.max(64));
     if rows >= n {
-        let scores = q.matmul(&kt)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        return Ok(probs.matmul(v)?);
+        return Ok(probs_of(q.matmul(&kt)?)?.matmul(v)?);
     }
     let mut outs = Vec::with_capacity(n.div_ceil(rows));
     let mut start = 0;
     while start < n {
         let len = rows.min(n - start);
         let qc = q.narrow(1, start, len)?;
-        let scores = qc.matmul(&kt)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        outs.push(probs.matmul(v)?);
+        outs.push(probs_of(qc.matmul(&kt)?)?.matmul(v)?);
         start += len;
     }
     Ok(Tensor::cat(&outs, 1)?)

@@ -156,13 +156,31 @@ impl ClipTokenizer {
 
     /// BOS + tokens + EOS, truncated and padded to `max_length`.
     pub fn encode_padded(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.encode_padded_with_len(text)?.0)
+    }
+
+    /// [`Self::encode_padded`] and the number of tokens before the padding (what the
+    /// tokenizer's `attention_mask` marks with ones).
+    ///
+    /// Like diffusers, a prompt longer than `max_length - 2` tokens is truncated with a
+    /// warning that names the removed text.
+    pub fn encode_padded_with_len(&self, text: &str) -> Result<(Vec<u32>, usize)> {
         let mut ids = self.tokenize(text)?;
         let room = self.max_length - 2;
         if ids.len() > room {
             let removed = ids.len() - room;
+            let removed_text = self
+                .inner
+                .decode(&ids[room..], true)
+                .map(|t| {
+                    let t = t.replace("</w>", " ");
+                    t.split_whitespace().collect::<Vec<_>>().join(" ")
+                })
+                .unwrap_or_else(|_| String::from("?"));
             tracing::warn!(
                 tokenizer = %self.name,
                 removed_tokens = removed,
+                removed_text = %removed_text,
                 "prompt truncated: CLIP can only handle sequences up to {} tokens",
                 self.max_length
             );
@@ -172,7 +190,8 @@ impl ClipTokenizer {
         out.push(self.bos_id);
         out.extend_from_slice(&ids);
         out.push(self.eos_id);
+        let len = out.len();
         out.resize(self.max_length, self.pad_id);
-        Ok(out)
+        Ok((out, len))
     }
 }

@@ -1,16 +1,18 @@
 //! diffusers' `UNet2DConditionModel`, built from `unet/config.json`.
 //!
 //! Supports the SD 1.x / 2.x / SDXL family: `DownBlock2D`, `CrossAttnDownBlock2D`,
-//! `UNetMidBlock2DCrossAttn`, `UpBlock2D`, `CrossAttnUpBlock2D`; per-block heads, transformer
-//! depths and cross-attention dims; linear or conv projections; SDXL's `text_time` added
-//! conditioning; LCM's `time_cond_proj_dim`. Timesteps are per sample (a tensor of batch size).
+//! `UNetMidBlock2DCrossAttn`, `UpBlock2D`, `CrossAttnUpBlock2D`; per-block heads and
+//! cross-attention dims; per-block or per-layer transformer depths (with SSD-1B's
+//! `reverse_transformer_layers_per_block`); linear or conv projections; `upcast_attention`;
+//! SDXL's `text_time` added conditioning; LCM's `time_cond_proj_dim`. Timesteps are per
+//! sample (a tensor of batch size).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{UNET_KEEP_NULL, UNetConfig, read_config};
+use super::config::{PerLayer, UNET_KEEP_NULL, UNetConfig, read_config};
 use super::nn::{Conv2d, GroupNorm, Linear};
 use super::unet_blocks::{
     AttnSpec, BlockCommon, DownBlock, DownSpec, MidBlockCrossAttn, UpBlock, UpSpec,
@@ -171,6 +173,7 @@ impl UNet {
             eps,
             resnet_scale: cfg.resnet_out_scale_factor,
             use_linear_projection: cfg.use_linear_projection,
+            upcast_attention: cfg.upcast_attention,
         };
         let mut down_blocks = Vec::with_capacity(n);
         let mut out_ch = boc[0];
@@ -183,12 +186,17 @@ impl UNet {
                     in_ch,
                     out_ch,
                     layers: layers[i],
-                    attn: (ty == "CrossAttnDownBlock2D").then(|| AttnSpec {
-                        heads: heads[i],
-                        transformer_layers: tlpb[i],
-                        cross_dim: cross_dims[i],
-                        only_cross_attention: only_cross[i],
-                    }),
+                    attn: if ty == "CrossAttnDownBlock2D" {
+                        Some(AttnSpec {
+                            heads: heads[i],
+                            transformer_layers: tlpb[i]
+                                .per_layer(layers[i], "transformer_layers_per_block")?,
+                            cross_dim: cross_dims[i],
+                            only_cross_attention: only_cross[i],
+                        })
+                    } else {
+                        None
+                    },
                     add_downsample: i + 1 < n,
                     downsample_padding: cfg.downsample_padding,
                 },
@@ -201,7 +209,8 @@ impl UNet {
                 boc[n - 1],
                 &AttnSpec {
                     heads: heads[n - 1],
-                    transformer_layers: tlpb[n - 1],
+                    // diffusers: the last block's entry; a per-layer list gives its first depth.
+                    transformer_layers: tlpb[n - 1].per_layer(1, "transformer_layers_per_block")?,
                     cross_dim: cross_dims[n - 1],
                     only_cross_attention: false,
                 },
@@ -215,13 +224,13 @@ impl UNet {
         let rev_layers: Vec<usize> = layers.iter().rev().copied().collect();
         let rev_cross: Vec<usize> = cross_dims.iter().rev().copied().collect();
         let rev_only: Vec<bool> = only_cross.iter().rev().copied().collect();
-        let rev_tlpb: Vec<usize> = match &cfg.reverse_transformer_layers_per_block {
+        let rev_tlpb: Vec<PerLayer> = match &cfg.reverse_transformer_layers_per_block {
             Some(v) if v.len() == n => v.clone(),
             Some(v) => bail!(
                 "unet config: reverse_transformer_layers_per_block has {} entries, expected {n}",
                 v.len()
             ),
-            None => tlpb.iter().rev().copied().collect(),
+            None => tlpb.iter().rev().cloned().collect(),
         };
         let mut up_blocks = Vec::with_capacity(n);
         let mut out_ch = rev_boc[0];
@@ -236,12 +245,19 @@ impl UNet {
                     prev_out_ch,
                     out_ch,
                     layers: rev_layers[i] + 1,
-                    attn: (ty == "CrossAttnUpBlock2D").then(|| AttnSpec {
-                        heads: rev_heads[i],
-                        transformer_layers: rev_tlpb[i],
-                        cross_dim: rev_cross[i],
-                        only_cross_attention: rev_only[i],
-                    }),
+                    attn: if ty == "CrossAttnUpBlock2D" {
+                        Some(AttnSpec {
+                            heads: rev_heads[i],
+                            transformer_layers: rev_tlpb[i].per_layer(
+                                rev_layers[i] + 1,
+                                "reverse_transformer_layers_per_block",
+                            )?,
+                            cross_dim: rev_cross[i],
+                            only_cross_attention: rev_only[i],
+                        })
+                    } else {
+                        None
+                    },
                     add_upsample: i + 1 < n,
                 },
                 &common,
@@ -282,7 +298,10 @@ impl UNet {
     }
 
     /// Predicts the model output for `sample` `(b, c, h, w)` at per-sample `timesteps` (`b`
-    /// values), conditioned on `context` `(b, tokens, cross_dim)`.
+    /// values), conditioned on `context` `(b, tokens, cross_dim)`. The inputs are cast to the
+    /// UNet's dtype (f16 on a GPU) and the output back to the dtype of `sample`, so the
+    /// pipeline can keep its latents in f32. `added` is ignored by a UNet without
+    /// `addition_embed_type` (SD 1.x / 2.x).
     pub fn forward(
         &self,
         sample: &Tensor,
@@ -295,6 +314,13 @@ impl UNet {
         if timesteps.len() != b {
             bail!("unet: {} timesteps for a batch of {b}", timesteps.len());
         }
+        let out_dtype = sample.dtype();
+        let sample = &sample.to_dtype(self.dtype)?;
+        let context = &context.to_dtype(self.dtype)?;
+        let timestep_cond = match timestep_cond {
+            Some(c) => Some(c.to_dtype(self.dtype)?),
+            None => None,
+        };
         let cfg = &self.config;
         let boc0 = cfg.block_out_channels[0];
         let t_emb = timestep_embedding(
@@ -305,7 +331,9 @@ impl UNet {
             &self.device,
         )?
         .to_dtype(self.dtype)?;
-        let mut emb = self.time_embedding.forward(&t_emb, timestep_cond)?;
+        let mut emb = self
+            .time_embedding
+            .forward(&t_emb, timestep_cond.as_ref())?;
         if let Some(add) = &self.add_embedding {
             let a = added.context("unet: SDXL conditioning (text_embeds, time_ids) is required")?;
             let dim = cfg.addition_time_embed_dim.unwrap_or(0);
@@ -345,6 +373,6 @@ impl UNet {
             h = block.forward(&h, &mut mine, &temb_act, context, upsample_size)?;
         }
         let h = self.conv_norm_out.forward_silu(&h)?;
-        self.conv_out.forward(&h)
+        Ok(self.conv_out.forward(&h)?.to_dtype(out_dtype)?)
     }
 }

@@ -6,7 +6,9 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, attention, geglu, merge_heads, split_heads};
+use super::nn::{
+    Conv2d, GroupNorm, LayerNorm, Linear, attention_upcast, geglu, merge_heads, split_heads,
+};
 use super::weights::Weights;
 
 /// `ResnetBlock2D` with `time_embedding_norm="default"`.
@@ -87,6 +89,8 @@ pub struct CrossAttention {
     to_out: Linear,
     heads: usize,
     scale: f64,
+    /// `upcast_attention`: scores in f32 when the model runs in half precision.
+    upcast: bool,
 }
 
 impl CrossAttention {
@@ -96,6 +100,7 @@ impl CrossAttention {
         kv_dim: usize,
         heads: usize,
         dim_head: usize,
+        upcast: bool,
     ) -> Result<Self> {
         let inner = heads * dim_head;
         Ok(CrossAttention {
@@ -105,6 +110,7 @@ impl CrossAttention {
             to_out: Linear::load(&w.pp("to_out.0"), inner, query_dim, true)?,
             heads,
             scale: (dim_head as f64).powf(-0.5),
+            upcast,
         })
     }
 
@@ -113,7 +119,7 @@ impl CrossAttention {
         let q = split_heads(&self.to_q.forward(x)?, self.heads)?;
         let k = split_heads(&self.to_k.forward(ctx)?, self.heads)?;
         let v = split_heads(&self.to_v.forward(ctx)?, self.heads)?;
-        let o = attention(&q, &k, &v, self.scale)?;
+        let o = attention_upcast(&q, &k, &v, self.scale, self.upcast)?;
         self.to_out.forward(&merge_heads(&o, self.heads)?)
     }
 }
@@ -131,21 +137,17 @@ pub struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    pub fn load(
-        w: &Weights,
-        dim: usize,
-        heads: usize,
-        dim_head: usize,
-        cross_dim: usize,
-        only_cross_attention: bool,
-    ) -> Result<Self> {
+    pub fn load(w: &Weights, s: &TransformerSpec, dim_head: usize) -> Result<Self> {
+        let dim = s.channels;
+        let (heads, cross_dim, up) = (s.heads, s.cross_dim, s.upcast_attention);
+        let only_cross_attention = s.only_cross_attention;
         let inner_ff = dim * 4;
         let attn1_kv = if only_cross_attention { cross_dim } else { dim };
         Ok(BasicTransformerBlock {
             norm1: LayerNorm::load(&w.pp("norm1"), dim, 1e-5)?,
-            attn1: CrossAttention::load(&w.pp("attn1"), dim, attn1_kv, heads, dim_head)?,
+            attn1: CrossAttention::load(&w.pp("attn1"), dim, attn1_kv, heads, dim_head, up)?,
             norm2: LayerNorm::load(&w.pp("norm2"), dim, 1e-5)?,
-            attn2: CrossAttention::load(&w.pp("attn2"), dim, cross_dim, heads, dim_head)?,
+            attn2: CrossAttention::load(&w.pp("attn2"), dim, cross_dim, heads, dim_head, up)?,
             norm3: LayerNorm::load(&w.pp("norm3"), dim, 1e-5)?,
             ff_proj: Linear::load(&w.pp("ff.net.0.proj"), dim, inner_ff * 2, true)?,
             ff_out: Linear::load(&w.pp("ff.net.2"), inner_ff, dim, true)?,
@@ -191,6 +193,7 @@ pub struct TransformerSpec {
     pub groups: usize,
     pub use_linear_projection: bool,
     pub only_cross_attention: bool,
+    pub upcast_attention: bool,
 }
 
 impl Transformer2D {
@@ -216,14 +219,7 @@ impl Transformer2D {
         };
         let blocks = (0..s.layers)
             .map(|i| {
-                BasicTransformerBlock::load(
-                    &w.pp(format!("transformer_blocks.{i}")),
-                    c,
-                    s.heads,
-                    dim_head,
-                    s.cross_dim,
-                    s.only_cross_attention,
-                )
+                BasicTransformerBlock::load(&w.pp(format!("transformer_blocks.{i}")), s, dim_head)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Transformer2D {
@@ -326,12 +322,14 @@ pub struct BlockCommon {
     pub eps: f64,
     pub resnet_scale: f64,
     pub use_linear_projection: bool,
+    pub upcast_attention: bool,
 }
 
 /// The cross-attention settings of a block's transformers.
 pub struct AttnSpec {
     pub heads: usize,
-    pub transformer_layers: usize,
+    /// Transformer depth of each layer (at least as many entries as the block has layers).
+    pub transformer_layers: Vec<usize>,
     pub cross_dim: usize,
     pub only_cross_attention: bool,
 }
@@ -349,17 +347,27 @@ impl BlockCommon {
         }
     }
 
-    /// A transformer over `channels` with the UNet's norms and projection kind.
-    fn transformer_spec(&self, channels: usize, a: &AttnSpec) -> TransformerSpec {
-        TransformerSpec {
+    /// The transformer of layer `layer` over `channels`, with the UNet's norms and projection
+    /// kind.
+    fn transformer_spec(
+        &self,
+        channels: usize,
+        a: &AttnSpec,
+        layer: usize,
+    ) -> Result<TransformerSpec> {
+        let layers = *a.transformer_layers.get(layer).ok_or_else(|| {
+            anyhow::anyhow!("unet: no transformer depth given for layer {layer} of a block")
+        })?;
+        Ok(TransformerSpec {
             channels,
             heads: a.heads,
-            layers: a.transformer_layers,
+            layers,
             cross_dim: a.cross_dim,
             groups: self.groups,
             use_linear_projection: self.use_linear_projection,
             only_cross_attention: a.only_cross_attention,
-        }
+            upcast_attention: self.upcast_attention,
+        })
     }
 
     /// The layers of a down or up block: `resnets.{i}` (input channels `in_ch(i)`, output
@@ -382,7 +390,7 @@ impl BlockCommon {
             if let Some(a) = attn {
                 attentions.push(Transformer2D::load(
                     &w.pp(format!("attentions.{i}")),
-                    &self.transformer_spec(out_ch, a),
+                    &self.transformer_spec(out_ch, a, i)?,
                 )?);
             }
         }
@@ -544,7 +552,7 @@ impl MidBlockCrossAttn {
         ];
         let attentions = vec![Transformer2D::load(
             &w.pp("attentions.0"),
-            &c.transformer_spec(channels, attn),
+            &c.transformer_spec(channels, attn, 0)?,
         )?];
         Ok(MidBlockCrossAttn {
             resnets,

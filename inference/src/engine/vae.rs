@@ -279,9 +279,10 @@ impl AutoencoderKl {
         self.dtype
     }
 
-    /// Encodes images in `[-1, 1]`, `(b, 3, h, w)`, to the latent distribution.
+    /// Encodes images in `[-1, 1]`, `(b, 3, h, w)`, to the latent distribution (in the VAE's
+    /// dtype; the input is cast to it).
     pub fn encode(&self, x: &Tensor) -> Result<LatentDist> {
-        let h = self.encoder.forward(x)?;
+        let h = self.encoder.forward(&x.to_dtype(self.dtype)?)?;
         let moments = match &self.quant_conv {
             Some(q) => q.forward(&h)?,
             None => h,
@@ -293,11 +294,13 @@ impl AutoencoderKl {
         Ok(LatentDist { mean, std })
     }
 
-    /// Decodes (unscaled) latents to images in about `[-1, 1]`.
+    /// Decodes (unscaled) latents to images in about `[-1, 1]` (in the VAE's dtype; the input
+    /// is cast to it).
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let z = z.to_dtype(self.dtype)?;
         let z = match &self.post_quant_conv {
-            Some(p) => p.forward(z)?,
-            None => z.clone(),
+            Some(p) => p.forward(&z)?,
+            None => z,
         };
         self.decoder.forward(&z)
     }

@@ -8,27 +8,57 @@ use anyhow::{Context, Result, bail};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 
-/// Finds the safetensors file(s) of a component folder: `{base}.safetensors`, a sharded
-/// `{base}.safetensors.index.json`, or the `fp16` variant of either.
+/// Finds the safetensors file(s) of a component folder, as diffusers / transformers name
+/// them: `{base}.safetensors`, a sharded `{base}.safetensors.index.json` (its `weight_map` names
+/// the shards), or their `fp16` variants `{base}.fp16.safetensors` and
+/// `{base}.safetensors.index.fp16.json` (shards such as `{base}.fp16-00001-of-00002.safetensors`,
+/// as the index says). The plain files are preferred, as diffusers loads them without a
+/// `variant`. Shards listed by an index must all exist (the error names the missing one).
 pub fn find_weight_files(dir: &Path, base: &str) -> Result<Vec<PathBuf>> {
-    for variant in ["", ".fp16"] {
-        let single = dir.join(format!("{base}{variant}.safetensors"));
+    for variant in ["", "fp16"] {
+        let (single, indexes) = if variant.is_empty() {
+            (
+                format!("{base}.safetensors"),
+                vec![format!("{base}.safetensors.index.json")],
+            )
+        } else {
+            (
+                format!("{base}.{variant}.safetensors"),
+                vec![
+                    format!("{base}.safetensors.index.{variant}.json"),
+                    // Written by some older tools.
+                    format!("{base}.{variant}.safetensors.index.json"),
+                ],
+            )
+        };
+        let single = dir.join(single);
         if single.is_file() {
             return Ok(vec![single]);
         }
-        let index = dir.join(format!("{base}{variant}.safetensors.index.json"));
-        if index.is_file() {
+        for index in indexes {
+            let index = dir.join(index);
+            if !index.is_file() {
+                continue;
+            }
             let json: serde_json::Value = super::config::read_json(&index)?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .with_context(|| format!("{}: no `weight_map`", index.display()))?;
             let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-            return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+            let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
+            if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+                bail!(
+                    "weights file {} (listed in {}) is missing",
+                    missing.display(),
+                    index.display()
+                );
+            }
+            return Ok(files);
         }
     }
     bail!(
-        "no weights in {}: expected {base}.safetensors (or a sharded / fp16 variant)",
+        "no weights in {}: expected {base}.safetensors, {base}.safetensors.index.json or their fp16 variants ({base}.fp16.safetensors, {base}.safetensors.index.fp16.json)",
         dir.display()
     )
 }

@@ -1,6 +1,6 @@
-//! What the UNet is conditioned on: prompt embeddings from the text encoders,
-//! the negative prompt for classifier-free guidance, SDXL's added conditioning
-//! (pooled text embeddings and micro-conditioning time ids), and LCM's guidance
+//! What the UNet is conditioned on: prompt embeddings from the text encoder(s) (SD 1.x / 2.x:
+//! one, SDXL: two), the negative prompt for classifier-free guidance, SDXL's added
+//! conditioning (pooled text embeddings and micro-conditioning time ids), and LCM's guidance
 //! embedding.
 
 use anyhow::{Context, Result};
@@ -29,18 +29,36 @@ struct Conditioning {
 pub(super) struct UnetConditioning {
     /// `(batch, tokens, cross_attention_dim)`
     pub context: Tensor,
-    /// SDXL `text_embeds`, `(batch, projection_dim)`.
+    /// SDXL `text_embeds`, `(batch, projection_dim)`; SD 1.x / 2.x: `(batch, 0)`, unused
+    /// (their UNet has no added conditioning and ignores it).
     pub text_embeds: Tensor,
-    /// SDXL `time_ids`, `(batch, 6)`.
+    /// SDXL `time_ids`, `(batch, 6)`; SD 1.x / 2.x: `(batch, 0)`, unused.
     pub time_ids: Tensor,
     /// LCM's guidance embedding, `(batch, time_cond_proj_dim)`.
     pub timestep_cond: Option<Tensor>,
 }
 
 impl Pipeline {
-    /// Encodes one prompt with every text encoder (SDXL: concat of penultimate hidden states,
-    /// pooled from the last encoder).
+    /// Encodes one prompt: SD 1.x / 2.x: the last hidden state (after the final layer norm)
+    /// of the text encoder, with the attention mask when its config sets
+    /// `use_attention_mask`; SDXL: the concatenated penultimate hidden states of both
+    /// encoders (no mask, as diffusers), pooled from the last encoder.
     fn encode_prompt(&self, text: &str) -> Result<Conditioning> {
+        if !self.arch.is_xl() {
+            let slot = &self.encoders[0];
+            let (ids, len) = slot.tokenizer.encode_padded_with_len(text)?;
+            let lengths = [len];
+            let mask = slot
+                .encoder
+                .config
+                .use_attention_mask
+                .then_some(&lengths[..]);
+            let out = slot.encoder.forward_masked(&[ids], mask)?;
+            return Ok(Conditioning {
+                embeds: out.last_hidden_state,
+                pooled: None,
+            });
+        }
         let mut parts = Vec::new();
         let mut pooled = None;
         for slot in &self.encoders {
@@ -86,6 +104,21 @@ impl Pipeline {
             rep[0] = n;
             Ok(t.repeat(rep.as_slice())?)
         };
+        if !self.arch.is_xl() {
+            let context = match &uncond {
+                Some(u) => Tensor::cat(&[repeat(&u.embeds)?, repeat(&cond.embeds)?], 0)?,
+                None => repeat(&cond.embeds)?,
+            };
+            // Empty placeholders (kept on the CPU: a zero-sized GPU allocation is not portable).
+            let batch = context.dim(0)?;
+            let unused = Tensor::zeros((batch, 0), self.dtype, &Device::Cpu)?;
+            return Ok(UnetConditioning {
+                context,
+                text_embeds: unused.clone(),
+                time_ids: unused,
+                timestep_cond: self.timestep_cond(params.guidance, n, do_cfg)?,
+            });
+        }
         let (context, text_embeds) = {
             let pooled = cond
                 .pooled
@@ -111,9 +144,20 @@ impl Pipeline {
         let time_ids = Tensor::from_vec(ids, (1, 6), &self.device)?
             .to_dtype(self.dtype)?
             .repeat((batch, 1))?;
-        let timestep_cond = match self.unet.config.time_cond_proj_dim {
+        Ok(UnetConditioning {
+            context,
+            text_embeds,
+            time_ids,
+            timestep_cond: self.timestep_cond(params.guidance, n, do_cfg)?,
+        })
+    }
+
+    /// An LCM UNet's (`time_cond_proj_dim`) guidance embedding of `guidance - 1`, as all
+    /// diffusers SD / SDXL / LCM pipelines compute it.
+    fn timestep_cond(&self, guidance: f64, n: usize, do_cfg: bool) -> Result<Option<Tensor>> {
+        Ok(match self.unet.config.time_cond_proj_dim {
             Some(dim) => {
-                let c = guidance_embedding(params.guidance - 1.0, dim, n, &self.device)?
+                let c = guidance_embedding(guidance - 1.0, dim, n, &self.device)?
                     .to_dtype(self.dtype)?;
                 Some(if do_cfg {
                     Tensor::cat(&[&c, &c], 0)?
@@ -122,12 +166,6 @@ impl Pipeline {
                 })
             }
             None => None,
-        };
-        Ok(UnetConditioning {
-            context,
-            text_embeds,
-            time_ids,
-            timestep_cond,
         })
     }
 }

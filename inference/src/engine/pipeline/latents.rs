@@ -29,12 +29,16 @@ impl Pipeline {
                 mul_scalar(&x, sched.init_noise_sigma() as f32)?
             }
             Some((img, _)) => {
+                // StableDiffusion(XL)Img2ImgPipeline: the posterior sample, then the noise,
+                // both from the image's generator.
                 let pixels = image_to_tensor(img, w, h, &self.device, self.dtype)?;
                 let dist = self.vae.encode(&pixels)?;
+                let (mean, std) = (
+                    dist.mean.to_dtype(self.dtype)?,
+                    dist.std.to_dtype(self.dtype)?,
+                );
                 let sample_noise = noise.randn(&latent_shape)?.to_dtype(self.dtype)?;
-                let sample = dist
-                    .mean
-                    .broadcast_add(&dist.std.broadcast_mul(&sample_noise)?)?;
+                let sample = mean.broadcast_add(&std.broadcast_mul(&sample_noise)?)?;
                 let init = self.scale_latents(&sample)?;
                 let eps = noise.randn(&latent_shape)?.to_dtype(self.dtype)?;
                 sched.add_noise(&init, &eps, begin)?
@@ -42,11 +46,21 @@ impl Pipeline {
         })
     }
 
+    /// The VAE's `latents_mean` / `latents_std`, which only the SDXL pipelines use.
+    fn latent_stats(&self) -> (Option<&Vec<f64>>, Option<&Vec<f64>>) {
+        let cfg = &self.vae.config;
+        if self.arch.is_xl() {
+            (cfg.latents_mean.as_ref(), cfg.latents_std.as_ref())
+        } else {
+            (None, None)
+        }
+    }
+
     /// Posterior sample → UNet latent space.
     fn scale_latents(&self, x: &Tensor) -> Result<Tensor> {
         let cfg = &self.vae.config;
         let sf = cfg.scaling_factor as f32;
-        match (&cfg.latents_mean, &cfg.latents_std) {
+        match self.latent_stats() {
             (Some(m), Some(s)) => {
                 let (mean, std) = self.channel_stats(m, s)?;
                 Ok(mul_scalar(&x.broadcast_sub(&mean)?, sf)?.broadcast_div(&std)?)
@@ -59,7 +73,7 @@ impl Pipeline {
     pub(super) fn unscale_latents(&self, x: &Tensor) -> Result<Tensor> {
         let cfg = &self.vae.config;
         let sf = cfg.scaling_factor as f32;
-        match (&cfg.latents_mean, &cfg.latents_std) {
+        match self.latent_stats() {
             (Some(m), Some(s)) => {
                 let (mean, std) = self.channel_stats(m, s)?;
                 Ok(scheduler::div_scalar(&x.broadcast_mul(&std)?, sf)?.broadcast_add(&mean)?)

@@ -1,18 +1,25 @@
-//! Text-to-image and image-to-image, step for step as diffusers'
-//! `StableDiffusionXLPipeline` / `StableDiffusionXLImg2ImgPipeline` (fp32, no watermark).
+//! Text-to-image and image-to-image, step for step as diffusers' `StableDiffusionPipeline` /
+//! `StableDiffusionImg2ImgPipeline` (SD 1.x / 2.x), `LatentConsistencyModelPipeline` (an SD
+//! UNet with `time_cond_proj_dim`) and `StableDiffusionXLPipeline` /
+//! `StableDiffusionXLImg2ImgPipeline` (SDXL, SDXL-Turbo, SSD-1B); fp32 on the CPU, no
+//! watermark, no safety checker.
 //!
 //! Order of operations (and of random draws, per image generator):
-//! 1. prompt embeddings: both encoders' penultimate hidden states concatenated, pooled
-//!    output (projected) of `text_encoder_2`; negative: zeros when `negative_prompt` is `None`
-//!    and `force_zeros_for_empty_prompt`, else the encoding of `negative_prompt` (`""` is
-//!    encoded); only with CFG (`guidance > 1`);
+//! 1. prompt embeddings, each prompt truncated to the tokenizer's 77 tokens (with a warning):
+//!    SD 1.x / 2.x: the text encoder's last hidden state after its final layer norm
+//!    (`clip_skip=None`; the tokenizer's attention mask is passed when the text encoder config
+//!    sets `use_attention_mask`); SDXL: both encoders' penultimate hidden states concatenated,
+//!    and the pooled output (projected) of `text_encoder_2`. Negative: SDXL uses zeros when
+//!    `negative_prompt` is `None` and `force_zeros_for_empty_prompt`; otherwise the encoding
+//!    of `negative_prompt` (`None` → `""`). Only with CFG (`guidance > 1` and no
+//!    `time_cond_proj_dim`); an LCM UNet gets the guidance embedding of `guidance - 1` instead;
 //! 2. timesteps (`steps`; img2img keeps the last `int(steps * strength)`);
 //! 3. latents: txt2img draws `randn` and multiplies by `init_noise_sigma`; img2img encodes the
 //!    image with the VAE, draws the posterior sample, scales it, then draws the noise and
 //!    calls `scheduler.add_noise` at the first kept timestep;
 //! 4. denoising loop with CFG `uncond + g * (cond - uncond)`;
-//! 5. VAE decode of `latents / scaling_factor` (or the `latents_mean`/`latents_std` form),
-//!    `(x / 2 + 0.5).clamp(0, 1)`, `(x * 255).round()`.
+//! 5. VAE decode of `latents / scaling_factor` (SDXL: the `latents_mean`/`latents_std` form
+//!    when the VAE config has them), `(x / 2 + 0.5).clamp(0, 1)`, `(x * 255).round()`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -25,7 +32,10 @@ mod denoise;
 mod latents;
 
 use super::clip::ClipTextEncoder;
-use super::config::{ModelIndex, SchedulerConfig, read_json};
+use super::config::{
+    ModelIndex, OneOrMany, SchedulerConfig, UNET_KEEP_NULL, UNetConfig, VaeConfig, read_config,
+    read_json,
+};
 use super::error::EngineError;
 use super::image_io::tensor_to_images;
 use super::noise::NoiseSource;
@@ -42,9 +52,16 @@ pub const MAX_SIDE: usize = 4096;
 /// Largest number of images per request.
 pub const MAX_SAMPLES: usize = 16;
 
-/// Model families the engine knows how to condition.
+/// Model families the engine knows how to condition. Decided from the components a model
+/// folder has and their configs, never from a name (see [`Pipeline::load`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
+    /// SD 1.x (and LCM-distilled SD 1.5): one CLIP text encoder (quick_gelu, OpenAI CLIP),
+    /// conditioning on its last hidden state after the final layer norm.
+    StableDiffusion1,
+    /// SD 2.x: as SD 1.x, with an OpenCLIP text encoder (gelu); typically v-prediction, linear
+    /// projections and `upcast_attention` (all read from the configs).
+    StableDiffusion2,
     /// SDXL base / Turbo / SSD-1B: two CLIP encoders, `text_time` added conditioning.
     StableDiffusionXl,
 }
@@ -52,10 +69,27 @@ pub enum Architecture {
 impl Architecture {
     pub fn name(self) -> &'static str {
         match self {
+            Architecture::StableDiffusion1 => "stable-diffusion-1",
+            Architecture::StableDiffusion2 => "stable-diffusion-2",
             Architecture::StableDiffusionXl => "stable-diffusion-xl",
         }
     }
+
+    pub fn is_xl(self) -> bool {
+        self == Architecture::StableDiffusionXl
+    }
 }
+
+/// Pipeline classes whose components this engine runs as they are; a folder naming any other
+/// class is run when its components are those of one of these (decided by
+/// [`Pipeline::load`], with a log line).
+pub const KNOWN_PIPELINE_CLASSES: &[&str] = &[
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "LatentConsistencyModelPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+];
 
 pub struct Pipeline {
     dir: PathBuf,
@@ -67,6 +101,8 @@ pub struct Pipeline {
     scheduler_config: SchedulerConfig,
     force_zeros_for_empty_prompt: bool,
     device: Device,
+    /// The dtype of the latents and of the scheduler arithmetic: always f32 (the UNet casts
+    /// its input to its own dtype and its output back).
     dtype: DType,
 }
 
@@ -84,28 +120,76 @@ fn component_dir(dir: &Path, index: &ModelIndex, name: &str) -> Result<PathBuf> 
     Ok(d)
 }
 
+/// The dtype the models run in on `device`: f32 on the CPU (where the fused kernels are),
+/// f16 on a GPU, as diffusers is run there.
+pub fn model_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::F16
+    }
+}
+
+/// Whether the SDXL family (two text encoders) or SD 1.x / 2.x (one), from the components
+/// model_index.json lists.
+fn is_xl_folder(dir: &Path, index: &ModelIndex) -> Result<bool> {
+    let has = |name: &str| index.component(name).is_some();
+    let index_path = dir.join("model_index.json");
+    if has("text_encoder_2") || has("tokenizer_2") {
+        if !has("text_encoder") || !has("tokenizer") {
+            bail!(
+                "{}: a model with text_encoder_2 but no text_encoder (the SDXL refiner) is not supported yet",
+                index_path.display()
+            );
+        }
+        return Ok(true);
+    }
+    for name in ["text_encoder", "tokenizer", "unet", "vae", "scheduler"] {
+        if !has(name) {
+            bail!(
+                "{}: pipeline class {} without a `{name}` component is not a Stable Diffusion model this engine runs (supported: {})",
+                index_path.display(),
+                index.class_name,
+                KNOWN_PIPELINE_CLASSES.join(", ")
+            );
+        }
+    }
+    Ok(false)
+}
+
 impl Pipeline {
-    /// Loads a diffusers-format model folder. Weights are kept in f32 on the CPU.
+    /// Loads a diffusers-format model folder. The architecture is decided from the components
+    /// model_index.json lists (`text_encoder_2` → SDXL, else SD 1.x / 2.x) and from their
+    /// configs, whatever the pipeline class is called. Models run in f32 on the CPU and in
+    /// f16 on a GPU (the SDXL VAE in f32 when its config has `force_upcast`, as diffusers
+    /// does to keep it from overflowing).
     pub fn load(dir: &Path, device: &Device) -> Result<Pipeline> {
-        let dtype = DType::F32;
+        Self::load_with_dtype(dir, device, model_dtype(device))
+    }
+
+    /// [`Pipeline::load`] with the models in `dtype` (f32, f16 or bf16) instead of the
+    /// device's default. Latents and scheduler arithmetic stay in f32. Off f32 on the CPU the
+    /// engine takes candle's generic ops instead of its fused CPU kernels: the path a GPU
+    /// takes, slow on a CPU (for tests).
+    pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Pipeline> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            bail!("model dtype {dtype:?} is not supported (f32, f16, bf16)");
+        }
         let index: ModelIndex = read_json(&dir.join("model_index.json"))?;
-        let arch = match index.class_name.as_str() {
-            "StableDiffusionXLPipeline" | "StableDiffusionXLImg2ImgPipeline" => {
-                Architecture::StableDiffusionXl
-            }
-            other => bail!(
-                "{}: pipeline class {other} is not supported yet (supported: StableDiffusionXLPipeline)",
-                dir.join("model_index.json").display()
-            ),
-        };
+        let xl = is_xl_folder(dir, &index)?;
         if index.requires_aesthetics_score == Some(true) {
             bail!("SDXL refiner models (requires_aesthetics_score) are not supported yet");
         }
+        let pairs: &[(&str, &str)] = if xl {
+            &[
+                ("tokenizer", "text_encoder"),
+                ("tokenizer_2", "text_encoder_2"),
+            ]
+        } else {
+            &[("tokenizer", "text_encoder")]
+        };
         let mut encoders = Vec::new();
-        for (tok, enc) in [
-            ("tokenizer", "text_encoder"),
-            ("tokenizer_2", "text_encoder_2"),
-        ] {
+        for &(tok, enc) in pairs {
             let tdir = component_dir(dir, &index, tok)?;
             let edir = component_dir(dir, &index, enc)?;
             let class = index.component(enc).map(|c| c.1).unwrap_or_default();
@@ -116,29 +200,90 @@ impl Pipeline {
                     .with_context(|| format!("loading {}", edir.display()))?,
             });
         }
-        if !encoders[1].encoder.with_projection {
+        if xl && !encoders[1].encoder.with_projection {
             bail!("SDXL: text_encoder_2 must be a CLIPTextModelWithProjection");
         }
-        let unet = UNet::load(&component_dir(dir, &index, "unet")?, device, dtype)?;
-        let vae = AutoencoderKl::load(&component_dir(dir, &index, "vae")?, device, dtype)?;
+        let unet_dir = component_dir(dir, &index, "unet")?;
+        let vae_dir = component_dir(dir, &index, "vae")?;
+        let vae_cfg: VaeConfig = read_config(&vae_dir.join("config.json"), &[])?;
+        let unet_cfg_path = unet_dir.join("config.json");
+        let unet_cfg: UNetConfig = read_config(&unet_cfg_path, UNET_KEEP_NULL)?;
+        let latent = vae_cfg.latent_channels;
+        if unet_cfg.in_channels != latent || unet_cfg.out_channels != latent {
+            bail!(
+                "{}: the unet takes {} and returns {} channels but the vae has {latent} latent channels (inpainting / upscaling / instruct-pix2pix models are not supported yet)",
+                unet_cfg_path.display(),
+                unet_cfg.in_channels,
+                unet_cfg.out_channels
+            );
+        }
+        let unet = UNet::load(&unet_dir, device, dtype)?;
+        // diffusers' SDXL pipelines run a `force_upcast` VAE in f32 (the SDXL VAE overflows in
+        // f16; an fp16-fix VAE sets force_upcast false); the SD pipelines do not upcast.
+        let vae_dtype = if xl && vae_cfg.force_upcast {
+            DType::F32
+        } else {
+            dtype
+        };
+        let vae = AutoencoderKl::load(&vae_dir, device, vae_dtype)?;
         let sched_path = component_dir(dir, &index, "scheduler")?.join("scheduler_config.json");
         let scheduler_config = SchedulerConfig::load(&sched_path)?;
-        if !unet.needs_added_cond() {
-            bail!("SDXL: unet config has no addition_embed_type \"text_time\"");
-        }
-        let cross: usize = encoders.iter().map(|e| e.encoder.config.hidden_size).sum();
-        let unet_cross = match &unet.config.cross_attention_dim {
-            super::config::OneOrMany::One(c) => *c,
-            super::config::OneOrMany::Many(v) => *v.first().unwrap_or(&0),
-        };
-        if cross != unet_cross {
+        if xl && !unet.needs_added_cond() {
             bail!(
-                "text encoders' hidden sizes sum to {cross}, but the unet's cross_attention_dim is {unet_cross}"
+                "{}: an SDXL-family model (text_encoder_2) needs addition_embed_type \"text_time\"",
+                unet_cfg_path.display()
+            );
+        }
+        if !xl && unet.needs_added_cond() {
+            bail!(
+                "{}: addition_embed_type \"text_time\" needs SDXL's two text encoders, but model_index.json lists no text_encoder_2",
+                unet_cfg_path.display()
+            );
+        }
+        let (cross, what) = if xl {
+            (
+                encoders
+                    .iter()
+                    .map(|e| e.encoder.config.hidden_size)
+                    .sum::<usize>(),
+                "text encoders' hidden sizes sum to",
+            )
+        } else {
+            (
+                encoders[0].encoder.config.hidden_size,
+                "text encoder's hidden size is",
+            )
+        };
+        let unet_cross = match &unet.config.cross_attention_dim {
+            OneOrMany::One(c) => vec![*c],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        if unet_cross.iter().any(|&c| c != cross) {
+            bail!(
+                "the {what} {cross}, but the unet's cross_attention_dim is {:?}",
+                unet.config.cross_attention_dim
+            );
+        }
+        let arch = if xl {
+            Architecture::StableDiffusionXl
+        } else if encoders[0].encoder.config.hidden_act == "gelu" {
+            // OpenCLIP text encoders (SD 2.x) use gelu; OpenAI CLIP ViT-L (SD 1.x) quick_gelu.
+            Architecture::StableDiffusion2
+        } else {
+            Architecture::StableDiffusion1
+        };
+        if !KNOWN_PIPELINE_CLASSES.contains(&index.class_name.as_str()) {
+            tracing::info!(
+                class = %index.class_name,
+                architecture = arch.name(),
+                "model_index.json names another pipeline class; running it as {} from its components",
+                if xl { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" }
             );
         }
         Ok(Pipeline {
             dir: dir.to_path_buf(),
-            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt.unwrap_or(true),
+            // Only the SDXL pipelines have this option; SD 1.x / 2.x encode "" instead.
+            force_zeros_for_empty_prompt: xl && index.force_zeros_for_empty_prompt.unwrap_or(true),
             index,
             arch,
             encoders,
@@ -146,8 +291,18 @@ impl Pipeline {
             vae,
             scheduler_config,
             device: device.clone(),
-            dtype,
+            dtype: DType::F32,
         })
+    }
+
+    /// The architecture the folder was recognised as.
+    pub fn architecture(&self) -> Architecture {
+        self.arch
+    }
+
+    /// The dtypes the UNet (and text encoders) and the VAE run in.
+    pub fn model_dtypes(&self) -> (DType, DType) {
+        (self.unet.dtype(), self.vae.dtype())
     }
 
     pub fn dir(&self) -> &Path {
@@ -179,7 +334,18 @@ impl Pipeline {
             .config
             .sample_size_hw()
             .map(|(h, w)| (h * f, w * f))
-            .unwrap_or((1024, 1024));
+            .unwrap_or(if self.arch.is_xl() {
+                (1024, 1024)
+            } else {
+                (512, 512)
+            });
+        let lcm = self.unet.config.time_cond_proj_dim.is_some();
+        // diffusers' defaults: SD 7.5, SDXL 5.0, LCM 8.5 with 4 steps.
+        let (default_steps, default_guidance) = match (lcm, self.arch.is_xl()) {
+            (true, _) => (4, 8.5),
+            (false, true) => (20, 5.0),
+            (false, false) => (20, 7.5),
+        };
         ModelInfo {
             architecture: self.arch.name().to_string(),
             pipeline_class: self.index.class_name.clone(),
@@ -199,9 +365,9 @@ impl Pipeline {
                 .scheduler_config
                 .str_or("prediction_type", "epsilon")
                 .unwrap_or_else(|_| "epsilon".into()),
-            default_steps: 20,
-            default_guidance: 5.0,
-            uses_cfg_embedding: self.unet.config.time_cond_proj_dim.is_some(),
+            default_steps,
+            default_guidance,
+            uses_cfg_embedding: lcm,
         }
     }
 

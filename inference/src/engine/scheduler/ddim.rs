@@ -88,14 +88,6 @@ impl Scheduler for Ddim {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
-        Ok(sample.clone())
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,
@@ -144,5 +136,9 @@ impl Scheduler for Ddim {
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         let a = self.alphas_cumprod[self.ts[i]];
         Ok((mul_scalar(original, a.sqrt())? + mul_scalar(noise, (1.0 - a).sqrt())?)?)
+    }
+
+    fn alphas_cumprod(&self) -> Option<&[f32]> {
+        Some(&self.alphas_cumprod)
     }
 }

@@ -3,11 +3,12 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
-use super::schedule::{TrainSchedule, np_linspace, torch_linspace_f32};
+use super::schedule::{TrainSchedule, torch_linspace_f32};
 use super::sigma_schedule::{
-    SigmaSchedule, euler_update, interp_sigmas, pred_original, spaced_timesteps,
+    SigmaSchedule, SigmaSpacing, beta_sigmas, euler_update, exponential_sigmas, interp_sigmas,
+    karras_sigmas, log_sigmas, pred_original, sigma_bounds, sigma_to_t, spaced_timesteps,
 };
-use super::{Prediction, Scheduler, reject_flag};
+use super::{Prediction, Scheduler};
 use crate::engine::config::SchedulerConfig;
 use crate::engine::noise::NoiseSource;
 
@@ -18,52 +19,13 @@ pub struct EulerDiscrete {
     prediction: Prediction,
 }
 
-/// `_sigma_to_t`: fractional training timestep of a sigma (log-sigma interpolation).
-fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
-    let log_sigma = sigma.max(1e-10).ln();
-    let n = log_sigmas.len();
-    // np.cumsum(dists >= 0).argmax(): the first index where the running count is maximal,
-    // i.e. the last index with log_sigma >= log_sigmas[i] (0 if none).
-    let mut running = 0usize;
-    let mut best = 0usize;
-    let mut best_val = 0usize;
-    for (i, &ls) in log_sigmas.iter().enumerate() {
-        if log_sigma - ls as f64 >= 0.0 {
-            running += 1;
-        }
-        if running > best_val {
-            best_val = running;
-            best = i;
-        }
-    }
-    let low_idx = best.min(n - 2);
-    let high_idx = low_idx + 1;
-    let low = log_sigmas[low_idx];
-    let high = log_sigmas[high_idx];
-    let w = (low as f64 - log_sigma) / ((low - high) as f64);
-    let w = w.clamp(0.0, 1.0);
-    (1.0 - w) * low_idx as f64 + w * high_idx as f64
-}
-
-/// `_convert_to_karras` (rho = 7).
-fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
-    let rho = 7.0;
-    let min_inv = sigma_min.powf(1.0 / rho);
-    let max_inv = sigma_max.powf(1.0 / rho);
-    np_linspace(0.0, 1.0, steps)
-        .into_iter()
-        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
-        .collect()
-}
-
 impl EulerDiscrete {
-    pub fn new(cfg: &SchedulerConfig, steps: usize, karras: Option<bool>) -> Result<Self> {
+    /// `cfg` is the class's effective config (see `class_config::effective`).
+    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         let sched = TrainSchedule::from_config(cfg, CLASS)?;
-        reject_flag(cfg, "use_exponential_sigmas", CLASS)?;
-        reject_flag(cfg, "use_beta_sigmas", CLASS)?;
+        let conversion = SigmaSpacing::from_config(cfg, CLASS)?;
         let prediction = Prediction::from_config(cfg)?;
         let (spacing, mut timesteps) = spaced_timesteps(cfg, &sched, steps, CLASS)?;
-        let use_karras = karras.unwrap_or(cfg.bool_or("use_karras_sigmas", false)?);
         let interpolation = cfg.str_or("interpolation_type", "linear")?;
         let final_type = cfg.str_or("final_sigmas_type", "zero")?;
         let timestep_type = cfg.str_or("timestep_type", "discrete")?;
@@ -84,13 +46,15 @@ impl EulerDiscrete {
                 "scheduler config `interpolation_type` = {other} is not supported (linear, log_linear)"
             ),
         };
-        if use_karras {
-            let sigma_min = cfg
-                .opt_f64("sigma_min")?
-                .unwrap_or(*sigmas.last().unwrap_or(&0.0));
-            let sigma_max = cfg.opt_f64("sigma_max")?.unwrap_or(sigmas[0]);
-            sigmas = karras_sigmas(sigma_min, sigma_max, steps);
-            let log_sigmas: Vec<f32> = base.iter().map(|s| s.ln()).collect();
+        if conversion != SigmaSpacing::Interpolated {
+            let (sigma_min, sigma_max) =
+                sigma_bounds(cfg, sigmas[0], *sigmas.last().unwrap_or(&0.0))?;
+            sigmas = match conversion {
+                SigmaSpacing::Karras => karras_sigmas(sigma_min, sigma_max, steps),
+                SigmaSpacing::Beta => beta_sigmas(sigma_min, sigma_max, steps),
+                _ => exponential_sigmas(sigma_min, sigma_max, steps),
+            };
+            let log_sigmas = log_sigmas(&base);
             timesteps = sigmas
                 .iter()
                 .map(|&s| sigma_to_t(s, &log_sigmas) as f32 as f64)
@@ -118,10 +82,6 @@ impl EulerDiscrete {
             schedule: SigmaSchedule::new(timesteps, sigmas, spacing),
             prediction,
         })
-    }
-
-    pub fn sigmas(&self) -> &[f32] {
-        self.schedule.sigmas()
     }
 }
 
@@ -157,5 +117,9 @@ impl Scheduler for EulerDiscrete {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         self.schedule.add_noise(original, noise, i)
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(self.schedule.sigmas())
     }
 }

@@ -37,10 +37,6 @@ impl EulerAncestralDiscrete {
             prediction,
         })
     }
-
-    pub fn sigmas(&self) -> &[f32] {
-        self.schedule.sigmas()
-    }
 }
 
 impl Scheduler for EulerAncestralDiscrete {
@@ -83,5 +79,9 @@ impl Scheduler for EulerAncestralDiscrete {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         self.schedule.add_noise(original, noise, i)
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(self.schedule.sigmas())
     }
 }

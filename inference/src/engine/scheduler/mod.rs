@@ -1,29 +1,62 @@
 //! Noise schedulers, built like diffusers' `Scheduler.from_config(scheduler_config.json)`:
 //! the keys of the model's config that the chosen class knows are used, the others take that
-//! class's defaults.
+//! class's defaults ([`class_config`]).
 //!
 //! A scheduler is created per request ([`build`]) with its number of steps; the pipeline then
 //! calls, for each index `i` of [`Scheduler::timesteps`] (starting at the begin index for
-//! img2img): [`Scheduler::scale_model_input`], the UNet, [`Scheduler::step`]. Randomness (Euler
-//! ancestral, DDIM with eta > 0) comes from the request's [`NoiseSource`], drawn in diffusers'
-//! order.
+//! img2img): [`Scheduler::scale_model_input`], the UNet, [`Scheduler::step`], exactly as
+//! diffusers' pipelines call `scale_model_input(x, t)` / `step(out, t, x)` once per entry of
+//! `scheduler.timesteps`. Schedulers that evaluate the model twice per step (Heun, KDPM2, KDPM2
+//! ancestral) list their timesteps that way ([`Scheduler::order`] = 2), PNDM's Runge-Kutta
+//! warm-up steps likewise. Passing the index is what diffusers' `set_begin_index` does for
+//! img2img; [`Scheduler::add_noise`] takes the same index.
+//!
+//! Randomness (Euler ancestral, KDPM2 ancestral, DDPM, LCM, the SDE variants of DPM-Solver) comes
+//! from the request's [`NoiseSource`]: one `randn(model_output.shape)` per step per image
+//! generator, at the point of `step` where diffusers draws it.
 //!
 //! Names accepted by [`resolve`]: diffusers class names and the A1111 / ComfyUI names, see
 //! [`SUPPORTED`]. Anything else is an `InvalidParam` error listing the supported names; there
-//! is no silent fallback.
+//! is no silent fallback. Classes that cannot generate images from Stable Diffusion models
+//! ([`REFUSED`]) are refused with the reason.
 
+pub mod class_config;
 mod ddim;
+mod ddpm;
+mod deis;
+mod dpm_multistep;
+mod dpm_singlestep;
 mod euler;
 mod euler_ancestral;
+mod heun;
+mod kdpm2;
+mod kdpm2_ancestral;
+mod lcm;
+mod lms;
+mod pndm;
 pub mod schedule;
 mod sigma_schedule;
+mod solver_schedule;
+mod unipc;
 
 use anyhow::Result;
 use candle_core::Tensor;
+use serde_json::Value;
 
 pub use ddim::Ddim;
+pub use ddpm::Ddpm;
+pub use deis::DeisMultistep;
+pub use dpm_multistep::DpmSolverMultistep;
+pub use dpm_singlestep::DpmSolverSinglestep;
 pub use euler::EulerDiscrete;
 pub use euler_ancestral::EulerAncestralDiscrete;
+pub use heun::HeunDiscrete;
+pub use kdpm2::KDpm2Discrete;
+pub use kdpm2_ancestral::KDpm2AncestralDiscrete;
+pub use lcm::Lcm;
+pub use lms::LmsDiscrete;
+pub use pndm::Pndm;
+pub use unipc::UniPcMultistep;
 
 use super::config::SchedulerConfig;
 use super::error::EngineError;
@@ -33,16 +66,25 @@ use super::noise::NoiseSource;
 pub trait Scheduler: Send {
     /// The diffusers class this scheduler reproduces.
     fn class_name(&self) -> &'static str;
-    /// The timesteps passed to the UNet, in order (`order()` entries per step).
+    /// The timesteps passed to the UNet, in order (diffusers' `scheduler.timesteps`: `order()`
+    /// entries per step for the second-order schedulers).
     fn timesteps(&self) -> &[f64];
-    /// Model evaluations per step (1 for the schedulers here; 2 for Heun-like ones).
+    /// diffusers' `scheduler.order`: model evaluations per step, which scales img2img's begin
+    /// index (`(steps - int(steps * strength)) * order`).
     fn order(&self) -> usize {
         1
     }
-    /// Multiplier of the initial noise for txt2img.
-    fn init_noise_sigma(&self) -> f64;
-    /// Scales the UNet input at timestep index `i`.
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor>;
+    /// Multiplier of the initial noise for txt2img: 1 for the schedulers that step on
+    /// alphas_cumprod (DDIM, DDPM, PNDM, LCM, DPM-Solver, UniPC, DEIS); the sigma schedulers
+    /// override it.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    /// Scales the UNet input at timestep index `i`: unchanged unless the scheduler works in
+    /// sigmas (Euler, Heun, LMS, KDPM2, which divide by sqrt(sigma^2 + 1)).
+    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
     /// One step from timestep index `i`: returns the previous (less noisy) sample.
     fn step(
         &mut self,
@@ -53,32 +95,99 @@ pub trait Scheduler: Send {
     ) -> Result<Tensor>;
     /// img2img: noises clean latents to the level of timestep index `i`.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor>;
+    /// diffusers' `scheduler.sigmas` (one per timestep entry and the final one), for the
+    /// schedulers that have them (tests compare them with diffusers').
+    fn sigmas(&self) -> Option<&[f32]> {
+        None
+    }
+    /// diffusers' `scheduler.alphas_cumprod` (the training schedule), for the schedulers that
+    /// step on it directly (DDIM, DDPM, PNDM, LCM).
+    fn alphas_cumprod(&self) -> Option<&[f32]> {
+        None
+    }
 }
 
-/// The scheduler classes this engine implements.
+/// The scheduler choices this engine implements: diffusers classes, and the A1111 names that
+/// are a class with some options fixed (see [`SchedulerKind::overrides`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SchedulerKind {
     EulerDiscrete,
     EulerAncestralDiscrete,
     Ddim,
+    Ddpm,
+    /// PNDMScheduler as configured (`skip_prk_steps` from the model's config).
+    Pndm,
+    /// PNDMScheduler with `skip_prk_steps = true` (pseudo linear multistep only).
+    Plms,
+    Lms,
+    Heun,
+    KDpm2,
+    KDpm2Ancestral,
+    /// DPMSolverMultistepScheduler as configured.
+    DpmSolverMultistep,
+    /// "DPM++ 2M": DPMSolverMultistepScheduler with `algorithm_type = "dpmsolver++"`,
+    /// `solver_order = 2`.
+    DpmPlusPlus2M,
+    /// "DPM++ 2M SDE": the same with `algorithm_type = "sde-dpmsolver++"` (fresh noise each step).
+    DpmPlusPlus2MSde,
+    /// DPMSolverSinglestepScheduler as configured.
+    DpmSolverSinglestep,
+    /// "DPM++ 2S": DPMSolverSinglestepScheduler with `algorithm_type = "dpmsolver++"`,
+    /// `solver_order = 2` (DPM-Solver++(2S) of the paper; not A1111's ancestral "DPM++ 2S a").
+    DpmPlusPlus2S,
+    UniPc,
+    Deis,
+    Lcm,
 }
 
 impl SchedulerKind {
+    /// The diffusers class.
     pub fn class_name(self) -> &'static str {
+        use SchedulerKind::*;
         match self {
-            SchedulerKind::EulerDiscrete => "EulerDiscreteScheduler",
-            SchedulerKind::EulerAncestralDiscrete => "EulerAncestralDiscreteScheduler",
-            SchedulerKind::Ddim => "DDIMScheduler",
+            EulerDiscrete => "EulerDiscreteScheduler",
+            EulerAncestralDiscrete => "EulerAncestralDiscreteScheduler",
+            Ddim => "DDIMScheduler",
+            Ddpm => "DDPMScheduler",
+            Pndm | Plms => "PNDMScheduler",
+            Lms => "LMSDiscreteScheduler",
+            Heun => "HeunDiscreteScheduler",
+            KDpm2 => "KDPM2DiscreteScheduler",
+            KDpm2Ancestral => "KDPM2AncestralDiscreteScheduler",
+            DpmSolverMultistep | DpmPlusPlus2M | DpmPlusPlus2MSde => "DPMSolverMultistepScheduler",
+            DpmSolverSinglestep | DpmPlusPlus2S => "DPMSolverSinglestepScheduler",
+            UniPc => "UniPCMultistepScheduler",
+            Deis => "DEISMultistepScheduler",
+            Lcm => "LCMScheduler",
         }
     }
 
+    /// Config options the name fixes, over the model's config (as
+    /// `XScheduler.from_config(config, **overrides)`).
+    pub fn overrides(self) -> &'static [(&'static str, &'static str)] {
+        use SchedulerKind::*;
+        match self {
+            Plms => &[("skip_prk_steps", "true")],
+            DpmPlusPlus2M | DpmPlusPlus2S => &[
+                ("algorithm_type", r#""dpmsolver++""#),
+                ("solver_order", "2"),
+            ],
+            DpmPlusPlus2MSde => &[
+                ("algorithm_type", r#""sde-dpmsolver++""#),
+                ("solver_order", "2"),
+            ],
+            _ => &[],
+        }
+    }
+
+    /// Whether the class has `use_karras_sigmas`.
     pub fn supports_karras(self) -> bool {
-        matches!(self, SchedulerKind::EulerDiscrete)
+        class_config::has_param(self.class_name(), "use_karras_sigmas")
     }
 }
 
 /// (kind, display name, accepted names). Names compare case-insensitively, ignoring spaces,
-/// `_` and `-`.
+/// `_` and `-`; a trailing "Karras" asks for Karras sigmas where the class has them.
 pub const SUPPORTED: &[(SchedulerKind, &str, &[&str])] = &[
     (
         SchedulerKind::EulerDiscrete,
@@ -102,7 +211,140 @@ pub const SUPPORTED: &[(SchedulerKind, &str, &[&str])] = &[
             "EulerAncestralDiscrete",
         ],
     ),
+    (
+        SchedulerKind::Heun,
+        "Heun",
+        &["HeunDiscreteScheduler", "Heun", "k_heun", "HeunDiscrete"],
+    ),
+    (
+        SchedulerKind::Lms,
+        "LMS",
+        &["LMSDiscreteScheduler", "LMS", "k_lms", "LMSDiscrete"],
+    ),
+    (
+        SchedulerKind::KDpm2,
+        "DPM2",
+        &[
+            "KDPM2DiscreteScheduler",
+            "DPM2",
+            "k_dpm_2",
+            "KDPM2",
+            "KDPM2Discrete",
+        ],
+    ),
+    (
+        SchedulerKind::KDpm2Ancestral,
+        "DPM2 a",
+        &[
+            "KDPM2AncestralDiscreteScheduler",
+            "DPM2 a",
+            "DPM2 Ancestral",
+            "k_dpm_2_ancestral",
+            "dpm2_a",
+            "KDPM2 a",
+            "KDPM2AncestralDiscrete",
+        ],
+    ),
+    (
+        SchedulerKind::DpmPlusPlus2M,
+        "DPM++ 2M",
+        &["DPM++ 2M", "dpmpp_2m", "k_dpmpp_2m", "DPMPP2M"],
+    ),
+    (
+        SchedulerKind::DpmPlusPlus2MSde,
+        "DPM++ 2M SDE",
+        &[
+            "DPM++ 2M SDE",
+            "dpmpp_2m_sde",
+            "k_dpmpp_2m_sde",
+            "DPMPP2MSDE",
+        ],
+    ),
+    (
+        SchedulerKind::DpmSolverMultistep,
+        "DPMSolverMultistep",
+        &[
+            "DPMSolverMultistepScheduler",
+            "DPMSolverMultistep",
+            "DPM Solver Multistep",
+        ],
+    ),
+    (
+        SchedulerKind::DpmPlusPlus2S,
+        "DPM++ 2S",
+        &["DPM++ 2S", "dpmpp_2s", "DPMPP2S"],
+    ),
+    (
+        SchedulerKind::DpmSolverSinglestep,
+        "DPMSolverSinglestep",
+        &[
+            "DPMSolverSinglestepScheduler",
+            "DPMSolverSinglestep",
+            "DPM Solver Singlestep",
+        ],
+    ),
+    (
+        SchedulerKind::UniPc,
+        "UniPC",
+        &[
+            "UniPCMultistepScheduler",
+            "UniPC",
+            "uni_pc",
+            "UniPCMultistep",
+        ],
+    ),
+    (
+        SchedulerKind::Deis,
+        "DEIS",
+        &["DEISMultistepScheduler", "DEIS", "DEISMultistep"],
+    ),
     (SchedulerKind::Ddim, "DDIM", &["DDIMScheduler", "DDIM"]),
+    (SchedulerKind::Ddpm, "DDPM", &["DDPMScheduler", "DDPM"]),
+    (SchedulerKind::Pndm, "PNDM", &["PNDMScheduler", "PNDM"]),
+    (SchedulerKind::Plms, "PLMS", &["PLMS"]),
+    (SchedulerKind::Lcm, "LCM", &["LCMScheduler", "LCM"]),
+];
+
+/// Names that are refused with a reason rather than "unknown": (accepted spellings, reason).
+pub const REFUSED: &[(&[&str], &str)] = &[
+    (
+        &["DDIMInverseScheduler", "DDIM Inverse", "DDIMInverse"],
+        "DDIMInverseScheduler runs the DDIM process backwards (image to noise, for inversion); it does not generate images",
+    ),
+    (
+        &["KarrasVeScheduler", "KarrasVe"],
+        "KarrasVeScheduler samples variance-exploding (VE) models with their own sigma range; Stable Diffusion models are variance-preserving (use \"Euler\", \"Heun\" or \"DPM2\" with Karras sigmas for Karras-style sampling)",
+    ),
+    (
+        &["ScoreSdeVeScheduler", "ScoreSdeVe"],
+        "ScoreSdeVeScheduler is the predictor-corrector sampler of variance-exploding score-SDE models (NCSN++); Stable Diffusion models are variance-preserving",
+    ),
+    (
+        &["IPNDMScheduler", "IPNDM"],
+        "IPNDMScheduler works on continuous timesteps in [0, 1] with its own noise schedule (v-diffusion / Dance Diffusion models) and has no add_noise; a Stable Diffusion UNet expects training timesteps 0..999 (\"PLMS\" is the pseudo linear multistep method for these models)",
+    ),
+    (
+        &[
+            "DPM++ 2S a",
+            "dpmpp_2s_a",
+            "dpmpp_2s_ancestral",
+            "k_dpmpp_2s_a",
+        ],
+        "A1111's ancestral \"DPM++ 2S a\" has no diffusers scheduler (the non-ancestral \"DPM++ 2S\" is DPMSolverSinglestepScheduler)",
+    ),
+    (
+        &[
+            "DPM++ SDE",
+            "dpmpp_sde",
+            "k_dpmpp_sde",
+            "DPMSolverSDEScheduler",
+        ],
+        "\"DPM++ SDE\" is diffusers' DPMSolverSDEScheduler, whose Brownian-tree noise (torchsde) is not reproducible from a seed here; use \"DPM++ 2M SDE\"",
+    ),
+    (
+        &["DPM fast", "DPM adaptive", "dpm_fast", "dpm_adaptive"],
+        "this k-diffusion sampler has no diffusers scheduler",
+    ),
 ];
 
 fn normalize(name: &str) -> String {
@@ -128,10 +370,18 @@ pub fn supported_list() -> String {
         .join(", ")
 }
 
-/// Resolves a scheduler name. A trailing "Karras" (A1111 style, e.g. "Euler Karras") asks for
-/// Karras sigmas and is returned as `Some(true)`.
+fn refused(n: &str) -> Option<&'static str> {
+    REFUSED
+        .iter()
+        .find(|(names, _)| names.iter().any(|a| normalize(a) == n))
+        .map(|(_, why)| *why)
+}
+
+/// Resolves a scheduler name. A trailing "Karras" (A1111 style, e.g. "DPM++ 2M Karras") asks
+/// for Karras sigmas and is returned as `Some(true)`.
 pub fn resolve(name: &str) -> Result<(SchedulerKind, Option<bool>)> {
-    let mut n = normalize(name);
+    let full = normalize(name);
+    let mut n = full.clone();
     let mut karras = None;
     if let Some(stripped) = n.strip_suffix("karras")
         && !stripped.is_empty()
@@ -154,6 +404,15 @@ pub fn resolve(name: &str) -> Result<(SchedulerKind, Option<bool>)> {
             return Ok((*kind, karras));
         }
     }
+    if let Some(why) = refused(&full).or_else(|| refused(&n)) {
+        return Err(EngineError::invalid(
+            "scheduler",
+            format!(
+                "\"{name}\" is not supported: {why}; supported: {}",
+                supported_list()
+            ),
+        ));
+    }
     Err(EngineError::invalid(
         "scheduler",
         format!(
@@ -164,27 +423,97 @@ pub fn resolve(name: &str) -> Result<(SchedulerKind, Option<bool>)> {
 }
 
 /// Builds a scheduler of `kind` from the model's config for `steps` inference steps.
-/// `karras` overrides the config's `use_karras_sigmas` when given.
+/// `karras` overrides the config's `use_karras_sigmas` when given (an error for a class without
+/// Karras sigmas).
 pub fn build(
     kind: SchedulerKind,
     cfg: &SchedulerConfig,
     steps: usize,
     karras: Option<bool>,
 ) -> Result<Box<dyn Scheduler>> {
+    build_with(kind, cfg, steps, karras, &serde_json::Map::new())
+}
+
+/// [`build`] with further config options over the model's (e.g. `{"algorithm_type":
+/// "sde-dpmsolver++"}`), as `XScheduler.from_config(config, **overrides)`; an option the class
+/// does not have is an error.
+pub fn build_with(
+    kind: SchedulerKind,
+    cfg: &SchedulerConfig,
+    steps: usize,
+    karras: Option<bool>,
+    overrides: &serde_json::Map<String, Value>,
+) -> Result<Box<dyn Scheduler>> {
+    let class = kind.class_name();
     if karras == Some(true) && !kind.supports_karras() {
+        let with: Vec<&str> = SUPPORTED
+            .iter()
+            .filter(|(k, _, _)| k.supports_karras())
+            .map(|(_, d, _)| *d)
+            .collect();
         return Err(EngineError::invalid(
             "karras",
             format!(
-                "{} does not support Karras sigmas (supported by: EulerDiscreteScheduler)",
-                kind.class_name()
+                "{class} does not support Karras sigmas (supported by: {})",
+                with.join(", ")
             ),
         ));
     }
+    let mut all = serde_json::Map::new();
+    for (k, v) in kind.overrides() {
+        all.insert(k.to_string(), serde_json::from_str(v)?);
+    }
+    for (k, v) in overrides {
+        all.insert(k.clone(), v.clone());
+    }
+    if let Some(k) = karras
+        && kind.supports_karras()
+    {
+        all.insert("use_karras_sigmas".into(), Value::Bool(k));
+    }
+    let cfg = class_config::effective(cfg, class, &all)
+        .map_err(|e| EngineError::invalid("scheduler", format!("{e:#}")))?;
+    reject_unsupported(&cfg, class)?;
+    use SchedulerKind::*;
     Ok(match kind {
-        SchedulerKind::EulerDiscrete => Box::new(EulerDiscrete::new(cfg, steps, karras)?),
-        SchedulerKind::EulerAncestralDiscrete => Box::new(EulerAncestralDiscrete::new(cfg, steps)?),
-        SchedulerKind::Ddim => Box::new(Ddim::new(cfg, steps)?),
+        EulerDiscrete => Box::new(self::EulerDiscrete::new(&cfg, steps)?),
+        EulerAncestralDiscrete => Box::new(self::EulerAncestralDiscrete::new(&cfg, steps)?),
+        Ddim => Box::new(self::Ddim::new(&cfg, steps)?),
+        Ddpm => Box::new(self::Ddpm::new(&cfg, steps)?),
+        Pndm | Plms => Box::new(self::Pndm::new(&cfg, steps)?),
+        Lms => Box::new(LmsDiscrete::new(&cfg, steps)?),
+        Heun => Box::new(HeunDiscrete::new(&cfg, steps)?),
+        KDpm2 => Box::new(KDpm2Discrete::new(&cfg, steps)?),
+        KDpm2Ancestral => Box::new(KDpm2AncestralDiscrete::new(&cfg, steps)?),
+        DpmSolverMultistep | DpmPlusPlus2M | DpmPlusPlus2MSde => {
+            Box::new(self::DpmSolverMultistep::new(&cfg, steps)?)
+        }
+        DpmSolverSinglestep | DpmPlusPlus2S => {
+            Box::new(self::DpmSolverSinglestep::new(&cfg, steps)?)
+        }
+        UniPc => Box::new(UniPcMultistep::new(&cfg, steps)?),
+        Deis => Box::new(DeisMultistep::new(&cfg, steps)?),
+        Lcm => Box::new(self::Lcm::new(&cfg, steps)?),
     })
+}
+
+/// Options of the effective config that select behaviour this engine does not implement (none
+/// of them is set by SD / SDXL model folders).
+fn reject_unsupported(cfg: &SchedulerConfig, class: &str) -> Result<()> {
+    for key in ["thresholding", "use_flow_sigmas", "use_dynamic_shifting"] {
+        reject_flag(cfg, key, class)?;
+    }
+    let present = |key: &str| cfg.map.get(key).is_some_and(|v| !v.is_null());
+    if present("solver_p") {
+        anyhow::bail!("scheduler config `solver_p` is not supported for {class} by this engine");
+    }
+    if present("variance_type") && class != "DDPMScheduler" {
+        anyhow::bail!(
+            "scheduler config `variance_type` = {} is not supported for {class} by this engine (learned variance models are not Stable Diffusion models)",
+            cfg.str_or("variance_type", "")?
+        );
+    }
+    Ok(())
 }
 
 /// `prediction_type` of the model.
@@ -227,4 +556,13 @@ pub(crate) fn reject_flag(cfg: &SchedulerConfig, key: &str, class: &str) -> Resu
         );
     }
     Ok(())
+}
+
+/// Applies `clip_sample` / `clip_sample_range` when the config asks for it.
+pub(crate) fn clip_sample(cfg: &SchedulerConfig) -> Result<Option<f32>> {
+    Ok(if cfg.bool_or("clip_sample", false)? {
+        Some(cfg.f64_or("clip_sample_range", 1.0)? as f32)
+    } else {
+        None
+    })
 }

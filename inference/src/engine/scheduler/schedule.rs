@@ -35,12 +35,26 @@ pub fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `betas_for_alpha_bar(n)` with the cosine transform (diffusers' `squaredcos_cap_v2`).
-fn betas_for_alpha_bar(n: usize, max_beta: f64) -> Vec<f32> {
-    let alpha_bar = |t: f64| {
-        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+/// The `alpha_bar` transforms of diffusers' `betas_for_alpha_bar`.
+#[derive(Clone, Copy)]
+enum AlphaBar {
+    Cosine,
+    Exp,
+    Laplace,
+}
+
+/// `betas_for_alpha_bar(n, alpha_transform_type=...)` (Python floats, then float32).
+fn betas_for_alpha_bar(n: usize, max_beta: f64, kind: AlphaBar) -> Vec<f32> {
+    let alpha_bar = |t: f64| match kind {
+        AlphaBar::Cosine => ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
             .cos()
-            .powi(2)
+            .powi(2),
+        AlphaBar::Exp => (t * -12.0).exp(),
+        AlphaBar::Laplace => {
+            let lmb = -0.5 * (0.5 - t).signum() * (1.0 - 2.0 * (0.5 - t).abs() + 1e-6).ln();
+            let snr = lmb.exp();
+            (snr / (1.0 + snr)).sqrt()
+        }
     };
     (0..n)
         .map(|i| {
@@ -88,8 +102,9 @@ fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
 
 impl TrainSchedule {
     /// Builds the schedule from a scheduler config (keys `num_train_timesteps`, `beta_start`,
-    /// `beta_end`, `beta_schedule`, `trained_betas`, `rescale_betas_zero_snr`), with
-    /// `default_beta_schedule` for the calling class.
+    /// `beta_end`, `beta_schedule`, `trained_betas`, `rescale_betas_zero_snr`) as the diffusers
+    /// class `class` does (which `beta_schedule`s it knows, whether a zero-SNR schedule gets a
+    /// finite last sigma).
     pub fn from_config(cfg: &SchedulerConfig, class: &str) -> Result<Self> {
         let n = cfg.usize_or("num_train_timesteps", 1000)?;
         if n < 2 {
@@ -110,9 +125,28 @@ impl TrainSchedule {
                     .into_iter()
                     .map(|b| b * b)
                     .collect(),
-                "squaredcos_cap_v2" => betas_for_alpha_bar(n, 0.999),
+                "squaredcos_cap_v2" => betas_for_alpha_bar(n, 0.999, AlphaBar::Cosine),
+                "exp" if class == "HeunDiscreteScheduler" => {
+                    betas_for_alpha_bar(n, 0.999, AlphaBar::Exp)
+                }
+                "laplace" if class == "DDPMScheduler" => {
+                    betas_for_alpha_bar(n, 0.999, AlphaBar::Laplace)
+                }
+                "sigmoid" if class == "DDPMScheduler" => {
+                    // torch.sigmoid(torch.linspace(-6, 6, n)) * (end - start) + start, float32.
+                    let (scale, shift) = ((beta_end - beta_start) as f32, beta_start as f32);
+                    torch_linspace_f32(-6.0, 6.0, n)
+                        .into_iter()
+                        .map(|x| (1.0 / (1.0 + (-x).exp())) * scale + shift)
+                        .collect()
+                }
                 other => bail!(
-                    "scheduler config `beta_schedule` = {other} is not implemented for {class} (linear, scaled_linear, squaredcos_cap_v2)"
+                    "scheduler config `beta_schedule` = {other} is not implemented for {class} (linear, scaled_linear, squaredcos_cap_v2{})",
+                    match class {
+                        "HeunDiscreteScheduler" => ", exp",
+                        "DDPMScheduler" => ", sigmoid, laplace",
+                        _ => "",
+                    }
                 ),
             }
         };
@@ -122,8 +156,16 @@ impl TrainSchedule {
         }
         let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
         let mut alphas_cumprod = cumprod(&alphas);
-        if rescale && class != "DDIMScheduler" {
-            // Euler-family schedulers avoid an infinite sigma at the last step.
+        if rescale
+            && matches!(
+                class,
+                "EulerDiscreteScheduler"
+                    | "EulerAncestralDiscreteScheduler"
+                    | "DPMSolverMultistepScheduler"
+                    | "UniPCMultistepScheduler"
+            )
+        {
+            // These classes avoid an infinite sigma at the last training step.
             if let Some(last) = alphas_cumprod.last_mut() {
                 *last = 2f32.powi(-24);
             }
@@ -235,4 +277,41 @@ pub fn euler_timesteps(spacing: Spacing, n_train: usize, steps: usize, offset: u
                 .collect()
         }
     }
+}
+
+/// Integer inference timesteps of DDIM / DDPM (highest first): "linspace" rounds
+/// `linspace(0, n - 1, steps)`, "leading" takes multiples of `n // steps` plus `steps_offset`,
+/// "trailing" rounds `arange(n, 0, -n / steps)` minus one.
+pub fn discrete_timesteps(spacing: Spacing, n: usize, steps: usize, offset: usize) -> Vec<i64> {
+    match spacing {
+        Spacing::Linspace => np_linspace(0.0, (n - 1) as f64, steps)
+            .into_iter()
+            .map(|t| np_round(t) as i64)
+            .rev()
+            .collect(),
+        Spacing::Leading => {
+            let ratio = (n / steps) as i64;
+            (0..steps as i64)
+                .rev()
+                .map(|i| i * ratio + offset as i64)
+                .collect()
+        }
+        Spacing::Trailing => np_arange(n as f64, 0.0, -(n as f64 / steps as f64))
+            .into_iter()
+            .map(|t| np_round(t) as i64 - 1)
+            .collect(),
+    }
+}
+
+/// `alphas_cumprod[t]` with `t` checked against the training range.
+pub fn alpha_at(alphas_cumprod: &[f32], t: i64, class: &str) -> Result<f32> {
+    usize::try_from(t)
+        .ok()
+        .and_then(|t| alphas_cumprod.get(t).copied())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{class}: timestep {t} is outside the training schedule (0..{}); check steps_offset",
+                alphas_cumprod.len()
+            )
+        })
 }

@@ -6,7 +6,9 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::schedule::{Spacing, TrainSchedule, euler_timesteps, np_interp_index};
+use anyhow::bail;
+
+use super::schedule::{Spacing, TrainSchedule, euler_timesteps, np_interp_index, np_linspace};
 use super::{Prediction, div_scalar, mul_scalar};
 use crate::engine::config::SchedulerConfig;
 
@@ -23,11 +25,7 @@ impl SigmaSchedule {
     /// as diffusers' property does: the largest sigma, or `sqrt(max² + 1)` for "leading"
     /// spacing.
     pub fn new(timesteps: Vec<f64>, sigmas: Vec<f32>, spacing: Spacing) -> Self {
-        let max_sigma = sigmas.iter().cloned().fold(f32::MIN, f32::max);
-        let init_noise_sigma = match spacing {
-            Spacing::Linspace | Spacing::Trailing => max_sigma,
-            Spacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
-        };
+        let init_noise_sigma = init_noise_sigma(&sigmas, spacing);
         SigmaSchedule {
             timesteps,
             sigmas,
@@ -56,6 +54,16 @@ impl SigmaSchedule {
     /// img2img: `original + noise * sigma` at timestep index `i`.
     pub fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         Ok((original + mul_scalar(noise, self.sigmas[i])?)?)
+    }
+}
+
+/// diffusers' `init_noise_sigma` property of the sigma schedulers: the largest sigma, or
+/// `sqrt(max² + 1)` for "leading" spacing.
+pub fn init_noise_sigma(sigmas: &[f32], spacing: Spacing) -> f32 {
+    let max_sigma = sigmas.iter().cloned().fold(f32::MIN, f32::max);
+    match spacing {
+        Spacing::Linspace | Spacing::Trailing => max_sigma,
+        Spacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
     }
 }
 
@@ -111,4 +119,293 @@ pub fn euler_update(
 ) -> Result<Tensor> {
     let derivative = div_scalar(&(sample - pred_original)?, sigma)?;
     Ok((sample + mul_scalar(&derivative, sigma_to - sigma)?)?)
+}
+
+/// `_sigma_to_t`: the fractional training timestep of a sigma (log-sigma interpolation);
+/// `log_sigmas` are the training schedule's log sigmas (float32, as numpy's `np.log` of them).
+pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
+    if sigma.is_nan() {
+        return f64::NAN;
+    }
+    let log_sigma = sigma.max(1e-10).ln();
+    let n = log_sigmas.len();
+    // np.cumsum(dists >= 0).argmax(): the first index where the running count is maximal,
+    // i.e. the last index with log_sigma >= log_sigmas[i] (0 if none).
+    let mut running = 0usize;
+    let mut best = 0usize;
+    let mut best_val = 0usize;
+    for (i, &ls) in log_sigmas.iter().enumerate() {
+        if log_sigma - ls as f64 >= 0.0 {
+            running += 1;
+        }
+        if running > best_val {
+            best_val = running;
+            best = i;
+        }
+    }
+    let low_idx = best.min(n - 2);
+    let high_idx = low_idx + 1;
+    let low = log_sigmas[low_idx];
+    let high = log_sigmas[high_idx];
+    let w = (low as f64 - log_sigma) / ((low - high) as f64);
+    let w = w.clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * high_idx as f64
+}
+
+/// `log` of the training sigmas, float32.
+pub fn log_sigmas(train_sigmas: &[f32]) -> Vec<f32> {
+    train_sigmas.iter().map(|s| s.ln()).collect()
+}
+
+/// `_convert_to_karras` (rho = 7), float64 like numpy.
+pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+    let rho = 7.0;
+    let min_inv = sigma_min.powf(1.0 / rho);
+    let max_inv = sigma_max.powf(1.0 / rho);
+    np_linspace(0.0, 1.0, steps)
+        .into_iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+        .collect()
+}
+
+/// `_convert_to_exponential`: `exp(linspace(log(max), log(min), steps))`.
+pub fn exponential_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+    np_linspace(sigma_max.ln(), sigma_min.ln(), steps)
+        .into_iter()
+        .map(f64::exp)
+        .collect()
+}
+
+/// `ln B(0.6, 0.6)` (scipy.special.betaln).
+const LN_BETA_06_06: f64 = 0.881_841_806_141_785_9;
+
+/// The regularized incomplete beta function `I_x(a, a)` for `a = 0.6` (continued fraction,
+/// modified Lentz; ~1e-15).
+fn beta_cdf_06(x: f64) -> f64 {
+    const A: f64 = 0.6;
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let cf = |a: f64, b: f64, x: f64| -> f64 {
+        let tiny = 1e-300;
+        let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+        let mut c = 1.0;
+        let mut d = 1.0 - qab * x / qap;
+        if d.abs() < tiny {
+            d = tiny;
+        }
+        d = 1.0 / d;
+        let mut h = d;
+        for m in 1..500 {
+            let m = m as f64;
+            let m2 = 2.0 * m;
+            let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+            d = 1.0 + aa * d;
+            if d.abs() < tiny {
+                d = tiny;
+            }
+            c = 1.0 + aa / c;
+            if c.abs() < tiny {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            h *= d * c;
+            let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+            d = 1.0 + aa * d;
+            if d.abs() < tiny {
+                d = tiny;
+            }
+            c = 1.0 + aa / c;
+            if c.abs() < tiny {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            let del = d * c;
+            h *= del;
+            if (del - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        h
+    };
+    let front = (A * x.ln() + A * (1.0 - x).ln() - LN_BETA_06_06).exp();
+    if x < (A + 1.0) / (2.0 * A + 2.0) {
+        front * cf(A, A, x) / A
+    } else {
+        1.0 - front * cf(A, A, 1.0 - x) / A
+    }
+}
+
+/// `scipy.stats.beta.ppf(q, 0.6, 0.6)` (bisection on the CDF to float64 resolution).
+fn beta_ppf_06(q: f64) -> f64 {
+    if q <= 0.0 {
+        return 0.0;
+    }
+    if q >= 1.0 {
+        return 1.0;
+    }
+    let (mut lo, mut hi) = (0f64, 1f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if beta_cdf_06(mid) < q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// `_convert_to_beta` (alpha = beta = 0.6): `sigma_min + ppf(1 - r) * (sigma_max - sigma_min)`
+/// for `r` in `linspace(0, 1, steps)`.
+pub fn beta_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+    np_linspace(0.0, 1.0, steps)
+        .into_iter()
+        .map(|r| sigma_min + beta_ppf_06(1.0 - r) * (sigma_max - sigma_min))
+        .collect()
+}
+
+/// Which of diffusers' sigma spacings a config selects (`use_karras_sigmas`,
+/// `use_exponential_sigmas`, `use_beta_sigmas`; at most one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SigmaSpacing {
+    /// The training sigmas at the spaced timesteps.
+    Interpolated,
+    Karras,
+    Exponential,
+    Beta,
+}
+
+impl SigmaSpacing {
+    pub fn from_config(cfg: &SchedulerConfig, class: &str) -> Result<Self> {
+        let karras = cfg.bool_or("use_karras_sigmas", false)?;
+        let exponential = cfg.bool_or("use_exponential_sigmas", false)?;
+        let beta = cfg.bool_or("use_beta_sigmas", false)?;
+        if [karras, exponential, beta].iter().filter(|&&b| b).count() > 1 {
+            bail!(
+                "{class}: only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used"
+            );
+        }
+        Ok(if beta {
+            SigmaSpacing::Beta
+        } else if karras {
+            SigmaSpacing::Karras
+        } else if exponential {
+            SigmaSpacing::Exponential
+        } else {
+            SigmaSpacing::Interpolated
+        })
+    }
+}
+
+/// The `sigma_min` / `sigma_max` bounds of the Karras / exponential conversions: the config's
+/// when it has them (`hasattr(self.config, "sigma_min")`), else the given sigmas' ends.
+pub fn sigma_bounds(cfg: &SchedulerConfig, first: f64, last: f64) -> Result<(f64, f64)> {
+    Ok((
+        cfg.opt_f64("sigma_min")?.unwrap_or(last),
+        cfg.opt_f64("sigma_max")?.unwrap_or(first),
+    ))
+}
+
+/// What the k-diffusion style discrete schedulers (LMS, Heun, KDPM2, KDPM2 ancestral) share in
+/// `set_timesteps`: the spaced float32 timesteps, the training sigmas interpolated at them, and
+/// the Karras / exponential conversions with timesteps mapped back through `_sigma_to_t`.
+pub struct KSchedule {
+    pub spacing: Spacing,
+    /// float32 values (or float64 after a conversion, `round`ed when asked).
+    pub timesteps: Vec<f64>,
+    /// One per timestep (float64), without the final sigma.
+    pub sigmas: Vec<f64>,
+    pub log_sigmas: Vec<f32>,
+}
+
+/// Options of [`k_schedule`] that differ between the classes.
+pub struct KOptions {
+    /// Karras bounds from the config (`hasattr(self.config, "sigma_min")`); LMS ignores them.
+    pub karras_config_bounds: bool,
+    /// Round the timesteps of Karras sigmas (KDPM2 and KDPM2 ancestral).
+    pub round_karras_timesteps: bool,
+}
+
+pub fn k_schedule(
+    cfg: &SchedulerConfig,
+    sched: &TrainSchedule,
+    steps: usize,
+    class: &str,
+    opts: KOptions,
+) -> Result<KSchedule> {
+    let (spacing, timesteps) = spaced_timesteps(cfg, sched, steps, class)?;
+    let train = sched.sigmas();
+    let log_sigmas = log_sigmas(&train);
+    let mut sigmas = interp_sigmas(&timesteps, &train);
+    let mut timesteps = timesteps;
+    let conversion = SigmaSpacing::from_config(cfg, class)?;
+    let (first, last) = (sigmas[0], *sigmas.last().unwrap_or(&0.0));
+    match conversion {
+        SigmaSpacing::Interpolated => {}
+        SigmaSpacing::Karras => {
+            let (lo, hi) = if opts.karras_config_bounds {
+                sigma_bounds(cfg, first, last)?
+            } else {
+                (last, first)
+            };
+            sigmas = karras_sigmas(lo, hi, steps);
+            timesteps = sigmas
+                .iter()
+                .map(|&s| {
+                    let t = sigma_to_t(s, &log_sigmas);
+                    if opts.round_karras_timesteps {
+                        t.round_ties_even()
+                    } else {
+                        t
+                    }
+                })
+                .collect();
+        }
+        SigmaSpacing::Exponential | SigmaSpacing::Beta => {
+            let (lo, hi) = sigma_bounds(cfg, first, last)?;
+            sigmas = if conversion == SigmaSpacing::Beta {
+                beta_sigmas(lo, hi, steps)
+            } else {
+                exponential_sigmas(lo, hi, steps)
+            };
+            timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
+        }
+    }
+    Ok(KSchedule {
+        spacing,
+        timesteps,
+        sigmas,
+        log_sigmas,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beta_ppf_matches_scipy() {
+        // scipy.stats.beta.ppf(q, 0.6, 0.6)
+        for (q, want) in [
+            (1e-9, 1.85588246249141e-15),
+            (0.01, 0.0008612388215429059),
+            (0.2, 0.12292175045833292),
+            (0.5, 0.5000000000000001),
+            (0.77, 0.8461624142323502),
+            (0.999, 0.9999814412614826),
+        ] {
+            let got = beta_ppf_06(q);
+            assert!(
+                (got - want).abs() <= 1e-13 + 1e-10 * want,
+                "{q}: {got} vs {want}"
+            );
+        }
+    }
 }
