@@ -10,10 +10,11 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tokio::sync::watch;
 
+use crate::key_value::{self, KeyValueCtx, KeyValueStores};
 use crate::manifest::{App, EnvSource, VariableSource};
 use crate::outbound::{AllowedHost, OutboundPolicy};
 use crate::routes::Router;
-use crate::runtime::{self, ComponentHandler, Handler, ReuseConfig};
+use crate::runtime::{self, ComponentConfig, ComponentHandler, Handler, ReuseConfig};
 use crate::server::Server;
 
 /// Run the Spin application described by a spin.toml, the way `spin up`
@@ -51,6 +52,24 @@ pub struct Options {
     /// SPIN_VARIABLE_<NAME>. Repeatable.
     #[arg(long = "variable", value_name = "NAME=VALUE")]
     pub variables: Vec<String>,
+
+    /// Define a key-value store LABEL besides `default` (what a Spin
+    /// runtime-config file's `[key_value_store.LABEL]` does), in memory like
+    /// `default`. Components open it only if their `key_value_stores` names
+    /// it. Repeatable.
+    #[arg(long = "key-value-store", value_name = "LABEL")]
+    pub key_value_stores: Vec<String>,
+
+    /// Set KEY to VALUE in the `default` key-value store at startup (as
+    /// `spin up --key-value`). Repeatable.
+    #[arg(long = "key-value", value_name = "KEY=VALUE")]
+    pub key_values: Vec<String>,
+
+    /// Bytes all key-value stores may hold together (keys, values and a
+    /// small per-entry overhead); a set beyond it fails with
+    /// `other("store full")`.
+    #[arg(long, value_name = "BYTES", default_value_t = key_value::DEFAULT_MAX_BYTES)]
+    pub key_value_max_bytes: u64,
 
     /// Requests one component instance serves before it is replaced.
     #[arg(long, value_name = "N", default_value_t = 128)]
@@ -161,6 +180,8 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
             .transpose()?,
     };
 
+    let stores = key_value_stores(options, &app)?;
+
     let engine = runtime::engine()?;
     let linker = runtime::linker(&engine)?;
     let tls = OutboundPolicy::default_tls()?;
@@ -182,15 +203,13 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let handler = ComponentHandler::new(
-            id,
-            &compiled,
-            &linker,
-            component.variables.clone(),
+        let config = ComponentConfig {
+            variables: component.variables.clone(),
             environment,
-            policy.clone(),
-            reuse,
-        )?;
+            policy: policy.clone(),
+            key_value: KeyValueCtx::new(stores.clone(), component.key_value_stores.clone()),
+        };
+        let handler = ComponentHandler::new(id, &compiled, &linker, config, reuse)?;
         tracing::info!(
             component = %id,
             wasi = if handler.is_p3() { "p3" } else { "p2" },
@@ -200,6 +219,7 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
                 .map(|h| h.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
+            key_value_stores = %component.key_value_stores.join(", "),
             "component ready"
         );
         handlers.insert(id.clone(), Handler::new(handler));
@@ -209,6 +229,40 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
         router,
         handlers,
     })
+}
+
+/// The key-value stores: `default` and `--key-value-store` labels, seeded
+/// from `--key-value`. As in Spin, a component's `key_value_stores` label
+/// that no store has stops the start.
+fn key_value_stores(options: &Options, app: &App) -> Result<Arc<KeyValueStores>> {
+    for label in &options.key_value_stores {
+        crate::manifest::validate_store_label(label)
+            .with_context(|| format!("--key-value-store {label:?}"))?;
+    }
+    let stores = KeyValueStores::new(&options.key_value_stores, options.key_value_max_bytes);
+    for (id, component) in &app.components {
+        for label in &component.key_value_stores {
+            if !stores.is_defined(label) {
+                bail!(
+                    "unknown key_value_stores label {label:?} for component {id:?}: edge-host defines {:?} and the labels given with --key-value-store",
+                    key_value::DEFAULT_LABEL
+                );
+            }
+        }
+    }
+    for entry in &options.key_values {
+        let (key, value) = entry
+            .split_once('=')
+            .with_context(|| format!("--key-value {entry:?}: expected KEY=VALUE"))?;
+        stores
+            .set(
+                key_value::DEFAULT_LABEL,
+                key.to_string(),
+                value.as_bytes().to_vec().into(),
+            )
+            .map_err(|e| anyhow::anyhow!("--key-value {key:?}: {e:?}"))?;
+    }
+    Ok(Arc::new(stores))
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.

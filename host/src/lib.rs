@@ -3,11 +3,15 @@
 //!
 //! It reads the same `spin.toml` as `spin up` (manifest version 2): routes
 //! from `[[trigger.http]]`, application and component variables (values from
-//! `SPIN_VARIABLE_<NAME>`), and `allowed_outbound_hosts`; and serves Spin 4
-//! (WASIp3, `wasi:http/handler@0.3.0`) components, and Spin 3 (WASIp2)
-//! ones, with the request headers Spin sets.
+//! `SPIN_VARIABLE_<NAME>`), `allowed_outbound_hosts` and
+//! `key_value_stores`; and serves Spin 4 (WASIp3,
+//! `wasi:http/handler@0.3.0`) components, and Spin 3 (WASIp2) ones, with the
+//! request headers Spin sets, Spin variables and Spin's key-value store (in
+//! memory).
 
+pub mod bindings;
 pub mod cli;
+pub mod key_value;
 pub mod manifest;
 pub mod outbound;
 pub mod routes;

@@ -122,7 +122,8 @@ pub struct Component {
     /// `allowed_outbound_hosts`, templates resolved and parsed.
     pub allowed_outbound_hosts: Vec<AllowedHost>,
     pub environment: BTreeMap<String, String>,
-    /// Declared for a later issue (`spin:key-value`); not served yet.
+    /// The key-value store labels the component may open (and only those),
+    /// checked and without duplicates.
     pub key_value_stores: Vec<String>,
 }
 
@@ -419,10 +420,12 @@ fn resolve_component(
         allowed_outbound_hosts.push(host);
     }
 
+    let mut key_value_stores: Vec<String> = Vec::new();
     for label in &raw.key_value_stores {
-        tracing::warn!(
-            "component {id}: key_value_stores = [{label:?}] is declared but spin:key-value is not served yet"
-        );
+        validate_store_label(label).with_context(|| format!("key_value_stores {label:?}"))?;
+        if !key_value_stores.contains(label) {
+            key_value_stores.push(label.clone());
+        }
     }
 
     Ok(Component {
@@ -431,8 +434,34 @@ fn resolve_component(
         variables,
         allowed_outbound_hosts,
         environment: raw.environment.clone(),
-        key_value_stores: raw.key_value_stores.clone(),
+        key_value_stores,
     })
+}
+
+/// A key-value store label as Spin's manifest takes it: a snake_case or
+/// kebab-case name (lower-case letters and digits, `_` or `-` between
+/// words), starting with a letter.
+pub fn validate_store_label(label: &str) -> Result<()> {
+    ensure!(!label.is_empty(), "store label must not be empty");
+    ensure!(
+        label.starts_with(|c: char| c.is_ascii_lowercase()),
+        "store label {label:?} must start with a lower-case letter"
+    );
+    ensure!(
+        label
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'),
+        "store label {label:?} may contain only lower-case letters, digits, '_' and '-'"
+    );
+    ensure!(
+        !label.ends_with(['_', '-'])
+            && !label.contains("__")
+            && !label.contains("--")
+            && !label.contains("_-")
+            && !label.contains("-_"),
+        "store label {label:?} must not end with a separator or have two in a row"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -534,6 +563,39 @@ source = "nope.wasm"
         }
         for bad in ["", "A", "1a", "a-b", "a__b", "a_", "_a"] {
             assert!(validate_variable_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_value_stores_are_checked_and_granted_as_listed() {
+        let text = MANIFEST.replace(
+            "source = \"x/c.wasm\"",
+            "source = \"x/c.wasm\"\nkey_value_stores = [\"default\", \"my-cache\", \"default\"]",
+        );
+        let app = App::parse(&text, Path::new("."), &vars(&[("token", "a")])).unwrap();
+        assert_eq!(
+            app.components["c"].key_value_stores,
+            ["default", "my-cache"]
+        );
+        // Not declared: nothing granted.
+        let app = App::parse(MANIFEST, Path::new("."), &vars(&[("token", "a")])).unwrap();
+        assert!(app.components["c"].key_value_stores.is_empty());
+
+        let bad = MANIFEST.replace(
+            "source = \"x/c.wasm\"",
+            "source = \"x/c.wasm\"\nkey_value_stores = [\"Bad Label\"]",
+        );
+        let err = App::parse(&bad, Path::new("."), &vars(&[("token", "a")])).unwrap_err();
+        assert!(format!("{err:#}").contains("Bad Label"), "{err:#}");
+    }
+
+    #[test]
+    fn store_labels() {
+        for ok in ["default", "my_store", "my-store", "s3"] {
+            validate_store_label(ok).unwrap();
+        }
+        for bad in ["", "Default", "1a", "a b", "a__b", "a-", "_a", "a.b"] {
+            assert!(validate_store_label(bad).is_err(), "{bad}");
         }
     }
 

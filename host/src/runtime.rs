@@ -22,6 +22,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::key_value::{KeyValueCtx, KeyValueView};
 use crate::outbound::{OutboundHooks, OutboundPolicy};
 use crate::stdio::GuestOutput;
 use crate::variables::VariablesCtx;
@@ -182,6 +183,7 @@ pub struct HostState {
     http: WasiHttpCtx,
     hooks: OutboundHooks,
     variables: VariablesCtx,
+    key_value: KeyValueCtx,
 }
 
 impl WasiView for HostState {
@@ -205,8 +207,9 @@ impl WasiHttpView for HostState {
 
 /// The linker with everything a Spin 4 (or Spin 3) HTTP component may
 /// import: WASIp2 (async) and WASIp3 (cli, clocks, random, filesystem and
-/// sockets, both with nothing granted), wasi:http p2 and p3, and
-/// spin:variables. Components importing anything else fail at startup.
+/// sockets, both with nothing granted), wasi:http p2 and p3,
+/// spin:variables and spin:key-value. Components importing anything else
+/// fail at startup.
 pub fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     let mut linker = Linker::<HostState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -214,6 +217,10 @@ pub fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     crate::variables::add_to_linker(&mut linker, |s| &mut s.variables)?;
+    crate::key_value::add_to_linker(&mut linker, |s| KeyValueView {
+        ctx: &mut s.key_value,
+        table: &mut s.table,
+    })?;
     Ok(linker)
 }
 
@@ -242,6 +249,16 @@ impl Default for ReuseConfig {
     }
 }
 
+/// What one component is given, from spin.toml and the command line.
+pub struct ComponentConfig {
+    /// Component variables, resolved.
+    pub variables: BTreeMap<String, String>,
+    pub environment: Vec<(String, String)>,
+    pub policy: Arc<OutboundPolicy>,
+    /// The key-value stores and the labels the component may open.
+    pub key_value: KeyValueCtx,
+}
+
 /// Everything needed to make stores and instances for one component.
 pub struct ComponentHandler {
     id: Arc<str>,
@@ -251,6 +268,7 @@ pub struct ComponentHandler {
     variables: Arc<BTreeMap<String, String>>,
     environment: Vec<(String, String)>,
     policy: Arc<OutboundPolicy>,
+    key_value: KeyValueCtx,
     reuse: ReuseConfig,
     next_instance: AtomicU64,
 }
@@ -262,9 +280,7 @@ impl ComponentHandler {
         id: &str,
         component: &Component,
         linker: &Linker<HostState>,
-        variables: BTreeMap<String, String>,
-        environment: Vec<(String, String)>,
-        policy: Arc<OutboundPolicy>,
+        config: ComponentConfig,
         reuse: ReuseConfig,
     ) -> Result<ComponentHandler> {
         let instance_pre = linker
@@ -289,9 +305,10 @@ impl ComponentHandler {
             engine: component.engine().clone(),
             pre,
             is_p3,
-            variables: Arc::new(variables),
-            environment,
-            policy,
+            variables: Arc::new(config.variables),
+            environment: config.environment,
+            policy: config.policy,
+            key_value: config.key_value,
             reuse,
             next_instance: AtomicU64::new(0),
         })
@@ -315,6 +332,7 @@ impl ComponentHandler {
             http: WasiHttpCtx::new(),
             hooks: OutboundHooks::new(self.policy.clone()),
             variables: VariablesCtx::new(self.variables.clone()),
+            key_value: self.key_value.clone(),
         };
         Store::new(&self.engine, state)
     }

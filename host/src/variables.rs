@@ -1,25 +1,17 @@
 //! Spin variables for components: `spin:variables/variables@3.0.0` (Spin 4,
 //! spin-sdk 7; its `get` is an `async func`) and
-//! `fermyon:spin/variables@2.0.0` (Spin 3, spin-sdk 3 to 5; sync), generated
-//! from the WIT vendored in `host/wit/`. The async `get` is bound as a
-//! concurrent (store-accessing) host function, so a call does not block the
-//! instance's other tasks.
+//! `fermyon:spin/variables@2.0.0` (Spin 3, spin-sdk 3 to 5; sync), bound
+//! from `crate::bindings`. The async `get` is bound as a concurrent
+//! (store-accessing) host function, so a call does not block the instance's
+//! other tasks.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use wasmtime::component::{Accessor, HasData, Linker};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "wit",
-        world: "edge-host:runtime/spin-host",
-        imports: { "spin:variables/variables.get": store },
-    });
-}
-
-use bindings::fermyon::spin::variables as v2;
-use bindings::spin::variables::variables as v3;
+use crate::bindings::fermyon::spin::variables as v2;
+use crate::bindings::spin::variables::variables as v3;
 pub use v3::Error;
 
 /// The resolved component variables of one component.

@@ -775,3 +775,184 @@ greeting = "{{{{ greeting }}}} from p2"
     }
     assert!(host.wait_for_log("wasi=\"p2\""), "{}", host.logs());
 }
+
+/// An app whose `kv` component may open `default` and `extra`, and whose
+/// `kv-two` component (routed at `/two/...`) only `default`.
+fn key_value_manifest(kv_stores: &str) -> String {
+    format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "kv-test"
+[[trigger.http]]
+route = "/kv/..."
+component = "kv"
+[[trigger.http]]
+route = "/two/..."
+component = "kv-two"
+[component.kv]
+source = '{wasm}'
+key_value_stores = {kv_stores}
+[component.kv-two]
+source = '{wasm}'
+key_value_stores = ["default"]
+"#,
+        wasm = probe_wasm().display()
+    )
+}
+
+#[test]
+fn key_value_store_persists_across_requests() {
+    precompile();
+    // One request per instance, so what a later request reads cannot come
+    // from the instance that wrote it.
+    let host = Host::launch(
+        &key_value_manifest(r#"["default", "extra"]"#),
+        &[
+            "--key-value-store",
+            "extra",
+            "--key-value",
+            "seeded=from-flag",
+            "--max-instance-reuse-count",
+            "1",
+        ],
+        &[],
+    );
+    let post = |path: &str, body: &[u8]| request(host.addr, "POST", path, &[], body);
+    let get = |path: &str| {
+        let r = host.get(path);
+        (r.status, r.text())
+    };
+
+    // Seeded by --key-value.
+    assert_eq!(get("/kv/default/get/seeded"), (200, "from-flag".into()));
+
+    // Set by one request, read back by later ones, and by another component.
+    let r = post("/kv/default/set/greeting", b"hello");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get("/kv/default/get/greeting"), (200, "hello".into()));
+    assert_eq!(get("/two/kv/default/get/greeting"), (200, "hello".into()));
+    assert_eq!(get("/kv/default/exists/greeting"), (200, "true".into()));
+    assert_eq!(
+        get("/kv/default/get/missing"),
+        (404, "no key missing".into())
+    );
+    assert_eq!(get("/kv/default/exists/missing"), (200, "false".into()));
+    // Overwrite.
+    assert_eq!(post("/kv/default/set/greeting", b"hello again").status, 200);
+    assert_eq!(get("/kv/default/get/greeting"), (200, "hello again".into()));
+
+    // Values of several MiB (base64 images) go through whole.
+    let big: Vec<u8> = (0..5 * 1024 * 1024 + 7).map(|i| (i % 253) as u8).collect();
+    let r = post("/kv/default/set/big", &big);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = host.get("/kv/default/get/big");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == big,
+        "a {}-byte value came back changed",
+        big.len()
+    );
+
+    // Keys, sorted; each store has its own.
+    assert_eq!(
+        get("/kv/default/keys"),
+        (200, "big\ngreeting\nseeded".into())
+    );
+    assert_eq!(post("/kv/extra/set/greeting", b"extra's").status, 200);
+    assert_eq!(get("/kv/extra/get/greeting"), (200, "extra's".into()));
+    assert_eq!(get("/kv/extra/keys"), (200, "greeting".into()));
+    assert_eq!(get("/kv/default/get/greeting"), (200, "hello again".into()));
+
+    // Labels the component's key_value_stores does not grant: access-denied,
+    // whether or not the store exists.
+    assert_eq!(
+        get("/two/kv/extra/get/greeting"),
+        (403, "access-denied".into())
+    );
+    assert_eq!(post("/two/kv/extra/set/x", b"1").status, 403);
+    assert_eq!(get("/kv/nope/get/greeting"), (403, "access-denied".into()));
+    assert_eq!(get("/kv/extra/get/x"), (404, "no key x".into()));
+
+    // Delete: gone for later requests; deleting again is not an error.
+    assert_eq!(
+        get("/kv/default/delete/greeting"),
+        (200, "deleted greeting".into())
+    );
+    assert_eq!(get("/kv/default/get/greeting").0, 404);
+    assert_eq!(get("/kv/default/exists/greeting"), (200, "false".into()));
+    assert_eq!(get("/two/kv/default/get/greeting").0, 404);
+    assert_eq!(get("/kv/default/keys"), (200, "big\nseeded".into()));
+    assert_eq!(get("/kv/default/delete/greeting").0, 200);
+    assert_eq!(get("/kv/extra/get/greeting"), (200, "extra's".into()));
+
+    // An instance may have 1024 stores open at once, not more.
+    assert_eq!(
+        get("/kv/default/open-many?n=1024"),
+        (200, "opened 1024".into())
+    );
+    assert_eq!(
+        get("/kv/default/open-many?n=1025"),
+        (503, "store-table-full".into())
+    );
+    assert_eq!(get("/kv/default/get/seeded"), (200, "from-flag".into()));
+}
+
+#[test]
+fn key_value_store_memory_cap() {
+    precompile();
+    let host = Host::launch(
+        &key_value_manifest(r#"["default"]"#),
+        &["--key-value-max-bytes", "3000"],
+        &[],
+    );
+    let set = |key: &str, len: usize| {
+        let r = request(
+            host.addr,
+            "POST",
+            &format!("/kv/default/set/{key}"),
+            &[],
+            &vec![b'x'; len],
+        );
+        (r.status, r.text())
+    };
+    assert_eq!(set("a", 1000).0, 200);
+    assert_eq!(set("b", 1000).0, 200);
+    // Beyond the cap: refused, and what is stored stays.
+    assert_eq!(set("c", 1000), (507, "other: store full".into()));
+    assert_eq!(set("a", 2000), (507, "other: store full".into()));
+    assert_eq!(host.get("/kv/default/get/a").body.len(), 1000);
+    assert_eq!(host.get("/kv/default/keys").text(), "a\nb");
+    // Deleting makes room.
+    assert_eq!(host.get("/kv/default/delete/b").status, 200);
+    assert_eq!(set("c", 1000).0, 200);
+    assert!(
+        host.wait_for_log("refused: the stores hold"),
+        "{}",
+        host.logs()
+    );
+}
+
+#[test]
+fn key_value_label_without_a_store_fails_startup() {
+    precompile();
+    let dir = temp_dir();
+    std::fs::write(
+        dir.join("spin.toml"),
+        key_value_manifest(r#"["default", "missing"]"#),
+    )
+    .unwrap();
+    let out = Command::new(host_exe())
+        .arg("--from")
+        .arg(dir.join("spin.toml"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"unknown key_value_stores label "missing" for component "kv""#),
+        "{err}"
+    );
+    assert!(err.contains("--key-value-store"), "{err}");
+}

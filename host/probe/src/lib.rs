@@ -3,7 +3,9 @@
 //! Build: `cargo build -p host-probe --target wasm32-wasip2 --release`.
 //! On any other target this crate is empty.
 //!
-//! Dispatches on the first path segment:
+//! Dispatches on the first path segment (after a leading `two/`, which is
+//! skipped so that a second component routed at `/two/...` serves the same
+//! operations):
 //! - `echo`, `exact`, `users`, `two`: method, URI, headers and the size of
 //!   the request body, one `name: value` line each
 //! - `var/<name>` (or the `spin-path-match-name` header): a variable
@@ -13,6 +15,12 @@
 //! - `stream?bytes=<n>`: a streamed body of n bytes, byte i = i % 251
 //! - `sleep?ms=<n>`: answers after n milliseconds
 //! - `panic`: panics
+//! - `kv/<label>/<op>[/<key>]`: `spin_sdk::key_value` on the store `label`:
+//!   `set/<key>` (the request body is the value), `get/<key>` (the value, or
+//!   404), `exists/<key>`, `delete/<key>`, `keys` (one per line), and
+//!   `open-many?n=<n>` (opens n handles at once). Store errors are answered
+//!   with their WIT name (`access-denied`, `no-such-store`,
+//!   `store-table-full`, `other: <message>`).
 
 #![cfg(target_arch = "wasm32")]
 
@@ -49,7 +57,9 @@ fn query_param(req: &Request, name: &str) -> Option<String> {
 #[http_service]
 async fn handle(req: Request) -> impl IntoResponse {
     let path = req.uri().path().to_string();
-    let mut segments = path.trim_start_matches('/').split('/');
+    let path = path.trim_start_matches('/');
+    let path = path.strip_prefix("two/").unwrap_or(path);
+    let mut segments = path.split('/');
     let first = segments.next().unwrap_or("");
     let second = segments.next().unwrap_or("").to_string();
     match first {
@@ -113,11 +123,78 @@ async fn handle(req: Request) -> impl IntoResponse {
             spin_sdk::time::sleep(Duration::from_millis(ms)).await;
             reply(200, format!("slept {ms}"))
         }
+        "kv" => {
+            let label = second;
+            let op = segments.next().unwrap_or("").to_string();
+            let key = segments.collect::<Vec<_>>().join("/");
+            let n = query_param(&req, "n").and_then(|n| n.parse().ok());
+            let body = match req.into_body().bytes().await {
+                Ok(b) => b,
+                Err(e) => return reply(500, format!("error reading body: {e:?}")),
+            };
+            match key_value(&label, &op, &key, body.to_vec(), n).await {
+                Ok(reply) => reply,
+                Err(e) => kv_error(e),
+            }
+        }
         "panic" => {
             eprintln!("probe: about to panic on purpose");
             panic!("deliberate panic from the probe");
         }
         _ => echo(req).await,
+    }
+}
+
+async fn key_value(
+    label: &str,
+    op: &str,
+    key: &str,
+    body: Vec<u8>,
+    n: Option<usize>,
+) -> Result<Reply, spin_sdk::key_value::Error> {
+    use spin_sdk::key_value::Store;
+    if op == "open-many" {
+        let mut open = Vec::new();
+        for _ in 0..n.unwrap_or(1) {
+            open.push(Store::open(label).await?);
+        }
+        return Ok(reply(200, format!("opened {}", open.len())));
+    }
+    let store = Store::open(label).await?;
+    Ok(match op {
+        "set" => {
+            store.set(key, &body).await?;
+            reply(200, format!("set {key} ({} bytes)", body.len()))
+        }
+        "get" => match store.get(key).await? {
+            Some(value) => http::Response::builder()
+                .status(200)
+                .header("content-type", "application/octet-stream")
+                .body(spin_sdk::http::box_body(FullBody::new(Bytes::from(value))))
+                .unwrap(),
+            None => reply(404, format!("no key {key}")),
+        },
+        "exists" => reply(200, store.exists(key).await?.to_string()),
+        "delete" => {
+            store.delete(key).await?;
+            reply(200, format!("deleted {key}"))
+        }
+        "keys" => {
+            let keys = store.get_keys().await.collect().await?;
+            reply(200, keys.join("\n"))
+        }
+        _ => reply(400, format!("unknown key-value operation {op:?}")),
+    })
+}
+
+/// A store error as its WIT case name, with a status that tells them apart.
+fn kv_error(e: spin_sdk::key_value::Error) -> Reply {
+    use spin_sdk::key_value::Error;
+    match e {
+        Error::AccessDenied => reply(403, "access-denied"),
+        Error::NoSuchStore => reply(404, "no-such-store"),
+        Error::StoreTableFull => reply(503, "store-table-full"),
+        Error::Other(m) => reply(507, format!("other: {m}")),
     }
 }
 
