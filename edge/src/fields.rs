@@ -32,6 +32,52 @@ impl Fields {
         }
     }
 
+    /// Fields that did not come as JSON (the text parts of a multipart form, as strings:
+    /// the number readers accept numeric strings).
+    pub fn from_object(obj: Map<String, Value>) -> Fields {
+        Fields { obj }
+    }
+
+    /// The names of the fields present (null counts as absent).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.obj
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, _)| k.as_str())
+    }
+
+    /// A field's JSON value as sent (null: absent), for echoing back.
+    pub fn get_raw(&self, name: &str) -> serde_json::Value {
+        self.get(name).cloned().unwrap_or(Value::Null)
+    }
+
+    /// An optional yes/no flag: booleans, "yes"/"no", "true"/"false", 1/0.
+    pub fn yes_no(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
+        let flag = match v {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "yes" | "true" | "1" => Some(true),
+                "no" | "false" | "0" | "" => Some(false),
+                _ => None,
+            },
+            Value::Number(n) => match n.as_i64() {
+                Some(1) => Some(true),
+                Some(0) => Some(false),
+                _ => None,
+            },
+            _ => None,
+        };
+        flag.map(Some).ok_or_else(|| {
+            ApiError::field(
+                name,
+                format!("must be \"yes\" or \"no\" (got {})", shown(v)),
+            )
+        })
+    }
+
     /// The value of `name`, treating JSON null like an absent field.
     fn get(&self, name: &str) -> Option<&Value> {
         self.obj.get(name).filter(|v| !v.is_null())

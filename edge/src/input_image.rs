@@ -30,8 +30,9 @@ impl Default for ImageLimits {
     }
 }
 
-/// Where a failure in here came from decides its status: bytes the client sent
-/// itself are its mistake (400); bytes an image URL served are the far host's (502).
+/// Where a failure in here came from shapes the message: bytes the client sent, or
+/// what the URL it gave served. Either way it is a 400 naming the field: the client
+/// chose the image.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Provenance {
     ClientBytes,
@@ -42,9 +43,7 @@ impl Provenance {
     fn not_an_image(self, field: &str, detail: impl std::fmt::Display) -> ApiError {
         match self {
             Provenance::ClientBytes => ApiError::field(field, detail),
-            Provenance::FetchedUrl => {
-                ApiError::bad_gateway(format!("{field}: the URL served {detail}"))
-            }
+            Provenance::FetchedUrl => ApiError::field(field, format!("the URL served {detail}")),
         }
     }
 }
@@ -160,21 +159,17 @@ pub fn encode_png(img: &RgbImage) -> Vec<u8> {
     out
 }
 
-/// The init image the inference server gets: `bytes` decoded within `limits`,
-/// fitted to the job's size, as base64 PNG.
-pub fn prepare_init(
-    bytes: &[u8],
-    limits: ImageLimits,
-    field: &str,
-    from: Provenance,
+/// A decoded image fitted to `width` x `height`, as the contract's init image.
+pub fn init_image(
+    img: &RgbImage,
     (width, height): (u32, u32),
     strength: f32,
-) -> Result<contract::InitImage, ApiError> {
-    let img = fit(&decode(bytes, limits, field, from)?, width, height);
-    Ok(contract::InitImage {
+) -> contract::InitImage {
+    let img = fit(img, width, height);
+    contract::InitImage {
         image: base64::engine::general_purpose::STANDARD.encode(encode_png(&img)),
         strength,
-    })
+    }
 }
 
 /// Decodes a base64 image field, with or without a `data:image/...;base64,` prefix.
@@ -245,7 +240,7 @@ mod tests {
             Provenance::FetchedUrl,
         )
         .unwrap_err();
-        assert_eq!(e.status, 502);
+        assert_eq!(e.status, 400);
         assert!(
             e.message
                 .contains("inputImage: the URL served something that is not a PNG"),
@@ -347,15 +342,8 @@ mod tests {
                 .unwrap();
             out.into_inner()
         };
-        let init = prepare_init(
-            &jpeg,
-            ImageLimits::default(),
-            "f",
-            Provenance::ClientBytes,
-            (16, 24),
-            0.5,
-        )
-        .unwrap();
+        let img = decode(&jpeg, ImageLimits::default(), "f", Provenance::ClientBytes).unwrap();
+        let init = init_image(&img, (16, 24), 0.5);
         assert_eq!(init.strength, 0.5);
         let png = base64::engine::general_purpose::STANDARD
             .decode(init.image)

@@ -13,6 +13,43 @@ pub struct Job {
     /// `init_image` stays None here; the core sets it from `init`.
     pub request: GenerateRequest,
     pub init: Option<InitImageSource>,
+    /// Set when the output size comes from the input image (width and height are
+    /// then 0 until the core has decoded it).
+    pub size_from_init: Option<SizeRule>,
+    /// What the dialect wants back when it renders the answer (echoed fields,
+    /// response options); the core only carries it.
+    pub echo: serde_json::Value,
+}
+
+impl Job {
+    pub fn new(request: GenerateRequest, init: Option<InitImageSource>) -> Job {
+        Job {
+            request,
+            init,
+            size_from_init: None,
+            echo: serde_json::Value::Null,
+        }
+    }
+}
+
+/// How an output size follows an input image's: the same aspect, the longer side at
+/// most `max`, each side a multiple of `step` and at least `min`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SizeRule {
+    pub step: u32,
+    pub min: u32,
+    pub max: u32,
+}
+
+impl SizeRule {
+    pub fn size_for(self, (w, h): (u32, u32)) -> (u32, u32) {
+        let scale = (f64::from(self.max) / f64::from(w.max(h).max(1))).min(1.0);
+        let side = |v: u32| {
+            let v = (f64::from(v) * scale / f64::from(self.step)).round() as u32 * self.step;
+            v.clamp(self.min, self.max)
+        };
+        (side(w), side(h))
+    }
 }
 
 /// The input image of an image-to-image job, before it is fetched and decoded.
@@ -114,6 +151,19 @@ mod tests {
         );
         assert!(check_side("height", 4096, 64, 2048, 8).is_err());
         assert!(check_side("height", 0, 64, 2048, 8).is_err());
+    }
+
+    #[test]
+    fn sizes_from_input_images() {
+        let rule = SizeRule {
+            step: 64,
+            min: 128,
+            max: 1024,
+        };
+        assert_eq!(rule.size_for((512, 512)), (512, 512));
+        assert_eq!(rule.size_for((4000, 3000)), (1024, 768));
+        assert_eq!(rule.size_for((100, 20)), (128, 128));
+        assert_eq!(rule.size_for((700, 500)), (704, 512));
     }
 
     #[test]

@@ -13,7 +13,10 @@ pub mod fields;
 pub mod image_url;
 pub mod input_image;
 pub mod job;
+pub mod models;
+pub mod multipart;
 pub mod settings;
+pub mod stash;
 pub mod trace;
 
 #[cfg(target_arch = "wasm32")]

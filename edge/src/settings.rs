@@ -12,11 +12,13 @@ use crate::input_image::ImageLimits;
 
 /// The variables the component reads. Each must be declared in the component's
 /// `[component.edge.variables]`, or Spin refuses the lookup.
-pub const VARIABLES: [&str; 4] = [
+pub const VARIABLES: [&str; 6] = [
     "api_keys",
+    "allow_anonymous",
     "inference_url",
     "image_hosts",
     "inference_timeout_secs",
+    "public_url",
 ];
 
 #[derive(Debug, Clone)]
@@ -30,6 +32,9 @@ pub struct Settings {
     pub image_fetch_timeout: Duration,
     /// How long the inference server may take to answer a generation.
     pub inference_timeout: Duration,
+    /// The origin clients reach the edge at, for links to stored images (ModelsLab's
+    /// `output`); None: taken from the request.
+    pub public_url: Option<String>,
 }
 
 impl Settings {
@@ -55,13 +60,36 @@ impl Settings {
                 )?)
             }
         };
+        let allow_anonymous = match get("allow_anonymous")
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "" | "false" | "no" | "0" => false,
+            "true" | "yes" | "1" => true,
+            other => return Err(format!("allow_anonymous {other:?} must be true or false")),
+        };
+        let public_url = match get("public_url").filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(s) => {
+                let u = Url::parse(s.trim())
+                    .map_err(|e| format!("public_url {s:?} is not a URL ({e})"))?;
+                if !matches!(u.scheme(), "http" | "https") {
+                    return Err(format!("public_url {s:?} must be an http(s) URL"));
+                }
+                Some(s.trim().trim_end_matches('/').to_string())
+            }
+        };
         Ok(Settings {
-            api_keys: ApiKeys::parse(&get("api_keys").unwrap_or_default()),
+            api_keys: ApiKeys::parse(&get("api_keys").unwrap_or_default())
+                .allowing_anonymous(allow_anonymous),
             inference_url: inference_url.trim().trim_end_matches('/').to_string(),
             image_hosts,
             image_limits: ImageLimits::default(),
             image_fetch_timeout: Duration::from_secs(20),
             inference_timeout,
+            public_url,
         })
     }
 }
@@ -108,6 +136,18 @@ mod tests {
                 .unwrap_err()
                 .starts_with("image_hosts:")
         );
+        assert!(
+            settings(&[("allow_anonymous", "maybe")])
+                .unwrap_err()
+                .contains("allow_anonymous")
+        );
+        let s = settings(&[
+            ("allow_anonymous", "true"),
+            ("public_url", "https://img.example/"),
+        ])
+        .unwrap();
+        assert!(s.api_keys.check(None, "X").is_ok());
+        assert_eq!(s.public_url.as_deref(), Some("https://img.example"));
         assert!(
             settings(&[("inference_timeout_secs", "0")])
                 .unwrap_err()

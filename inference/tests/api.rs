@@ -129,15 +129,29 @@ fn bad_parameters_are_typed_errors() {
         },
         "strength",
     );
+    // Karras sigmas asked for by name on a scheduler without them: refused.
     invalid(
         &p,
         GenerateParams {
-            scheduler: Some("DDIM".into()),
-            karras: Some(true),
+            scheduler: Some("DDIM Karras".into()),
             ..small()
         },
-        "karras",
+        "scheduler",
     );
+    // The `karras` option means "where the scheduler has them" (the contract's meaning):
+    // DDIM runs as configured, the same image as without the option.
+    let run = |karras| {
+        let params = GenerateParams {
+            scheduler: Some("DDIM".into()),
+            karras,
+            seed: 5,
+            ..small()
+        };
+        p.generate(&params, &mut |_, _| true).unwrap().images[0]
+            .0
+            .clone()
+    };
+    assert_eq!(run(Some(true)), run(None));
 }
 
 #[test]

@@ -149,17 +149,34 @@ impl Reply {
 
 /// POSTs `body` with `headers` and returns the reply, whatever its status.
 pub fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(std::time::Duration::from_secs(600))
-        .build();
-    let mut req = agent.post(url);
+    post_bytes(url, headers, body.as_bytes())
+}
+
+/// POSTs raw bytes (multipart forms, broken bodies).
+pub fn post_bytes(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut req = agent().post(url);
     for (name, value) in headers {
         req = req.set(name, value);
     }
-    let resp = match req.send_string(body) {
+    reply(url, req.send_bytes(body))
+}
+
+/// GETs `url`.
+pub fn get(url: &str) -> Reply {
+    reply(url, agent().get(url).call())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(600))
+        .build()
+}
+
+fn reply(url: &str, result: Result<ureq::Response, ureq::Error>) -> Reply {
+    let resp = match result {
         Ok(resp) => resp,
         Err(ureq::Error::Status(_, resp)) => resp,
-        Err(e) => panic!("POST {url}: {e}"),
+        Err(e) => panic!("{url}: {e}"),
     };
     let status = resp.status();
     let headers = resp.headers_names().into_iter().map(|n| {

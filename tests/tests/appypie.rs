@@ -350,10 +350,10 @@ fn errors_follow_the_seed_contract() {
         400,
         "loopback",
     );
-    assert_error(&post(&url, &h, &ok_body("/gone.png")), 502, "gave HTTP 404");
+    assert_error(&post(&url, &h, &ok_body("/gone.png")), 400, "gave HTTP 404");
     assert_error(
         &post(&url, &h, &ok_body("/page.html")),
-        502,
+        400,
         "not a PNG, JPEG or WebP image",
     );
 

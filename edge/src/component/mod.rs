@@ -15,6 +15,7 @@ use crate::dialects::{self, Dialect, Incoming, Outgoing};
 use crate::input_image::{self, Provenance};
 use crate::job::ImageSource;
 use crate::settings::{self, Settings};
+use crate::stash::{self, Stash};
 use crate::trace::new_trace_id;
 
 /// The largest request body the edge reads: a 10 MiB image as base64 in JSON,
@@ -29,6 +30,14 @@ async fn handle(req: Request) -> http::Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
 
     let (out, dialect_name, error) = match dialects::for_path(&path) {
+        None if path.starts_with(stash::ROUTE_PREFIX) => match serve_stored(&req, &path).await {
+            Ok(out) => (out, "stored", None),
+            Err(err) => (
+                dialects::render_unrouted(&err, &trace_id),
+                "stored",
+                Some(err),
+            ),
+        },
         None => {
             let err = ApiError::not_found(&path);
             (dialects::render_unrouted(&err, &trace_id), "-", Some(err))
@@ -78,26 +87,97 @@ async fn serve(dialect: &dyn Dialect, req: Request, trace_id: &str) -> Result<Ou
         dialect.key_location(),
     )?;
     let mut job = dialect.parse(&incoming)?;
-    if let Some(init) = &job.init {
-        let (bytes, from) = match &init.source {
+    if let Some(init) = job.init.take() {
+        let (bytes, from) = match init.source {
             ImageSource::Url(url) => (
-                outbound::fetch_image(url, init.field, &settings).await?,
+                outbound::fetch_image(&url, init.field, &settings).await?,
                 Provenance::FetchedUrl,
             ),
-            ImageSource::Bytes(bytes) => (bytes.clone(), Provenance::ClientBytes),
+            ImageSource::Bytes(bytes) => (bytes, Provenance::ClientBytes),
         };
+        let img = input_image::decode(&bytes, settings.image_limits, init.field, from)?;
+        drop(bytes);
+        if let Some(rule) = job.size_from_init {
+            (job.request.width, job.request.height) = rule.size_for(img.dimensions());
+        }
         let size = (job.request.width, job.request.height);
-        job.request.init_image = Some(input_image::prepare_init(
-            &bytes,
-            settings.image_limits,
-            init.field,
-            from,
-            size,
-            init.strength,
-        )?);
+        job.request.init_image = Some(input_image::init_image(&img, size, init.strength));
     }
     let result = outbound::generate(&settings, &job.request, trace_id).await?;
-    dialect.render(&job, result)
+    let mut stash = Stash::new(&public_origin(&settings, &incoming), unix_now());
+    let out = dialect.render(&job, result, &mut stash)?;
+    store(stash).await?;
+    Ok(out)
+}
+
+/// How clients reach this edge: the `public_url` variable, else the URL Spin says the
+/// request came to (`spin-full-url`), else its Host header.
+fn public_origin(settings: &Settings, req: &Incoming) -> String {
+    if let Some(url) = &settings.public_url {
+        return url.clone();
+    }
+    if let Some(full) = req.header("spin-full-url")
+        && let Ok(url) = url::Url::parse(full)
+    {
+        return url.origin().ascii_serialization();
+    }
+    format!("http://{}", req.header("host").unwrap_or("localhost"))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn kv_error(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!(
+        "{what} the key-value store `{}` (spin.toml's key_value_stores): {e}",
+        stash::STORE
+    ))
+}
+
+/// Writes the stashed images, and drops the expired ones while at it.
+async fn store(stash: Stash) -> Result<(), ApiError> {
+    if stash.pending.is_empty() {
+        return Ok(());
+    }
+    let kv = spin_sdk::key_value::Store::open(stash::STORE)
+        .await
+        .map_err(|e| kv_error("opening", e))?;
+    if let Ok(keys) = kv.get_keys().await.collect().await {
+        for key in stash::expired(&keys, unix_now()) {
+            let _ = kv.delete(key).await;
+        }
+    }
+    for (key, png) in &stash.pending {
+        kv.set(key, png)
+            .await
+            .map_err(|e| kv_error("writing to", e))?;
+    }
+    Ok(())
+}
+
+/// GET of a stored image link.
+async fn serve_stored(req: &Request, path: &str) -> Result<Outgoing, ApiError> {
+    if req.method() != http::Method::GET {
+        return Err(ApiError::method_not_allowed(req.method().as_str(), "GET"));
+    }
+    let key = stash::key_for_path(path, unix_now())?;
+    let kv = spin_sdk::key_value::Store::open(stash::STORE)
+        .await
+        .map_err(|e| kv_error("opening", e))?;
+    match kv.get(&key).await.map_err(|e| kv_error("reading", e))? {
+        Some(png) => Ok(Outgoing {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "image/png".into()),
+                ("cache-control".into(), "private, max-age=86400".into()),
+            ],
+            body: png,
+        }),
+        None => Err(ApiError::new(404, format!("no stored image at {path}"))),
+    }
 }
 
 /// The settings from Spin variables; a variable the manifest doesn't declare

@@ -1,7 +1,8 @@
 //! Outbound HTTP from the component: input-image downloads (allowlist checked at
 //! every redirect, size and time capped while reading) and the call to the
 //! inference server. Failures become `ApiError`s with the status the client
-//! should see: the image host's fault is 502/504, the backend's 503/504.
+//! should see: an image URL that can't be fetched is a 400 naming the field (the
+//! client chose it), the backend's failures are 502/503/504.
 
 use std::time::{Duration, Instant};
 
@@ -36,14 +37,17 @@ impl ReadError {
                 what,
                 format!("the image is larger than the {} limit", human_bytes(cap)),
             ),
-            (ReadError::TimedOut, _) => {
+            (ReadError::TimedOut, Provenance::ClientBytes) => {
                 ApiError::timeout(format!("{what}: reading it took too long"))
+            }
+            (ReadError::TimedOut, Provenance::FetchedUrl) => {
+                ApiError::field(what, "the download took longer than the time limit")
             }
             (ReadError::Transport(code), Provenance::ClientBytes) => {
                 ApiError::bad_request(format!("{what}: could not be read ({code:?})"))
             }
             (ReadError::Transport(code), Provenance::FetchedUrl) => {
-                ApiError::bad_gateway(format!("{what}: the download broke off ({code:?})"))
+                ApiError::field(what, format!("the download broke off ({code:?})"))
             }
         }
     }
@@ -113,18 +117,19 @@ pub async fn fetch_image(url: &Url, field: &str, settings: &Settings) -> Result<
                 .get(http::header::LOCATION)
                 .and_then(|v| v.to_str().ok());
             let Some(next) = location.and_then(|l| url.join(l).ok()) else {
-                return Err(ApiError::bad_gateway(format!(
-                    "{field}: {url} redirected without a usable Location"
-                )));
+                return Err(ApiError::field(
+                    field,
+                    format!("{url} redirected without a usable Location"),
+                ));
             };
             url = next;
             continue;
         }
         if !status.is_success() {
-            return Err(ApiError::bad_gateway(format!(
-                "{field}: fetching {url} gave HTTP {}",
-                status.as_u16()
-            )));
+            return Err(ApiError::field(
+                field,
+                format!("fetching {url} gave HTTP {}", status.as_u16()),
+            ));
         }
         let cap = settings.image_limits.max_bytes;
         let declared = resp
@@ -141,9 +146,10 @@ pub async fn fetch_image(url: &Url, field: &str, settings: &Settings) -> Result<
             .await
             .map_err(|e| e.into_api_error(field, Provenance::FetchedUrl));
     }
-    Err(ApiError::bad_gateway(format!(
-        "{field}: more than {MAX_REDIRECTS} redirects"
-    )))
+    Err(ApiError::field(
+        field,
+        format!("more than {MAX_REDIRECTS} redirects"),
+    ))
 }
 
 fn image_fetch_error(field: &str, url: &Url, code: ErrorCode, limit: Duration) -> ApiError {
@@ -160,17 +166,17 @@ fn image_fetch_error(field: &str, url: &Url, code: ErrorCode, limit: Duration) -
         ),
         ErrorCode::ConnectionTimeout
         | ErrorCode::ConnectionReadTimeout
-        | ErrorCode::HttpResponseTimeout => ApiError::timeout(format!(
-            "{field}: {url} did not answer within {} s",
-            limit.as_secs()
-        )),
+        | ErrorCode::HttpResponseTimeout => ApiError::field(
+            field,
+            format!("{url} did not answer within {} s", limit.as_secs()),
+        ),
         ErrorCode::DnsError(_) | ErrorCode::DnsTimeout | ErrorCode::DestinationNotFound => {
-            ApiError::bad_gateway(format!("{field}: the host of {url} could not be found"))
+            ApiError::field(field, format!("the host of {url} could not be found"))
         }
         ErrorCode::ConnectionRefused => {
-            ApiError::bad_gateway(format!("{field}: {url} refused the connection"))
+            ApiError::field(field, format!("{url} refused the connection"))
         }
-        other => ApiError::bad_gateway(format!("{field}: could not fetch {url} ({other:?})")),
+        other => ApiError::field(field, format!("could not fetch {url} ({other:?})")),
     }
 }
 

@@ -13,19 +13,18 @@
 use contract::{GenerateRequest, GenerateResult};
 use serde::Serialize;
 
-use super::{Dialect, Incoming, Outgoing};
+use super::{Dialect, Incoming, Outgoing, first_image};
 use crate::api_error::ApiError;
 use crate::fields::Fields;
 use crate::input_image::base64_decoded_len;
 use crate::job::{self, ImageSource, InitImageSource, Job};
+use crate::models;
+use crate::stash::Stash;
 
 pub const ROUTES: [&str; 2] = [
     "/getImage/v1/getSDXLImage",
     "/img2img/getImage/v1/getSDXLImage",
 ];
-
-/// The model Appypie's API runs; in single-model mode the server serves its own.
-pub const MODEL: &str = "stable-diffusion-xl-base-1.0";
 
 const KEY_HEADER: &str = "ocp-apim-subscription-key";
 const DEFAULT_SIZE: u32 = 1024;
@@ -91,9 +90,9 @@ impl Dialect for Appypie {
                 })
             })
             .transpose()?;
-        Ok(Job {
-            request: GenerateRequest {
-                model: MODEL.into(),
+        Ok(Job::new(
+            GenerateRequest {
+                model: models::SDXL_BASE.into(),
                 prompt,
                 negative_prompt,
                 width,
@@ -107,15 +106,16 @@ impl Dialect for Appypie {
                 init_image: None,
             },
             init,
-        })
+        ))
     }
 
-    fn render(&self, _job: &Job, result: GenerateResult) -> Result<Outgoing, ApiError> {
-        let image = result
-            .images
-            .into_iter()
-            .next()
-            .ok_or_else(|| ApiError::internal("the inference server returned no image"))?;
+    fn render(
+        &self,
+        _job: &Job,
+        result: GenerateResult,
+        _stash: &mut Stash,
+    ) -> Result<Outgoing, ApiError> {
+        let image = first_image(result)?;
         let body = ImageBody {
             status: 200,
             content_type: "image/png",
@@ -123,19 +123,6 @@ impl Dialect for Appypie {
             image_data: image.png,
         };
         Ok(Outgoing::json(200, &body).with_header("x-seed", image.seed.to_string()))
-    }
-
-    fn render_error(&self, err: &ApiError, trace_id: &str) -> Outgoing {
-        let body = ErrorBody {
-            code: err.status,
-            message: &err.message,
-            trace_id,
-        };
-        let out = Outgoing::json(err.status, &body);
-        match err.retry_after {
-            Some(secs) => out.with_header("retry-after", secs.to_string()),
-            None => out,
-        }
     }
 }
 
@@ -149,15 +136,6 @@ struct ImageBody {
     #[serde(rename = "content-length")]
     content_length: String,
     image_data: String,
-}
-
-/// The seed's error contract.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: u16,
-    message: &'a str,
-    #[serde(rename = "traceId")]
-    trace_id: &'a str,
 }
 
 /// `size` ("WxH") or `width`/`height`; both given must agree.
@@ -194,19 +172,11 @@ fn size(f: &Fields) -> Result<(u32, u32), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialects::test_support::{incoming, result};
     use serde_json::json;
 
-    fn incoming(body: &str) -> Incoming {
-        Incoming {
-            method: http::Method::POST,
-            path: ROUTES[1].into(),
-            headers: http::HeaderMap::new(),
-            body: body.as_bytes().to_vec(),
-        }
-    }
-
     fn parse(body: &str) -> Result<Job, ApiError> {
-        Appypie.parse(&incoming(body))
+        Appypie.parse(&incoming(ROUTES[1], &[], body.as_bytes()))
     }
 
     #[test]
@@ -313,24 +283,10 @@ mod tests {
 
     #[test]
     fn responses_match_the_seed() {
-        let result = GenerateResult {
-            model: "m".into(),
-            images: vec![contract::GeneratedImage {
-                png: "aGVsbG8=".into(),
-                seed: 9,
-                width: 8,
-                height: 8,
-            }],
-            timings: contract::Timings {
-                queued_ms: 0,
-                prepare_ms: 0,
-                denoise_ms: 0,
-                decode_ms: 0,
-                total_ms: 0,
-            },
-        };
         let job = parse(r#"{"prompt":"p"}"#).unwrap();
-        let out = Appypie.render(&job, result).unwrap();
+        let out = Appypie
+            .render(&job, result(1), &mut Stash::new("http://e", 0))
+            .unwrap();
         assert!(
             out.body
                 .starts_with(br#"{"status":200,"content-type":"image/png","content-length":"5","#)
@@ -349,7 +305,7 @@ mod tests {
 
     #[test]
     fn key_comes_from_the_subscription_header() {
-        let mut req = incoming("{}");
+        let mut req = incoming(ROUTES[0], &[], b"{}");
         assert_eq!(Appypie.credential(&req), None);
         req.headers
             .insert("Ocp-Apim-Subscription-Key", "k1".parse().unwrap());

@@ -2,11 +2,17 @@
 //! the result back. Everything else (auth, images, the backend call, error
 //! statuses) is shared and lives outside this folder.
 
+use serde::Serialize;
+
 use crate::api_error::ApiError;
 use crate::job::Job;
+use crate::stash::Stash;
 use contract::GenerateResult;
 
 pub mod appypie;
+pub mod holmesai;
+pub mod hyperbolic;
+pub mod modelslab;
 
 /// An incoming request as the dialects see it: the body already read (within
 /// the edge's size cap).
@@ -61,10 +67,19 @@ pub trait Dialect: Sync {
     fn credential(&self, req: &Incoming) -> Option<String>;
     /// The request's fields, validated, as a job.
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError>;
-    /// The success response for the images the server made.
-    fn render(&self, job: &Job, result: GenerateResult) -> Result<Outgoing, ApiError>;
-    /// The failure response, in this API's error format.
-    fn render_error(&self, err: &ApiError, trace_id: &str) -> Outgoing;
+    /// The success response for the images the server made; images to be served by
+    /// link go into `stash` (written to the key-value store before the reply).
+    fn render(
+        &self,
+        job: &Job,
+        result: GenerateResult,
+        stash: &mut Stash,
+    ) -> Result<Outgoing, ApiError>;
+    /// The failure response, in this API's error format; by default `{code, message,
+    /// traceId}`.
+    fn render_error(&self, err: &ApiError, trace_id: &str) -> Outgoing {
+        code_message_error(err, trace_id)
+    }
 }
 
 /// The dialect that serves `path`, if any.
@@ -72,7 +87,52 @@ pub fn for_path(path: &str) -> Option<&'static dyn Dialect> {
     if appypie::ROUTES.contains(&path) {
         return Some(&appypie::Appypie);
     }
+    if holmesai::endpoint(path).is_some() {
+        return Some(&holmesai::HolmesAi);
+    }
+    if modelslab::endpoint(path).is_some() {
+        return Some(&modelslab::ModelsLab);
+    }
+    if path == hyperbolic::ROUTE {
+        return Some(&hyperbolic::Hyperbolic);
+    }
     None
+}
+
+/// The `{code, message, traceId}` error body (Appypie's error contract; HolmesAI and
+/// Hyperbolic document none, and this one says everything a client needs), with
+/// Retry-After when the backend asked for it.
+pub fn code_message_error(err: &ApiError, trace_id: &str) -> Outgoing {
+    #[derive(Serialize)]
+    struct ErrorBody<'a> {
+        code: u16,
+        message: &'a str,
+        #[serde(rename = "traceId")]
+        trace_id: &'a str,
+    }
+    let body = ErrorBody {
+        code: err.status,
+        message: &err.message,
+        trace_id,
+    };
+    with_retry_after(Outgoing::json(err.status, &body), err)
+}
+
+/// Adds Retry-After to an error response when the error carries one.
+pub fn with_retry_after(out: Outgoing, err: &ApiError) -> Outgoing {
+    match err.retry_after {
+        Some(secs) => out.with_header("retry-after", secs.to_string()),
+        None => out,
+    }
+}
+
+/// The first image of a result (APIs that answer with one image).
+pub fn first_image(result: GenerateResult) -> Result<contract::GeneratedImage, ApiError> {
+    result
+        .images
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal("the inference server returned no image"))
 }
 
 /// The error body for paths no dialect serves. Spin only routes the paths in
@@ -80,5 +140,51 @@ pub fn for_path(path: &str) -> Option<&'static dyn Dialect> {
 /// runtime that routes everything. Appypie's `{code, message, traceId}` is the
 /// most self-explanatory of the dialects' error shapes, so it serves here too.
 pub fn render_unrouted(err: &ApiError, trace_id: &str) -> Outgoing {
-    appypie::Appypie.render_error(err, trace_id)
+    code_message_error(err, trace_id)
+}
+
+/// Request and result builders for the dialects' unit tests.
+#[cfg(test)]
+pub mod test_support {
+    use super::Incoming;
+    use contract::{GenerateResult, GeneratedImage, Timings};
+
+    /// A POST to `path` with these headers and body.
+    pub fn incoming(path: &str, headers: &[(&str, &str)], body: &[u8]) -> Incoming {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        Incoming {
+            method: http::Method::POST,
+            path: path.into(),
+            headers: map,
+            body: body.to_vec(),
+        }
+    }
+
+    /// `n` images whose PNG is "hello" (base64 aGVsbG8=), seeds 9, 10, ...; 1.5 s in all.
+    pub fn result(n: usize) -> GenerateResult {
+        GenerateResult {
+            model: "m".into(),
+            images: (0..n)
+                .map(|i| GeneratedImage {
+                    png: "aGVsbG8=".into(),
+                    seed: 9 + i as u64,
+                    width: 8,
+                    height: 8,
+                })
+                .collect(),
+            timings: Timings {
+                queued_ms: 0,
+                prepare_ms: 0,
+                denoise_ms: 0,
+                decode_ms: 0,
+                total_ms: 1500,
+            },
+        }
+    }
 }

@@ -44,7 +44,8 @@ pub struct GenerateArgs {
     /// "DDIM", "DDPM", "PLMS", "UniPC", "DEIS", "LCM"); an unknown name lists the supported ones.
     #[arg(long)]
     pub scheduler: Option<String>,
-    /// Use Karras sigmas (schedulers that have them: Euler, Heun, LMS, DPM2, DPM2 a, DPM++, UniPC, DEIS).
+    /// Use Karras sigmas where the scheduler has them (Euler, Heun, LMS, DPM2, DPM2 a, DPM++,
+    /// UniPC, DEIS; the others run as configured).
     #[arg(long)]
     pub karras: bool,
     /// Init image for img2img (any size; resized to width x height).

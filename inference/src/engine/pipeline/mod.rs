@@ -479,7 +479,13 @@ impl Pipeline {
             Some(name) => scheduler::resolve(name)?,
             None => (self.default_scheduler()?, None),
         };
-        let karras = params.karras.or(name_karras);
+        // The `karras` option asks for Karras sigmas where the scheduler has them (the
+        // contract's meaning; ModelsLab sends use_karras_sigmas=yes with any scheduler);
+        // a name that asks for them ("DDIM Karras") was refused by `resolve` already.
+        let karras = params
+            .karras
+            .filter(|_| kind.supports_karras())
+            .or(name_karras);
         let mut sched = scheduler::build(kind, &self.scheduler_config, params.steps, karras)?;
         let n = params.samples;
         let has_time_cond = self.unet.config.time_cond_proj_dim.is_some();

@@ -1,0 +1,309 @@
+//! Hyperbolic's image generation API (../shared/seeds/hyperbolic-image-generation.txt).
+//!
+//! - `POST /v1/image/generation`, JSON; key as `Authorization: Bearer <key>`.
+//! - Fields: model_name (their list; the ControlNet ones are refused), prompt
+//!   (required), height / width (1024; multiples of 8 from 64 to 2048; with an
+//!   `image` and no size, the image's size), negative_prompt, image (base64) with
+//!   strength (0.8), seed, cfg_scale (7.5), sampler (a scheduler name), steps (30),
+//!   backend (auto / tvm / torch: one backend here, all accepted).
+//! - SDXL's second prompts (prompt_2, negative_prompt_2), style_preset,
+//!   enable_refiner, controlnet_name / controlnet_image and loras change the image
+//!   in ways this server does not implement: sent with a value, they are refused
+//!   with a message saying so rather than dropped.
+//! - Success: `{"images":[{"index":0,"image":"<base64 PNG>","random_seed":N}],"inference_time":S}`.
+//!   Errors: `{code, message, traceId}` (the seed documents none).
+
+use contract::{GenerateRequest, GenerateResult};
+use serde::Serialize;
+
+use super::{Dialect, Incoming, Outgoing};
+use crate::api_error::ApiError;
+use crate::auth::{BEARER_LOCATION, bearer_token};
+use crate::fields::Fields;
+use crate::input_image::{ImageLimits, decode_base64};
+use crate::job::{self, ImageSource, InitImageSource, Job, SizeRule};
+use crate::models;
+use crate::stash::Stash;
+
+pub const ROUTE: &str = "/v1/image/generation";
+
+const DEFAULT_SIDE: u32 = 1024;
+const DEFAULT_STEPS: u32 = 30;
+const DEFAULT_CFG: f64 = 7.5;
+const DEFAULT_STRENGTH: f64 = 0.8;
+const BACKENDS: [&str; 3] = ["auto", "tvm", "torch"];
+/// img2img without a size: the image's own, within the sizes we accept.
+const IMAGE_SIZE: SizeRule = SizeRule {
+    step: 8,
+    min: 64,
+    max: 1024,
+};
+
+pub struct Hyperbolic;
+
+impl Dialect for Hyperbolic {
+    fn name(&self) -> &'static str {
+        "hyperbolic"
+    }
+
+    fn key_location(&self) -> &'static str {
+        BEARER_LOCATION
+    }
+
+    fn credential(&self, req: &Incoming) -> Option<String> {
+        bearer_token(req.header("authorization")).map(String::from)
+    }
+
+    fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
+        let f = Fields::parse(&req.body)?;
+        refuse_unsupported(&f)?;
+        let model = match f.string("model_name")? {
+            Some(name) => models::check_hyperbolic("model_name", &name)?,
+            None => models::HYPERBOLIC[0].to_string(),
+        };
+        let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
+        let negative_prompt = f
+            .string("negative_prompt")?
+            .filter(|p| !p.is_empty())
+            .map(|p| job::check_prompt("negative_prompt", p))
+            .transpose()?;
+        if let Some(backend) = f.string("backend")?
+            && !BACKENDS.contains(&backend.trim().to_ascii_lowercase().as_str())
+        {
+            return Err(ApiError::field(
+                "backend",
+                format!("must be one of {} (got {backend:?})", BACKENDS.join(", ")),
+            ));
+        }
+        let side = |name: &'static str| -> Result<Option<u32>, ApiError> {
+            f.integer(name, 0..=i64::from(u32::MAX))?
+                .map(|n| job::check_side(name, n as u32, 64, 2048, 8))
+                .transpose()
+        };
+        let (width, height) = (side("width")?, side("height")?);
+        let steps = f
+            .integer("steps", 1..=100)?
+            .map_or(DEFAULT_STEPS, |n| n as u32);
+        let guidance = f.number("cfg_scale", 0.0..=35.0)?.unwrap_or(DEFAULT_CFG);
+        let seed = job::seed_or_random(f.seed("seed")?);
+        let scheduler = f
+            .string("sampler")?
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let strength = f.number("strength", 0.01..=1.0)?;
+        let init = match f.string("image")?.filter(|s| !s.trim().is_empty()) {
+            Some(b64) => Some(InitImageSource {
+                field: "image",
+                source: ImageSource::Bytes(decode_base64(&b64, ImageLimits::default(), "image")?),
+                strength: strength.unwrap_or(DEFAULT_STRENGTH) as f32,
+            }),
+            None if strength.is_some() => {
+                return Err(ApiError::field(
+                    "strength",
+                    "applies to image-to-image only: send it with `image`",
+                ));
+            }
+            None => None,
+        };
+        let size_from_image = init.is_some() && width.is_none() && height.is_none();
+        let mut job = Job::new(
+            GenerateRequest {
+                model,
+                prompt,
+                negative_prompt,
+                width: if size_from_image {
+                    0
+                } else {
+                    width.unwrap_or(DEFAULT_SIDE)
+                },
+                height: if size_from_image {
+                    0
+                } else {
+                    height.unwrap_or(DEFAULT_SIDE)
+                },
+                steps,
+                guidance: guidance as f32,
+                seed,
+                samples: 1,
+                scheduler,
+                karras: None,
+                init_image: None,
+            },
+            init,
+        );
+        if size_from_image {
+            job.size_from_init = Some(IMAGE_SIZE);
+        }
+        Ok(job)
+    }
+
+    fn render(
+        &self,
+        _job: &Job,
+        result: GenerateResult,
+        _stash: &mut Stash,
+    ) -> Result<Outgoing, ApiError> {
+        let body = Body {
+            images: result
+                .images
+                .into_iter()
+                .enumerate()
+                .map(|(index, img)| Image {
+                    index,
+                    image: img.png,
+                    random_seed: img.seed,
+                })
+                .collect(),
+            inference_time: f64::from(result.timings.total_ms) / 1000.0,
+        };
+        Ok(Outgoing::json(200, &body))
+    }
+}
+
+/// Options that would change the image in ways we don't implement: refused when set.
+fn refuse_unsupported(f: &Fields) -> Result<(), ApiError> {
+    let prompt = f.string("prompt")?.unwrap_or_default();
+    let negative = f.string("negative_prompt")?.unwrap_or_default();
+    for (name, first) in [("prompt_2", &prompt), ("negative_prompt_2", &negative)] {
+        if let Some(second) = f.string(name)?
+            && !second.is_empty()
+            && second != *first
+        {
+            return Err(ApiError::field(
+                name,
+                "a different prompt for SDXL's second text encoder is not supported here; leave it out (both encoders read `prompt`)",
+            ));
+        }
+    }
+    for name in ["style_preset", "controlnet_name", "controlnet_image"] {
+        if f.string(name)?.is_some_and(|v| !v.trim().is_empty()) {
+            return Err(ApiError::field(
+                name,
+                "not supported by this server; leave it out",
+            ));
+        }
+    }
+    if f.yes_no("enable_refiner")? == Some(true) {
+        return Err(ApiError::field(
+            "enable_refiner",
+            "the SDXL refiner is not supported by this server; leave it out or send false",
+        ));
+    }
+    if f.has("loras") {
+        return Err(ApiError::field(
+            "loras",
+            "LoRAs are not supported by this server; leave it out",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Body {
+    images: Vec<Image>,
+    inference_time: f64,
+}
+
+#[derive(Serialize)]
+struct Image {
+    index: usize,
+    image: String,
+    random_seed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialects::test_support::{incoming, result};
+    use serde_json::json;
+
+    fn parse(body: &str) -> Result<Job, ApiError> {
+        Hyperbolic.parse(&incoming(ROUTE, &[], body.as_bytes()))
+    }
+
+    #[test]
+    fn the_seed_request() {
+        let job = parse(r#"{"model_name":"SDXL1.0-base","prompt":"a photo of an astronaut riding a horse on mars","height":1024,"width":1024,"backend":"auto"}"#).unwrap();
+        let r = &job.request;
+        assert_eq!(
+            (r.model.as_str(), r.width, r.height, r.steps, r.guidance),
+            ("SDXL1.0-base", 1024, 1024, 30, 7.5)
+        );
+        assert!(job.init.is_none());
+    }
+
+    #[test]
+    fn img2img_and_options() {
+        let job = parse(r#"{"model_name":"SD1.5","prompt":"p","image":"aGVsbG8=","strength":0.5,"seed":7,"sampler":"Euler a","steps":12,"cfg_scale":3,"negative_prompt":"n","prompt_2":"p"}"#).unwrap();
+        let init = job.init.as_ref().unwrap();
+        assert_eq!(init.strength, 0.5);
+        assert!(matches!(&init.source, ImageSource::Bytes(b) if b == b"hello"));
+        assert_eq!(job.size_from_init, Some(IMAGE_SIZE));
+        let r = &job.request;
+        assert_eq!(
+            (
+                r.seed,
+                r.scheduler.as_deref(),
+                r.steps,
+                r.negative_prompt.as_deref()
+            ),
+            (Some(7), Some("Euler a"), 12, Some("n"))
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (body, start) in [
+            (
+                r#"{"model_name":"SD1.5-ControlNet","prompt":"p"}"#,
+                "model_name: SD1.5-ControlNet (ControlNet) is not served",
+            ),
+            (
+                r#"{"model_name":"Flux","prompt":"p"}"#,
+                "model_name: unknown model",
+            ),
+            (
+                r#"{"prompt":"p","width":1001}"#,
+                "width: must be a multiple of 8",
+            ),
+            (r#"{"prompt":"p","image":"@@@"}"#, "image: not valid base64"),
+            (
+                r#"{"prompt":"p","strength":0.5}"#,
+                "strength: applies to image-to-image only",
+            ),
+            (
+                r#"{"prompt":"p","backend":"gpu"}"#,
+                "backend: must be one of auto, tvm, torch",
+            ),
+            (
+                r#"{"prompt":"p","prompt_2":"other"}"#,
+                "prompt_2: a different prompt",
+            ),
+            (
+                r#"{"prompt":"p","loras":{"Pixel_Art":0.7}}"#,
+                "loras: LoRAs are not supported",
+            ),
+            (
+                r#"{"prompt":"p","enable_refiner":true}"#,
+                "enable_refiner: the SDXL refiner",
+            ),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert!(e.message.starts_with(start), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn response_shape() {
+        let job = parse(r#"{"prompt":"p"}"#).unwrap();
+        let out = Hyperbolic
+            .render(&job, result(1), &mut Stash::new("http://e", 0))
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"images":[{"index":0,"image":"aGVsbG8=","random_seed":9}],"inference_time":1.5})
+        );
+    }
+}

@@ -1,0 +1,430 @@
+//! ModelsLab's enterprise API (../shared/seeds/modelslab-enterprise-img2img.txt).
+//!
+//! - `POST /api/v1/enterprise/img2img` and `/api/v1/enterprise/text2img`, JSON; the
+//!   key in the body (`key`). Numbers may come as strings ("512"), as their samples
+//!   send them.
+//! - Fields: model_id, prompt (required), negative_prompt, init_image (img2img,
+//!   required: a URL, or base64 with "base64":"yes"), width / height (512; multiples
+//!   of 8 from 64 to 1024), samples 1-4 (1), num_inference_steps 1-50 (30),
+//!   guidance_scale 1-20 (7.5), strength (0.7), scheduler (their list; the engine
+//!   refuses the ones that can't sample SD models, with the reason), use_karras_sigmas
+//!   (yes: Karras sigmas where the scheduler has them), algorithm_type (with
+//!   DPMSolverMultistepScheduler: dpmsolver++ or sde-dpmsolver++), seed (null:
+//!   random), track_id, base64, temp.
+//! - Every other field (lora_model, webhook, safety_checker, enhance_prompt, tomesd,
+//!   vae, clip_skip, ...) is accepted and listed in `meta.ignored`, never dropped
+//!   silently.
+//! - Success: `{"status":"success","generationTime":S,"id":N,"output":[...],"meta":{...}}`:
+//!   `output` holds links the edge serves itself (images kept 24 hours in Spin's
+//!   key-value store, like their temp links), or base64 PNGs with "base64":"yes".
+//! - Errors: `{"status":"error","message":"..."}` (plus the traceId).
+
+use base64::Engine;
+use contract::{GenerateRequest, GenerateResult};
+use serde_json::{Value, json};
+
+use super::{Dialect, Incoming, Outgoing, with_retry_after};
+use crate::api_error::ApiError;
+use crate::fields::Fields;
+use crate::input_image::{ImageLimits, decode_base64};
+use crate::job::{self, ImageSource, InitImageSource, Job};
+use crate::models;
+use crate::stash::Stash;
+
+const DEFAULT_SIDE: u32 = 512;
+const DEFAULT_STEPS: u32 = 30;
+const DEFAULT_GUIDANCE: f64 = 7.5;
+const DEFAULT_STRENGTH: f64 = 0.7;
+
+/// The fields this dialect reads; anything else present goes to `meta.ignored`.
+const KNOWN: [&str; 18] = [
+    "key",
+    "model_id",
+    "prompt",
+    "negative_prompt",
+    "init_image",
+    "width",
+    "height",
+    "samples",
+    "num_inference_steps",
+    "guidance_scale",
+    "strength",
+    "scheduler",
+    "use_karras_sigmas",
+    "algorithm_type",
+    "seed",
+    "track_id",
+    "base64",
+    "temp",
+];
+/// Fields only image-to-image reads.
+const IMG2IMG_ONLY: [&str; 2] = ["init_image", "strength"];
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Endpoint {
+    Img2Img,
+    Text2Img,
+}
+
+pub fn endpoint(path: &str) -> Option<Endpoint> {
+    match path {
+        "/api/v1/enterprise/img2img" => Some(Endpoint::Img2Img),
+        "/api/v1/enterprise/text2img" => Some(Endpoint::Text2Img),
+        _ => None,
+    }
+}
+
+pub struct ModelsLab;
+
+impl Dialect for ModelsLab {
+    fn name(&self) -> &'static str {
+        "modelslab"
+    }
+
+    fn key_location(&self) -> &'static str {
+        "the \"key\" field of the JSON body"
+    }
+
+    fn credential(&self, req: &Incoming) -> Option<String> {
+        Fields::parse(&req.body).ok()?.string("key").ok()?
+    }
+
+    fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
+        let img2img = endpoint(&req.path) == Some(Endpoint::Img2Img);
+        let f = Fields::parse(&req.body)?;
+        let model_id = models::check("model_id", f.string("model_id")?, models::SDXL_BASE)?;
+        let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
+        let negative_prompt = f
+            .string("negative_prompt")?
+            .filter(|p| !p.is_empty())
+            .map(|p| job::check_prompt("negative_prompt", p))
+            .transpose()?;
+        let side = |name: &'static str| -> Result<u32, ApiError> {
+            let v = f
+                .integer(name, 0..=i64::from(u32::MAX))?
+                .map_or(DEFAULT_SIDE, |n| n as u32);
+            job::check_side(name, v, 64, 1024, 8)
+        };
+        let (width, height) = (side("width")?, side("height")?);
+        let samples = f.integer("samples", 1..=4)?.map_or(1, |n| n as u32);
+        let steps = f
+            .integer("num_inference_steps", 1..=50)?
+            .map_or(DEFAULT_STEPS, |n| n as u32);
+        let guidance = f
+            .number("guidance_scale", 1.0..=20.0)?
+            .unwrap_or(DEFAULT_GUIDANCE);
+        let seed = job::seed_or_random(f.seed("seed")?);
+        let karras = f.yes_no("use_karras_sigmas")?;
+        let base64_io = f.yes_no("base64")?.unwrap_or(false);
+        f.yes_no("temp")?;
+        let track_id = f.get_raw("track_id");
+        let mut ignored: Vec<String> = f
+            .names()
+            .filter(|n| !KNOWN.contains(n) || (!img2img && IMG2IMG_ONLY.contains(n)))
+            .map(String::from)
+            .collect();
+        let scheduler = f
+            .string("scheduler")?
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let scheduler = match f
+            .string("algorithm_type")?
+            .map(|a| a.trim().to_ascii_lowercase())
+        {
+            Some(algo) if algo.is_empty() || algo == "none" => scheduler,
+            Some(algo) => match (scheduler.as_deref(), algo.as_str()) {
+                (Some("DPMSolverMultistepScheduler"), "dpmsolver++") => Some("DPM++ 2M".into()),
+                (Some("DPMSolverMultistepScheduler"), "sde-dpmsolver++") => {
+                    Some("DPM++ 2M SDE".into())
+                }
+                (Some("DPMSolverMultistepScheduler"), _) => {
+                    return Err(ApiError::field(
+                        "algorithm_type",
+                        format!("must be dpmsolver++ or sde-dpmsolver++ (got {algo:?})"),
+                    ));
+                }
+                _ => {
+                    // Only DPMSolverMultistepScheduler reads it, as at ModelsLab.
+                    ignored.push("algorithm_type".into());
+                    scheduler
+                }
+            },
+            None => scheduler,
+        };
+        let (init, init_shown) = if img2img {
+            let strength = f
+                .number("strength", 0.01..=1.0)?
+                .unwrap_or(DEFAULT_STRENGTH);
+            let text = f.required_string("init_image")?;
+            let (source, shown) = if base64_io {
+                let bytes = decode_base64(&text, ImageLimits::default(), "init_image")?;
+                (ImageSource::Bytes(bytes), Value::from("(base64)"))
+            } else if text.trim_start().starts_with("http://")
+                || text.trim_start().starts_with("https://")
+            {
+                (
+                    ImageSource::url("init_image", &text)?,
+                    Value::from(text.trim()),
+                )
+            } else {
+                return Err(ApiError::field(
+                    "init_image",
+                    "not an http(s) URL; to send the image itself as base64, also send \"base64\": \"yes\"",
+                ));
+            };
+            (
+                Some(InitImageSource {
+                    field: "init_image",
+                    source,
+                    strength: strength as f32,
+                }),
+                shown,
+            )
+        } else {
+            (None, Value::Null)
+        };
+        let mut job = Job::new(
+            GenerateRequest {
+                model: model_id.clone(),
+                prompt: prompt.clone(),
+                negative_prompt: negative_prompt.clone(),
+                width,
+                height,
+                steps,
+                guidance: guidance as f32,
+                seed,
+                samples,
+                scheduler: scheduler.clone(),
+                karras,
+                init_image: None,
+            },
+            init,
+        );
+        job.echo = json!({
+            "base64": base64_io,
+            "track_id": track_id,
+            "meta": {
+                "prompt": prompt,
+                "model_id": model_id,
+                "scheduler": scheduler.unwrap_or_else(|| "default".into()),
+                "negative_prompt": negative_prompt,
+                "W": width,
+                "H": height,
+                "guidance_scale": guidance,
+                "init_image": init_shown,
+                "steps": steps,
+                "n_samples": samples,
+                "strength": job.init.as_ref().map(|i| f64::from(i.strength)),
+                "use_karras_sigmas": if karras == Some(true) { "yes" } else { "no" },
+                "base64": if base64_io { "yes" } else { "no" },
+                "ignored": ignored,
+            },
+        });
+        Ok(job)
+    }
+
+    fn render(
+        &self,
+        job: &Job,
+        result: GenerateResult,
+        stash: &mut Stash,
+    ) -> Result<Outgoing, ApiError> {
+        let as_base64 = job.echo["base64"].as_bool().unwrap_or(false);
+        let seeds: Vec<u64> = result.images.iter().map(|i| i.seed).collect();
+        let mut output = Vec::with_capacity(result.images.len());
+        for image in result.images {
+            if as_base64 {
+                output.push(image.png);
+            } else {
+                let png = base64::engine::general_purpose::STANDARD
+                    .decode(&image.png)
+                    .map_err(|e| ApiError::internal(format!("the inference server's PNG: {e}")))?;
+                output.push(stash.put(png)?);
+            }
+        }
+        let mut id = [0u8; 4];
+        getrandom::fill(&mut id).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+        let mut meta = job.echo["meta"].clone();
+        meta["seed"] = seeds.first().copied().into();
+        meta["seeds"] = seeds.into();
+        let mut body = json!({
+            "status": "success",
+            "generationTime": f64::from(result.timings.total_ms) / 1000.0,
+            "id": u32::from_le_bytes(id),
+            "output": output,
+            "meta": meta,
+        });
+        if !job.echo["track_id"].is_null() {
+            body["track_id"] = job.echo["track_id"].clone();
+        }
+        Ok(Outgoing::json(200, &body))
+    }
+
+    fn render_error(&self, err: &ApiError, trace_id: &str) -> Outgoing {
+        let body = json!({"status": "error", "message": err.message, "traceId": trace_id});
+        with_retry_after(Outgoing::json(err.status, &body), err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialects::test_support::{incoming, result};
+
+    const SEED_BODY: &str = r#"{
+        "key": "enterprise_api_key", "model_id": "model_id",
+        "prompt": "papercraft, quilling, layers, landscape", "negative_prompt": null,
+        "init_image": "https://pub-8b49af329fae499aa563997f5d4068a4.r2.dev/generations/d8cd0add-8cd7-40a4-802b-7b80be45a14c-0.png",
+        "width": "512", "height": "512", "samples": "1", "num_inference_steps": "20",
+        "safety_checker": "yes", "enhance_prompt": "yes", "guidance_scale": 7.5, "strength": 0.7,
+        "scheduler": "DDPMScheduler", "lora_model": null, "tomesd": "yes", "use_karras_sigmas": "yes",
+        "vae": null, "lora_strength": null, "embeddings_model": null, "seed": null, "webhook": null,
+        "track_id": null
+    }"#;
+
+    fn parse(path: &str, body: &str) -> Result<Job, ApiError> {
+        ModelsLab.parse(&incoming(path, &[], body.as_bytes()))
+    }
+
+    #[test]
+    fn the_seed_request() {
+        let job = parse("/api/v1/enterprise/img2img", SEED_BODY).unwrap();
+        assert_eq!(
+            ModelsLab
+                .credential(&incoming("/", &[], SEED_BODY.as_bytes()))
+                .as_deref(),
+            Some("enterprise_api_key")
+        );
+        let r = &job.request;
+        assert_eq!(
+            (
+                r.model.as_str(),
+                r.width,
+                r.height,
+                r.samples,
+                r.steps,
+                r.guidance
+            ),
+            ("model_id", 512, 512, 1, 20, 7.5)
+        );
+        assert_eq!(
+            (r.scheduler.as_deref(), r.karras, r.seed),
+            (Some("DDPMScheduler"), Some(true), None)
+        );
+        assert_eq!(job.init.as_ref().unwrap().strength, 0.7);
+        assert_eq!(
+            job.echo["meta"]["ignored"],
+            json!(["enhance_prompt", "safety_checker", "tomesd"])
+        );
+    }
+
+    #[test]
+    fn text2img_base64_and_algorithm_type() {
+        let job = parse("/api/v1/enterprise/text2img", r#"{"prompt":"p","samples":3,"strength":0.5,"scheduler":"DPMSolverMultistepScheduler","algorithm_type":"sde-dpmsolver++","base64":"yes","track_id":12}"#).unwrap();
+        assert!(job.init.is_none());
+        assert_eq!(job.request.samples, 3);
+        assert_eq!(job.request.scheduler.as_deref(), Some("DPM++ 2M SDE"));
+        assert_eq!(job.echo["meta"]["ignored"], json!(["strength"]));
+        let out = ModelsLab
+            .render(&job, result(3), &mut Stash::new("http://e", 0))
+            .unwrap();
+        let body: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(body["output"], json!(["aGVsbG8=", "aGVsbG8=", "aGVsbG8="]));
+        assert_eq!(
+            (
+                body["status"].as_str(),
+                body["track_id"].as_i64(),
+                body["generationTime"].as_f64()
+            ),
+            (Some("success"), Some(12), Some(1.5))
+        );
+        assert_eq!(body["meta"]["seeds"], json!([9, 10, 11]));
+
+        let job = parse(
+            "/api/v1/enterprise/img2img",
+            r#"{"prompt":"p","init_image":"data:image/png;base64,aGVsbG8=","base64":"yes"}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(&job.init.as_ref().unwrap().source, ImageSource::Bytes(b) if b == b"hello")
+        );
+    }
+
+    #[test]
+    fn links_point_at_the_stash() {
+        let job = parse(
+            "/api/v1/enterprise/text2img",
+            r#"{"prompt":"p","samples":"2"}"#,
+        )
+        .unwrap();
+        let mut stash = Stash::new("https://edge.example", 100);
+        let out = ModelsLab.render(&job, result(2), &mut stash).unwrap();
+        let body: Value = serde_json::from_slice(&out.body).unwrap();
+        let links = body["output"].as_array().unwrap();
+        assert_eq!(links.len(), 2);
+        assert!(
+            links[0]
+                .as_str()
+                .unwrap()
+                .starts_with("https://edge.example/generations/86500-")
+        );
+        assert_eq!(stash.pending.len(), 2);
+        assert_eq!(stash.pending[0].1, b"hello");
+    }
+
+    #[test]
+    fn bad_fields_are_named_in_their_error_format() {
+        for (path, body, start) in [
+            (
+                "/api/v1/enterprise/img2img",
+                r#"{"prompt":"p"}"#,
+                "init_image: required",
+            ),
+            (
+                "/api/v1/enterprise/img2img",
+                r#"{"prompt":"p","init_image":"aGVsbG8="}"#,
+                "init_image: not an http(s) URL",
+            ),
+            (
+                "/api/v1/enterprise/text2img",
+                r#"{"prompt":"p","width":"2048"}"#,
+                "width: must be a multiple of 8 from 64 to 1024",
+            ),
+            (
+                "/api/v1/enterprise/text2img",
+                r#"{"prompt":"p","samples":5}"#,
+                "samples: must be an integer from 1 to 4",
+            ),
+            (
+                "/api/v1/enterprise/text2img",
+                r#"{"prompt":"p","num_inference_steps":"51"}"#,
+                "num_inference_steps: must be an integer from 1 to 50",
+            ),
+            (
+                "/api/v1/enterprise/text2img",
+                r#"{"prompt":"p","guidance_scale":0.5}"#,
+                "guidance_scale: must be a number from 1 to 20",
+            ),
+            (
+                "/api/v1/enterprise/text2img",
+                r#"{"prompt":"p","use_karras_sigmas":"maybe"}"#,
+                "use_karras_sigmas: must be \"yes\" or \"no\"",
+            ),
+            (
+                "/api/v1/enterprise/text2img",
+                r#"{"prompt":"p","scheduler":"DPMSolverMultistepScheduler","algorithm_type":"x"}"#,
+                "algorithm_type: must be",
+            ),
+        ] {
+            let e = parse(path, body).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert!(e.message.starts_with(start), "{body}: {}", e.message);
+        }
+        let out = ModelsLab.render_error(&ApiError::field("prompt", "required"), "t");
+        let body: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"status":"error","message":"prompt: required","traceId":"t"})
+        );
+    }
+}

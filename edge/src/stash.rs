@@ -1,0 +1,111 @@
+//! Generated images kept for a day in Spin's key-value store and served by the edge
+//! itself: ModelsLab answers with links (`output`), valid 24 hours like their temp
+//! links. The expiry is part of the key and the link, so expired images are found
+//! from the key list alone, without reading the values.
+
+use crate::api_error::ApiError;
+
+/// The key-value store the component declares in spin.toml (`key_value_stores`).
+pub const STORE: &str = "default";
+/// Where stored images are served (spin.toml routes `/generations/...` to the edge).
+pub const ROUTE_PREFIX: &str = "/generations/";
+/// How long a link works.
+pub const TTL_SECS: u64 = 24 * 60 * 60;
+const KEY_PREFIX: &str = "img/";
+
+/// Images to store before the response goes out, and their links.
+#[derive(Debug)]
+pub struct Stash {
+    origin: String,
+    now: u64,
+    /// (key, PNG bytes) for the component to write.
+    pub pending: Vec<(String, Vec<u8>)>,
+}
+
+impl Stash {
+    /// `origin`: how clients reach this edge ("https://img.example.com"); `now`: Unix seconds.
+    pub fn new(origin: &str, now: u64) -> Stash {
+        Stash {
+            origin: origin.trim_end_matches('/').to_string(),
+            now,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Keeps `png` and returns the link that serves it until it expires.
+    pub fn put(&mut self, png: Vec<u8>) -> Result<String, ApiError> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id)
+            .map_err(|e| ApiError::internal(format!("no randomness for an image id: {e}")))?;
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let name = format!("{}-{id}.png", self.now + TTL_SECS);
+        self.pending.push((format!("{KEY_PREFIX}{name}"), png));
+        Ok(format!("{}{ROUTE_PREFIX}{name}", self.origin))
+    }
+}
+
+/// The store key a `/generations/...` path names, if it is well-formed and not expired.
+pub fn key_for_path(path: &str, now: u64) -> Result<String, ApiError> {
+    let name = path.strip_prefix(ROUTE_PREFIX).unwrap_or_default();
+    let not_found = || ApiError::new(404, format!("no stored image at {path}"));
+    let expiry = parse_name(name).ok_or_else(not_found)?;
+    if expiry <= now {
+        return Err(ApiError::new(
+            404,
+            format!("{path}: this link expired (links are valid for 24 hours)"),
+        ));
+    }
+    Ok(format!("{KEY_PREFIX}{name}"))
+}
+
+/// The keys among `keys` whose images have expired.
+pub fn expired(keys: &[String], now: u64) -> impl Iterator<Item = &String> {
+    keys.iter().filter(move |k| {
+        k.strip_prefix(KEY_PREFIX)
+            .and_then(parse_name)
+            .is_some_and(|expiry| expiry <= now)
+    })
+}
+
+/// `<expiry>-<32 hex>.png` → expiry.
+fn parse_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".png")?;
+    let (expiry, id) = stem.split_once('-')?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| expiry.parse().ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_map_back_to_keys_until_they_expire() {
+        let mut s = Stash::new("http://edge.example:3000/", 1000);
+        let url = s.put(vec![1, 2]).unwrap();
+        let path = url.strip_prefix("http://edge.example:3000").unwrap();
+        assert!(path.starts_with("/generations/87400-"), "{path}");
+        let key = key_for_path(path, 1000).unwrap();
+        assert_eq!(s.pending[0].0, key);
+        assert_eq!(key_for_path(path, 87_400).unwrap_err().status, 404);
+        let keys = vec![
+            key.clone(),
+            "img/5-0123456789abcdef0123456789abcdef.png".into(),
+            "other".into(),
+        ];
+        assert_eq!(expired(&keys, 1000).collect::<Vec<_>>(), vec![&keys[1]]);
+    }
+
+    #[test]
+    fn malformed_paths_are_404() {
+        for p in [
+            "/generations/x.png",
+            "/generations/1-zz.png",
+            "/generations/../img/1-a.png",
+            "/other",
+        ] {
+            assert_eq!(key_for_path(p, 0).unwrap_err().status, 404, "{p}");
+        }
+    }
+}

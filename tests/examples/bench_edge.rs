@@ -1,0 +1,581 @@
+//! Timings for `scripts/bench-edge`: what the edge itself costs for one img2img
+//! request, without inference. Prints one JSON line per measurement, then a summary.
+//!
+//!   bench_edge [--runs N]      (default 20, after 2 warm-ups)
+//!
+//! In one run, on loopback:
+//! - an image server (the harness's) serves photo-like PNGs;
+//! - an "instant backend" speaks the inference contract (POST /v1/generate) and
+//!   answers every valid request at once with one precomputed 1024x1024 PNG;
+//! - the real edge-host runs the real spin.toml and edge.wasm against both.
+//!
+//! "via edge" is one Appypie img2img request from the client's side: the edge
+//! parses and validates it, checks the key, fetches the image from loopback,
+//! decodes it, fits it to 1024x1024, encodes it as PNG, base64s it into the
+//! contract's JSON, calls the backend, reads its answer and renders Appypie's.
+//! "direct" is the same client doing the transport alone: fetching the same image
+//! from the image server, then POSTing the very JSON the edge sent to the backend
+//! and reading the answer. The difference is the edge's work plus its runtime.
+
+use std::collections::HashMap;
+use std::io::{Cursor, Read};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use e2e::images::{ImageServer, Route};
+use e2e::{EdgeConfig, Process, start_edge};
+use image::{ImageFormat, Rgb, RgbImage};
+
+const KEY: &str = "bench";
+const IMG2IMG: &str = "/img2img/getImage/v1/getSDXLImage";
+const WARMUPS: usize = 2;
+/// The size every request asks for (Appypie's default) and the backend answers.
+const OUT: u32 = 1024;
+/// base64 of the 8-byte PNG signature: what an init image must start with.
+const PNG_B64_MAGIC: &str = "iVBORw0KGgo";
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} needs a value")),
+        None => default,
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A photo-like picture: smooth light (gradients, soft waves, a vignette) under
+/// sensor-like noise, so that its PNG is about as large as a photo's. A flat test
+/// card would compress to almost nothing and make fetching and decoding look free.
+fn photo(width: u32, height: u32, seed: u64) -> RgbImage {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut noise = move || {
+        // xorshift64*: deterministic, no dependency.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((r >> 59) as i32) - 16 // -16..=15
+    };
+    RgbImage::from_fn(width, height, |x, y| {
+        let (u, v) = (x as f32 / width as f32, y as f32 / height as f32);
+        let wave = (u * 9.0 + v * 4.0).sin() * 28.0 + (v * 13.0 - u * 3.0).cos() * 18.0;
+        let (du, dv) = (u - 0.5, v - 0.45);
+        let vignette = 1.0 - 0.9 * (du * du + dv * dv);
+        let base = [
+            40.0 + 150.0 * u + wave,
+            70.0 + 110.0 * (1.0 - v) + 0.6 * wave,
+            150.0 - 90.0 * u * v - 0.4 * wave,
+        ];
+        Rgb(base.map(|c| (c * vignette + noise() as f32 * 0.5).clamp(0.0, 255.0) as u8))
+    })
+}
+
+fn png(img: &RgbImage) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, ImageFormat::Png)
+        .expect("encoding a PNG in memory");
+    out.into_inner()
+}
+
+/// Bytes shared by every response of a server without copying them each time.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    valid: usize,
+    invalid: Vec<String>,
+    /// The body of the last valid request (moved in, not copied).
+    last: Option<Vec<u8>>,
+}
+
+/// The "instant backend": a benchmark fixture, not a test mock. It speaks the
+/// inference contract (wit/HTTP.md: POST /v1/generate) so that the edge does all
+/// of its real work, checks that each request is a valid img2img generate-request
+/// (anything else gets the contract's InvalidRequest, and the bench stops), and
+/// answers with a precomputed generate-result, so inference costs about nothing
+/// and what is timed is the edge. The same checks run for the direct requests, so
+/// they cost the same on both sides.
+struct InstantBackend {
+    origin: String,
+    seen: Arc<Mutex<Seen>>,
+    server: Arc<tiny_http::Server>,
+}
+
+impl InstantBackend {
+    fn start(result_png: &[u8]) -> InstantBackend {
+        let result = contract::GenerateResult {
+            model: "bench-instant".into(),
+            images: vec![contract::GeneratedImage {
+                png: base64::engine::general_purpose::STANDARD.encode(result_png),
+                seed: 42,
+                width: OUT,
+                height: OUT,
+            }],
+            timings: contract::Timings {
+                queued_ms: 0,
+                prepare_ms: 0,
+                denoise_ms: 0,
+                decode_ms: 0,
+                total_ms: 0,
+            },
+        };
+        let result = Arc::new(serde_json::to_vec(&result).expect("serialising the result"));
+        let server =
+            Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding the instant backend"));
+        let origin = format!(
+            "http://{}",
+            server.server_addr().to_ip().expect("an IP address")
+        );
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        for _ in 0..4 {
+            let (server, seen, result) = (server.clone(), seen.clone(), result.clone());
+            thread::spawn(move || {
+                for mut req in server.incoming_requests() {
+                    let json = tiny_http::Header::from_bytes("Content-Type", "application/json")
+                        .expect("a valid header");
+                    if req.url() != contract::GENERATE_PATH
+                        || *req.method() != tiny_http::Method::Post
+                    {
+                        let _ = req.respond(tiny_http::Response::empty(404));
+                        continue;
+                    }
+                    let mut headers = vec![json];
+                    if let Some(h) = req
+                        .headers()
+                        .iter()
+                        .find(|h| h.field.equiv(contract::TRACE_HEADER))
+                    {
+                        headers.push(h.clone());
+                    }
+                    let mut body = Vec::new();
+                    let checked = req
+                        .as_reader()
+                        .read_to_end(&mut body)
+                        .map_err(|e| format!("reading the body: {e}"))
+                        .and_then(|_| check_request(&body));
+                    let _ = match checked {
+                        Ok(()) => {
+                            {
+                                let mut seen = seen.lock().unwrap();
+                                seen.valid += 1;
+                                seen.last = Some(body);
+                            }
+                            req.respond(tiny_http::Response::new(
+                                200.into(),
+                                headers,
+                                Cursor::new(Shared(result.clone())),
+                                Some(result.len()),
+                                None,
+                            ))
+                        }
+                        Err(message) => {
+                            seen.lock().unwrap().invalid.push(message.clone());
+                            let error = contract::Error::InvalidRequest(message);
+                            let body = serde_json::to_vec(&error).expect("serialising an error");
+                            req.respond(
+                                tiny_http::Response::from_data(body)
+                                    .with_status_code(400)
+                                    .with_header(headers.remove(0)),
+                            )
+                        }
+                    };
+                }
+            });
+        }
+        InstantBackend {
+            origin,
+            seen,
+            server,
+        }
+    }
+
+    fn valid(&self) -> usize {
+        self.seen.lock().unwrap().valid
+    }
+
+    fn last_request(&self) -> Vec<u8> {
+        let seen = self.seen.lock().unwrap();
+        assert!(
+            seen.invalid.is_empty(),
+            "the edge sent invalid requests: {:?}",
+            seen.invalid
+        );
+        seen.last.clone().expect("the backend got a request")
+    }
+}
+
+impl Drop for InstantBackend {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}
+
+/// What every request must be for the bench to count: a generate-request (parsed
+/// with the contract's own type) for one 1024x1024 image to image, with a PNG.
+fn check_request(body: &[u8]) -> Result<(), String> {
+    let req: contract::GenerateRequest =
+        serde_json::from_slice(body).map_err(|e| format!("not a generate-request: {e}"))?;
+    let init = req.init_image.as_ref().ok_or("init_image is missing")?;
+    if (req.width, req.height, req.samples) != (OUT, OUT, 1) {
+        return Err(format!(
+            "asked for {} image(s) of {}x{}, not one of {OUT}x{OUT}",
+            req.samples, req.width, req.height
+        ));
+    }
+    if req.prompt.is_empty() || req.steps == 0 || !(init.strength > 0.0 && init.strength <= 1.0) {
+        return Err(format!(
+            "prompt {:?}, steps {}, strength {}",
+            req.prompt, req.steps, init.strength
+        ));
+    }
+    if !init.image.starts_with(PNG_B64_MAGIC) || init.image.len() < 4096 {
+        return Err(format!(
+            "init_image.image is not a PNG in base64 ({} chars)",
+            init.image.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The init image inside a captured request, decoded (outside the timed part).
+fn init_image_of(body: &[u8]) -> RgbImage {
+    let req: contract::GenerateRequest = serde_json::from_slice(body).expect("checked before");
+    let b64 = req.init_image.expect("checked before").image;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("init_image.image is base64");
+    image::load_from_memory_with_format(&bytes, ImageFormat::Png)
+        .expect("init_image.image is a PNG")
+        .to_rgb8()
+}
+
+struct Reply {
+    status: u16,
+    trace_id: Option<String>,
+    body: Vec<u8>,
+}
+
+fn read(resp: Result<ureq::Response, ureq::Error>, what: &str) -> Reply {
+    let resp = match resp {
+        Ok(resp) | Err(ureq::Error::Status(_, resp)) => resp,
+        Err(e) => panic!("{what}: {e}"),
+    };
+    let status = resp.status();
+    let trace_id = resp.header("x-trace-id").map(str::to_string);
+    let mut body = Vec::new();
+    resp.into_reader()
+        .read_to_end(&mut body)
+        .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"));
+    Reply {
+        status,
+        trace_id,
+        body,
+    }
+}
+
+struct Bench<'a> {
+    agent: ureq::Agent,
+    edge: &'a Process,
+    edge_url: String,
+    images: &'a ImageServer,
+    backend: &'a InstantBackend,
+    /// What the backend answers with, as the client must get it back.
+    result_b64: String,
+    runs: usize,
+}
+
+struct Timed {
+    edge_s: Vec<f64>,
+    direct_s: Vec<f64>,
+    /// The edge's own time for each timed request (its log line's `ms`).
+    component_s: Vec<f64>,
+    input_bytes: usize,
+    request_bytes: usize,
+    response_bytes: usize,
+}
+
+impl Bench<'_> {
+    /// One Appypie img2img request through the edge: (seconds, reply).
+    fn via_edge(&self, body: &str) -> (f64, Reply) {
+        let t = Instant::now();
+        let reply = read(
+            self.agent
+                .post(&self.edge_url)
+                .set("Content-Type", "application/json")
+                .set("Ocp-Apim-Subscription-Key", KEY)
+                .send_string(body),
+            "POST to the edge",
+        );
+        let secs = t.elapsed().as_secs_f64();
+        (secs, reply)
+    }
+
+    /// The transport alone: the image from the image server, then the edge's own
+    /// request JSON straight to the backend. (seconds, image reply, backend reply).
+    fn direct(&self, image_url: &str, request: &[u8]) -> (f64, Reply, Reply) {
+        let t = Instant::now();
+        let image = read(self.agent.get(image_url).call(), "GET of the image");
+        let generated = read(
+            self.agent
+                .post(&format!(
+                    "{}{}",
+                    self.backend.origin,
+                    contract::GENERATE_PATH
+                ))
+                .set("Content-Type", "application/json")
+                .send_bytes(request),
+            "POST to the backend",
+        );
+        let secs = t.elapsed().as_secs_f64();
+        (secs, image, generated)
+    }
+
+    fn check_edge_reply(&self, reply: &Reply) {
+        assert_eq!(
+            reply.status,
+            200,
+            "the edge answered {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&reply.body).expect("the edge answers JSON");
+        assert_eq!(
+            body["image_data"].as_str(),
+            Some(self.result_b64.as_str()),
+            "the edge's answer does not carry the backend's image"
+        );
+    }
+
+    /// The edge's log line for a request: `{"traceId": ..., "ms": N, ...}`.
+    fn component_secs(&self, trace_id: &str) -> Option<f64> {
+        let needle = format!("\"traceId\":\"{trace_id}\"");
+        let line = self
+            .edge
+            .output()
+            .into_iter()
+            .find(|l| l.contains(&needle))?;
+        let json: serde_json::Value = serde_json::from_str(&line[line.find('{')?..]).ok()?;
+        Some(json["ms"].as_f64()? / 1000.0)
+    }
+
+    fn scenario(&mut self, path: &str, source: &RgbImage, source_png: &[u8]) -> Timed {
+        let image_url = self.images.url(path);
+        let body = serde_json::json!({
+            "prompt": "a lighthouse at dusk, oil painting",
+            "inputImage": image_url,
+            "size": format!("{OUT}x{OUT}"),
+        })
+        .to_string();
+
+        let hits_before = self.images.hits().len();
+        let valid_before = self.backend.valid();
+        for _ in 0..WARMUPS {
+            let (_, reply) = self.via_edge(&body);
+            self.check_edge_reply(&reply);
+        }
+        // The JSON the edge sent, checked in full here (the backend's per-request
+        // check is cheaper): it carries the image fitted to 1024x1024, and for a
+        // 1024x1024 source exactly its pixels.
+        let request = self.backend.last_request();
+        let init = init_image_of(&request);
+        assert_eq!(init.dimensions(), (OUT, OUT), "the init image's size");
+        if source.dimensions() == (OUT, OUT) {
+            assert!(init == *source, "the init image is not the source's pixels");
+        }
+        for _ in 0..WARMUPS {
+            self.direct(&image_url, &request);
+        }
+
+        let (mut edge_s, mut direct_s, mut trace_ids) = (Vec::new(), Vec::new(), Vec::new());
+        let mut response_bytes = 0;
+        for _ in 0..self.runs {
+            let (secs, image, generated) = self.direct(&image_url, &request);
+            assert_eq!(
+                (image.status, image.body.len()),
+                (200, source_png.len()),
+                "the direct image fetch"
+            );
+            assert_eq!(
+                generated.status,
+                200,
+                "the backend refused the edge's own request: {}",
+                String::from_utf8_lossy(&generated.body)
+            );
+            direct_s.push(secs);
+
+            let (secs, reply) = self.via_edge(&body);
+            self.check_edge_reply(&reply);
+            response_bytes = reply.body.len();
+            trace_ids.push(reply.trace_id.expect("the edge sends x-trace-id"));
+            edge_s.push(secs);
+        }
+
+        // Nothing was answered from a cache: every edge request fetched the image
+        // and made a valid backend call, as did every direct one.
+        let requests = 2 * (WARMUPS + self.runs);
+        assert_eq!(self.images.hits().len() - hits_before, requests);
+        assert_eq!(self.backend.valid() - valid_before, requests);
+        self.backend.last_request(); // no invalid ones either
+
+        // The component's log lines come on stderr, maybe a moment after the reply.
+        thread::sleep(Duration::from_millis(200));
+        let component_s = trace_ids
+            .iter()
+            .filter_map(|id| self.component_secs(id))
+            .collect();
+        Timed {
+            edge_s,
+            direct_s,
+            component_s,
+            input_bytes: source_png.len(),
+            request_bytes: request.len(),
+            response_bytes,
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runs: usize = arg(&args, "--runs", 20);
+    assert!(runs > 0, "--runs must be at least 1");
+    let load_before = loadavg();
+
+    // (what, route, source width, source height)
+    let cases = [
+        (
+            "img2img_1024_from_1024x1024_png",
+            "/photo-1024.png",
+            1024,
+            1024,
+        ),
+        (
+            "img2img_1024_from_1600x1200_png",
+            "/photo-1600.png",
+            1600,
+            1200,
+        ),
+    ];
+    let sources: Vec<(RgbImage, Vec<u8>)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, _, w, h))| {
+            let img = photo(w, h, i as u64 + 1);
+            let bytes = png(&img);
+            (img, bytes)
+        })
+        .collect();
+    let routes: HashMap<String, Route> = cases
+        .iter()
+        .zip(&sources)
+        .map(|(&(_, path, _, _), (_, bytes))| {
+            let route = Route::Ok {
+                content_type: "image/png",
+                body: bytes.clone(),
+            };
+            (path.to_string(), route)
+        })
+        .collect();
+    let images = ImageServer::start(routes);
+
+    let result_png = png(&photo(OUT, OUT, 99));
+    let backend = InstantBackend::start(&result_png);
+    let (edge, edge_origin) = start_edge(&EdgeConfig {
+        inference_url: &backend.origin,
+        api_keys: KEY,
+        image_hosts: &images.origin,
+        variables: vec![],
+        runtime_allows_image_hosts: true,
+    });
+
+    let mut bench = Bench {
+        agent: ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(120))
+            .build(),
+        edge: &edge,
+        edge_url: format!("{edge_origin}{IMG2IMG}"),
+        images: &images,
+        backend: &backend,
+        result_b64: base64::engine::general_purpose::STANDARD.encode(&result_png),
+        runs,
+    };
+
+    let mut summary = Vec::new();
+    for (&(what, path, w, h), (img, bytes)) in cases.iter().zip(&sources) {
+        let t = bench.scenario(path, img, bytes);
+        let (e, d) = (median(t.edge_s.clone()), median(t.direct_s.clone()));
+        let c = (!t.component_s.is_empty()).then(|| median(t.component_s.clone()));
+        let sizes = format!(
+            r#""input_png_bytes":{},"backend_request_bytes":{},"response_bytes":{}"#,
+            t.input_bytes, t.request_bytes, t.response_bytes
+        );
+        println!(
+            r#"{{"bench":"edge","what":"{what}","path":"direct","median_s":{d:.4},"runs_s":{:?},{sizes}}}"#,
+            t.direct_s
+        );
+        println!(
+            r#"{{"bench":"edge","what":"{what}","path":"via_edge","median_s":{e:.4},"runs_s":{:?},{sizes}}}"#,
+            t.edge_s
+        );
+        if let Some(c) = c {
+            println!(
+                r#"{{"bench":"edge","what":"{what}","path":"edge_component_log","median_s":{c:.4},"runs_s":{:?}}}"#,
+                t.component_s
+            );
+        }
+        let fit = if (w, h) == (OUT, OUT) {
+            "fit: a copy"
+        } else {
+            "fit: crop + Lanczos3"
+        };
+        let label = format!(
+            "{w}x{h} PNG ({:.1} MB) -> {OUT}x{OUT}, {fit}",
+            t.input_bytes as f64 / 1e6
+        );
+        let own = c.map_or(String::new(), |c| {
+            format!("; in the component {:.0} ms", c * 1000.0)
+        });
+        summary.push(format!(
+            "{label:54} direct {:6.1} ms   via edge {:6.1} ms   ratio {:5.2}   (+{:.0} ms{own}; median of {runs})",
+            d * 1000.0,
+            e * 1000.0,
+            e / d,
+            (e - d) * 1000.0,
+        ));
+    }
+    drop(bench);
+
+    println!();
+    println!(
+        "Appypie img2img to {OUT}x{OUT}, inference answered instantly; load average {load_before} before, {} after",
+        loadavg()
+    );
+    for line in summary {
+        println!("{line}");
+    }
+}

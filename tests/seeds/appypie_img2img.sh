@@ -1,0 +1,1 @@
+curl -v -X POST "https://gateway.appypie.com/img2img/getImage/v1/getSDXLImage" -H "Content-Type: application/json" -H "Cache-Control: no-cache" --data-raw "{ \"prompt\": \"Change to a cat\", \"inputImage\": \"https://pub-1fb693cb11cc46b2b2f656f51e015a2c.r2.dev/dog.png\" }"
