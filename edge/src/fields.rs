@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::api_error::ApiError;
 
 /// The top-level object of a JSON body.
+#[derive(Debug, Clone)]
 pub struct Fields {
     obj: Map<String, Value>,
 }

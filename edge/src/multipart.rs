@@ -30,10 +30,11 @@ pub struct Form {
 }
 
 impl Form {
-    /// The file sent as `name`; a text part of that name counts as a file too (curl's
-    /// `-F image=<file` sends one), but an empty one does not.
-    pub fn file(&self, name: &str) -> Option<&FilePart> {
-        self.files.iter().find(|f| f.field == name)
+    /// Takes the file sent as `name` out of the form (uploads can be megabytes: the
+    /// caller owns them rather than copying).
+    pub fn take_file(&mut self, name: &str) -> Option<FilePart> {
+        let at = self.files.iter().position(|f| f.field == name)?;
+        Some(self.files.swap_remove(at))
     }
 }
 
@@ -141,13 +142,13 @@ mod tests {
             ("model", None, b"m"),
             ("image", Some("test.png"), &[1, 2, 3]),
         ]);
-        let f = parse(Some(&ct), body).unwrap();
+        let mut f = parse(Some(&ct), body).unwrap();
         assert_eq!(
             f.fields.string("prompt").unwrap().as_deref(),
             Some("add an apple")
         );
         assert_eq!(f.fields.integer("steps", 10..=50).unwrap(), Some(30));
-        let img = f.file("image").unwrap();
+        let img = f.take_file("image").unwrap();
         assert_eq!(
             (img.file_name.as_deref(), img.bytes.as_slice()),
             (Some("test.png"), &[1u8, 2, 3][..])

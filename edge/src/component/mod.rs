@@ -75,12 +75,12 @@ async fn serve(dialect: &dyn Dialect, req: Request, trace_id: &str) -> Result<Ou
     let body = outbound::read_body(body, MAX_REQUEST_BYTES, None)
         .await
         .map_err(|e| e.into_api_error("request body", Provenance::ClientBytes))?;
-    let incoming = Incoming {
-        method: parts.method,
-        path: parts.uri.path().to_string(),
-        headers: parts.headers,
+    let incoming = Incoming::new(
+        parts.method,
+        parts.uri.path().to_string(),
+        parts.headers,
         body,
-    };
+    );
 
     settings.api_keys.check(
         dialect.credential(&incoming).as_deref(),

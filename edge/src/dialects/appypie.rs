@@ -50,7 +50,7 @@ impl Dialect for Appypie {
     }
 
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
-        let f = Fields::parse(&req.body)?;
+        let f = req.json()?;
         let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
         let negative_prompt = f
             .string("negative_prompt")?
@@ -69,7 +69,7 @@ impl Dialect for Appypie {
                 ),
             ));
         }
-        let (width, height) = size(&f)?;
+        let (width, height) = size(f)?;
         let steps = f
             .integer("num_inference_steps", 1..=MAX_STEPS)?
             .map_or(DEFAULT_STEPS, |n| n as u32);

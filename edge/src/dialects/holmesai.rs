@@ -142,7 +142,7 @@ fn common(f: &Fields, (width, height): (u32, u32)) -> Result<GenerateRequest, Ap
 }
 
 fn parse_generate(req: &Incoming) -> Result<Job, ApiError> {
-    let f = Fields::parse(&req.body)?;
+    let f = req.json()?;
     let side = |name: &'static str| -> Result<u32, ApiError> {
         let v = f
             .integer(name, 0..=i64::from(u32::MAX))?
@@ -150,17 +150,17 @@ fn parse_generate(req: &Incoming) -> Result<Job, ApiError> {
         job::check_side(name, v, 128, MAX_SIDE, 64)
     };
     let size = (side("width")?, side("height")?);
-    Ok(Job::new(common(&f, size)?, None))
+    Ok(Job::new(common(f, size)?, None))
 }
 
 fn parse_control(req: &Incoming) -> Result<Job, ApiError> {
-    let form = multipart::parse(req.header("content-type"), req.body.clone())?;
-    let f = &form.fields;
-    let control = f
+    let mut form = multipart::parse(req.header("content-type"), req.body.clone())?;
+    let control = form
+        .fields
         .number("control_strength", 0.0..=1.0)?
         .unwrap_or(DEFAULT_CONTROL_STRENGTH);
     let image = form
-        .file("image")
+        .take_file("image")
         .filter(|p| !p.bytes.is_empty())
         .ok_or_else(|| {
             ApiError::field(
@@ -169,10 +169,10 @@ fn parse_control(req: &Incoming) -> Result<Job, ApiError> {
             )
         })?;
     let mut job = Job::new(
-        common(f, (0, 0))?,
+        common(&form.fields, (0, 0))?,
         Some(InitImageSource {
             field: "image",
-            source: ImageSource::Bytes(image.bytes.clone()),
+            source: ImageSource::Bytes(image.bytes),
             strength: (1.0 - control).max(MIN_STRENGTH) as f32,
         }),
     );

@@ -55,8 +55,8 @@ impl Dialect for Hyperbolic {
     }
 
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
-        let f = Fields::parse(&req.body)?;
-        refuse_unsupported(&f)?;
+        let f = req.json()?;
+        refuse_unsupported(f)?;
         let model = match f.string("model_name")? {
             Some(name) => models::check_hyperbolic("model_name", &name)?,
             None => models::HYPERBOLIC[0].to_string(),

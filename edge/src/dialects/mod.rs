@@ -2,9 +2,12 @@
 //! the result back. Everything else (auth, images, the backend call, error
 //! statuses) is shared and lives outside this folder.
 
+use std::sync::OnceLock;
+
 use serde::Serialize;
 
 use crate::api_error::ApiError;
+use crate::fields::Fields;
 use crate::job::Job;
 use crate::stash::Stash;
 use contract::GenerateResult;
@@ -22,11 +25,38 @@ pub struct Incoming {
     pub path: String,
     pub headers: http::HeaderMap,
     pub body: Vec<u8>,
+    /// The body parsed as a JSON object, once: a dialect that reads its key from the
+    /// body (ModelsLab) and then its fields would otherwise parse a body of up to
+    /// 16 MiB twice.
+    json: OnceLock<Result<Fields, ApiError>>,
 }
 
 impl Incoming {
+    pub fn new(
+        method: http::Method,
+        path: String,
+        headers: http::HeaderMap,
+        body: Vec<u8>,
+    ) -> Self {
+        Incoming {
+            method,
+            path,
+            headers,
+            body,
+            json: OnceLock::new(),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as a JSON object's fields (parsed on first use).
+    pub fn json(&self) -> Result<&Fields, ApiError> {
+        self.json
+            .get_or_init(|| Fields::parse(&self.body))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 }
 
@@ -158,12 +188,7 @@ pub mod test_support {
                 v.parse().unwrap(),
             );
         }
-        Incoming {
-            method: http::Method::POST,
-            path: path.into(),
-            headers: map,
-            body: body.to_vec(),
-        }
+        Incoming::new(http::Method::POST, path.into(), map, body.to_vec())
     }
 
     /// `n` images whose PNG is "hello" (base64 aGVsbG8=), seeds 9, 10, ...; 1.5 s in all.

@@ -25,7 +25,6 @@ use serde_json::{Value, json};
 
 use super::{Dialect, Incoming, Outgoing, with_retry_after};
 use crate::api_error::ApiError;
-use crate::fields::Fields;
 use crate::input_image::{ImageLimits, decode_base64};
 use crate::job::{self, ImageSource, InitImageSource, Job};
 use crate::models;
@@ -86,12 +85,12 @@ impl Dialect for ModelsLab {
     }
 
     fn credential(&self, req: &Incoming) -> Option<String> {
-        Fields::parse(&req.body).ok()?.string("key").ok()?
+        req.json().ok()?.string("key").ok()?
     }
 
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
         let img2img = endpoint(&req.path) == Some(Endpoint::Img2Img);
-        let f = Fields::parse(&req.body)?;
+        let f = req.json()?;
         let model_id = models::check("model_id", f.string("model_id")?, models::SDXL_BASE)?;
         let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
         let negative_prompt = f
