@@ -14,7 +14,7 @@ pub struct Job {
     pub request: GenerateRequest,
     pub init: Option<InitImageSource>,
     /// Set when the output size comes from the input image (width and height are
-    /// then 0 until the core has decoded it).
+    /// then None until the core has decoded it).
     pub size_from_init: Option<SizeRule>,
     /// What the dialect wants back when it renders the answer (echoed fields,
     /// response options); the core only carries it.
@@ -42,6 +42,13 @@ pub struct SizeRule {
 }
 
 impl SizeRule {
+    /// For dialects without a rule of their own: multiples of 8 up to 1024.
+    pub const DEFAULT: SizeRule = SizeRule {
+        step: 8,
+        min: 64,
+        max: 1024,
+    };
+
     pub fn size_for(self, (w, h): (u32, u32)) -> (u32, u32) {
         let scale = (f64::from(self.max) / f64::from(w.max(h).max(1))).min(1.0);
         let side = |v: u32| {

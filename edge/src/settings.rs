@@ -12,10 +12,12 @@ use crate::input_image::ImageLimits;
 
 /// The variables the component reads. Each must be declared in the component's
 /// `[component.edge.variables]`, or Spin refuses the lookup.
-pub const VARIABLES: [&str; 6] = [
+pub const VARIABLES: [&str; 8] = [
     "api_keys",
     "allow_anonymous",
     "inference_url",
+    "more_inference_urls",
+    "inference_token",
     "image_hosts",
     "inference_timeout_secs",
     "public_url",
@@ -24,8 +26,10 @@ pub const VARIABLES: [&str; 6] = [
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub api_keys: ApiKeys,
-    /// Base URL of the inference server, without a trailing slash.
-    pub inference_url: String,
+    /// Base URLs of the inference servers (at least one), without trailing slashes.
+    pub inference_urls: Vec<String>,
+    /// The shared secret the inference servers require (sent as a bearer token).
+    pub inference_token: Option<String>,
     pub image_hosts: ImageHosts,
     pub image_limits: ImageLimits,
     /// How long an input image download may take in all.
@@ -41,14 +45,16 @@ impl Settings {
     /// Builds the settings from variable values (None: not set, use the default).
     /// Errors describe the misconfiguration, for a 500 and the log.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
-        let inference_url = get("inference_url").unwrap_or_else(|| "http://127.0.0.1:8081".into());
-        let parsed = Url::parse(inference_url.trim())
-            .map_err(|e| format!("inference_url {inference_url:?} is not a URL ({e})"))?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-            return Err(format!(
-                "inference_url {inference_url:?} must be an http(s) URL"
-            ));
+        let first = get("inference_url").unwrap_or_else(|| "http://127.0.0.1:8081".into());
+        let mut inference_urls = vec![base_url("inference_url", &first)?];
+        for url in get("more_inference_urls").unwrap_or_default().split(',') {
+            if !url.trim().is_empty() {
+                inference_urls.push(base_url("more_inference_urls", url)?);
+            }
         }
+        let inference_token = get("inference_token")
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
         let image_hosts = ImageHosts::parse(&get("image_hosts").unwrap_or_default())
             .map_err(|e| format!("image_hosts: {e}"))?;
         let inference_timeout = match get("inference_timeout_secs").filter(|s| !s.trim().is_empty())
@@ -84,7 +90,8 @@ impl Settings {
         Ok(Settings {
             api_keys: ApiKeys::parse(&get("api_keys").unwrap_or_default())
                 .allowing_anonymous(allow_anonymous),
-            inference_url: inference_url.trim().trim_end_matches('/').to_string(),
+            inference_urls,
+            inference_token,
             image_hosts,
             image_limits: ImageLimits::default(),
             image_fetch_timeout: Duration::from_secs(20),
@@ -92,6 +99,16 @@ impl Settings {
             public_url,
         })
     }
+}
+
+/// An http(s) base URL without its trailing slash.
+fn base_url(variable: &str, text: &str) -> Result<String, String> {
+    let parsed =
+        Url::parse(text.trim()).map_err(|e| format!("{variable}: {text:?} is not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!("{variable}: {text:?} must be an http(s) URL"));
+    }
+    Ok(text.trim().trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]
@@ -110,7 +127,8 @@ mod tests {
     #[test]
     fn defaults() {
         let s = settings(&[]).unwrap();
-        assert_eq!(s.inference_url, "http://127.0.0.1:8081");
+        assert_eq!(s.inference_urls, ["http://127.0.0.1:8081"]);
+        assert_eq!(s.inference_token, None);
         assert!(s.api_keys.is_empty());
         assert_eq!(s.inference_timeout, Duration::from_secs(600));
     }
@@ -122,9 +140,23 @@ mod tests {
             ("api_keys", "a,b"),
             ("image_hosts", "http://127.0.0.1:8000"),
             ("inference_timeout_secs", "30"),
+            (
+                "more_inference_urls",
+                " http://gpu-2:9000, https://gpu-3/ ,",
+            ),
+            ("inference_token", " t0k "),
         ])
         .unwrap();
-        assert_eq!(s.inference_url, "http://gpu-1:9000");
+        assert_eq!(
+            s.inference_urls,
+            ["http://gpu-1:9000", "http://gpu-2:9000", "https://gpu-3"]
+        );
+        assert_eq!(s.inference_token.as_deref(), Some("t0k"));
+        assert!(
+            settings(&[("more_inference_urls", "http://a:1,ftp://b")])
+                .unwrap_err()
+                .contains("more_inference_urls")
+        );
         assert_eq!(s.inference_timeout, Duration::from_secs(30));
         assert!(
             settings(&[("inference_url", "gpu-1")])

@@ -544,3 +544,178 @@ fn tiny_sd_models_load_and_generate() {
         assert_eq!(out.images[0].0.dimensions(), (64, 64));
     }
 }
+
+/// The largest per-channel difference between two images.
+fn max_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs `requests` as one batch and each alone; every request must get exactly its own
+/// images (with its own seeds), whatever else shares the batch.
+fn assert_batch_equals_alone(p: &Pipeline, requests: &[GenerateParams]) {
+    let keys: Vec<_> = requests.iter().map(|r| p.batch_key(r).unwrap()).collect();
+    assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
+    let batched = p.generate_batch(requests, &mut |_, _| true).unwrap();
+    assert_eq!(batched.len(), requests.len());
+    for (req, got) in requests.iter().zip(&batched) {
+        let alone = p.generate(req, &mut |_, _| true).unwrap();
+        assert_eq!(got.images.len(), req.samples);
+        for ((img, seed), (want, want_seed)) in got.images.iter().zip(&alone.images) {
+            assert_eq!(seed, want_seed);
+            // Batching changes no arithmetic per image; allow one level for kernels that
+            // block differently on a larger batch.
+            let d = max_diff(img, want);
+            assert!(
+                d <= 1,
+                "{:?} seed {seed}: differs by {d}/255 from alone",
+                req.prompt
+            );
+        }
+    }
+    // And the requests really made different images.
+    assert_ne!(batched[0].images[0].0, batched[1].images[0].0);
+}
+
+/// Requests with different prompts, negative prompts, seeds, guidance scales and sample
+/// counts share one UNet batch and each get what they would get alone: SDXL with CFG and
+/// an ancestral scheduler (noise drawn every step), SD 1.5 and an LCM UNet (guidance
+/// embedding per request).
+#[test]
+fn batched_requests_each_get_their_own_images() {
+    let (_tmp, p) = tiny_pipeline();
+    let base = GenerateParams {
+        scheduler: Some("Euler a".into()),
+        ..small()
+    };
+    let requests = [
+        GenerateParams {
+            prompt: "a cat".into(),
+            seed: 1,
+            samples: 2,
+            guidance: 5.0,
+            ..base.clone()
+        },
+        GenerateParams {
+            prompt: "a red dog on a hill".into(),
+            negative_prompt: Some("blurry".into()),
+            seed: 99,
+            guidance: 9.0,
+            ..base.clone()
+        },
+        GenerateParams {
+            prompt: String::new(),
+            seed: 5,
+            guidance: 3.0,
+            ..base.clone()
+        },
+    ];
+    assert_batch_equals_alone(&p, &requests);
+
+    // Image-to-image: different init images, same strength.
+    let init = |c: u8| {
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            80,
+            48,
+            image::Rgb([c, 90, 200 - c]),
+        ))
+    };
+    let img2img: Vec<_> = [(10u8, 3u64), (180, 4)]
+        .iter()
+        .map(|&(c, seed)| GenerateParams {
+            steps: 4,
+            seed,
+            init_image: Some((init(c), 0.5)),
+            ..small()
+        })
+        .collect();
+    assert_batch_equals_alone(&p, &img2img);
+
+    for name in ["tiny-sd15", "tiny-lcm"] {
+        let (_t, dir) = fixture_model(name);
+        let p = Pipeline::load(&dir, &Device::Cpu).unwrap();
+        let info = p.describe();
+        let one = |prompt: &str, seed: u64, guidance: f64| GenerateParams {
+            prompt: prompt.into(),
+            seed,
+            guidance,
+            width: info.default_width.min(64),
+            height: info.default_height.min(64),
+            steps: 3,
+            ..GenerateParams::default()
+        };
+        assert_batch_equals_alone(&p, &[one("a cat", 7, 7.5), one("a boat", 8, 4.0)]);
+    }
+}
+
+/// Requests that would need different denoising loops are not batched together.
+#[test]
+fn incompatible_requests_have_different_batch_keys() {
+    let (_tmp, p) = tiny_pipeline();
+    let key = |params: GenerateParams| p.batch_key(&params).unwrap();
+    let base = key(small());
+    assert_eq!(
+        base,
+        key(GenerateParams {
+            prompt: "other".into(),
+            seed: 9,
+            guidance: 8.0,
+            samples: 3,
+            ..small()
+        })
+    );
+    assert_ne!(
+        base,
+        key(GenerateParams {
+            width: 128,
+            ..small()
+        })
+    );
+    assert_ne!(
+        base,
+        key(GenerateParams {
+            steps: 3,
+            ..small()
+        })
+    );
+    assert_ne!(
+        base,
+        key(GenerateParams {
+            guidance: 1.0,
+            ..small()
+        })
+    );
+    assert_ne!(
+        base,
+        key(GenerateParams {
+            scheduler: Some("DDIM".into()),
+            ..small()
+        })
+    );
+    let err = p
+        .generate_batch(
+            &[
+                small(),
+                GenerateParams {
+                    steps: 3,
+                    ..small()
+                },
+            ],
+            &mut |_, _| true,
+        )
+        .unwrap_err();
+    assert!(format!("{err}").contains("cannot share a batch"), "{err}");
+    // Bad parameters are reported by batch_key as by generate.
+    let err = p
+        .batch_key(&GenerateParams {
+            width: 65,
+            ..small()
+        })
+        .unwrap_err();
+    assert_eq!(ErrorKind::of(&err), ErrorKind::InvalidParam);
+}

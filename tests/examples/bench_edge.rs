@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use e2e::images::{ImageServer, Route};
-use e2e::{EdgeConfig, Process, start_edge};
+use e2e::{EdgeConfig, Process, arg, start_edge};
 use image::{ImageFormat, Rgb, RgbImage};
 
 const KEY: &str = "bench";
@@ -35,16 +35,6 @@ const WARMUPS: usize = 2;
 const OUT: u32 = 1024;
 /// base64 of the 8-byte PNG signature: what an init image must start with.
 const PNG_B64_MAGIC: &str = "iVBORw0KGgo";
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} needs a value")),
-        None => default,
-    }
-}
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -130,6 +120,9 @@ impl InstantBackend {
     fn start(result_png: &[u8]) -> InstantBackend {
         let result = contract::GenerateResult {
             model: "bench-instant".into(),
+            steps: 20,
+            guidance: 5.0,
+            scheduler: "EulerDiscreteScheduler".into(),
             images: vec![contract::GeneratedImage {
                 png: base64::engine::general_purpose::STANDARD.encode(result_png),
                 seed: 42,
@@ -241,15 +234,18 @@ fn check_request(body: &[u8]) -> Result<(), String> {
     let req: contract::GenerateRequest =
         serde_json::from_slice(body).map_err(|e| format!("not a generate-request: {e}"))?;
     let init = req.init_image.as_ref().ok_or("init_image is missing")?;
-    if (req.width, req.height, req.samples) != (OUT, OUT, 1) {
+    if (req.width, req.height, req.samples) != (Some(OUT), Some(OUT), 1) {
         return Err(format!(
-            "asked for {} image(s) of {}x{}, not one of {OUT}x{OUT}",
+            "asked for {} image(s) of {:?}x{:?}, not one of {OUT}x{OUT}",
             req.samples, req.width, req.height
         ));
     }
-    if req.prompt.is_empty() || req.steps == 0 || !(init.strength > 0.0 && init.strength <= 1.0) {
+    if req.prompt.is_empty()
+        || req.steps == Some(0)
+        || !(init.strength > 0.0 && init.strength <= 1.0)
+    {
         return Err(format!(
-            "prompt {:?}, steps {}, strength {}",
+            "prompt {:?}, steps {:?}, strength {}",
             req.prompt, req.steps, init.strength
         ));
     }

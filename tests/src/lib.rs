@@ -73,15 +73,43 @@ pub fn tiny_model() -> &'static Path {
 
 /// The inference server on the tiny model, on a free loopback port.
 pub fn start_inference() -> (Process, String) {
-    let model = tiny_model();
-    let mut p = Process::start(
-        "inference",
-        std::process::Command::new(binary("inference"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--model"])
-            .arg(model),
-    );
+    start_inference_with(&[])
+}
+
+/// The inference server serving every catalog name with the tiny model, with extra
+/// `serve` arguments (e.g. `--queue-size 8`); a `--listen` among them replaces the
+/// free port.
+pub fn start_inference_with(args: &[&str]) -> (Process, String) {
+    let mut cmd = std::process::Command::new(binary("inference"));
+    cmd.arg("serve");
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    if !args.contains(&"--catalog") && !args.contains(&"--model") {
+        cmd.arg("--model").arg(tiny_model());
+    }
+    let mut p = Process::start("inference", cmd.args(args));
     let addr = p.wait_for_listen_address();
     (p, format!("http://{addr}"))
+}
+
+/// The value after `name` in a benchmark's arguments, or `default`.
+pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} needs a value")),
+        None => default,
+    }
+}
+
+/// A loopback port nothing listens on (free when this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// How to configure the edge for one test.
@@ -99,7 +127,16 @@ pub struct EdgeConfig<'a> {
 
 /// The local Spin runtime serving the real spin.toml and edge.wasm.
 pub fn start_edge(cfg: &EdgeConfig) -> (Process, String) {
+    start_edge_allowing(cfg, &[])
+}
+
+/// [`start_edge`], the runtime also allowing outbound requests to `origins` (as
+/// scripts/up allows MORE_INFERENCE_URLS, which spin.toml can't name).
+pub fn start_edge_allowing(cfg: &EdgeConfig, origins: &[&str]) -> (Process, String) {
     let mut cmd = std::process::Command::new(binary("edge-host"));
+    for origin in origins {
+        cmd.arg("--allow-outbound").arg(origin);
+    }
     cmd.arg("--from")
         .arg(repo_root().join("spin.toml"))
         .arg("--listen")

@@ -185,8 +185,10 @@ fn engine_img2img(
             "generate",
             "--device",
             "cpu",
+            // Appypie sends no guidance: the catalog's default for its model,
+            // stable-diffusion-xl-base-1.0 (inference/catalog.toml).
             "--guidance",
-            "5",
+            "7",
             "--prompt",
             prompt,
         ])

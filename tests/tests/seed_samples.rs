@@ -82,7 +82,9 @@ fn run_sample(s: &Setup, file: &str, program: &str) -> (tempfile::TempDir, Strin
         .replace("$HYPERBOLIC_API_KEY", KEY)
         .replace("$API_KEY", KEY)
         .replace("$SERVICE_ID", "svc-test")
-        .replace("$MODEL", MODEL);
+        .replace("$MODEL", MODEL)
+        // ModelsLab's sample says `"model_id": "model_id"`: the id of a model of yours.
+        .replace(r#""model_id": "model_id""#, r#""model_id": "sdxl""#);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(file), text).unwrap();
     let input = encode(&test_picture(300, 200, 120), ImageFormat::Png);

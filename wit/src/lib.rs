@@ -20,6 +20,14 @@ pub const GENERATE_PATH: &str = "/v1/generate";
 pub const HEALTH_PATH: &str = "/health";
 /// The header that carries the edge's trace id to the server and back.
 pub const TRACE_HEADER: &str = "x-trace-id";
+/// The header with the milliseconds the caller will wait for an answer.
+pub const TIMEOUT_HEADER: &str = "x-timeout-ms";
+/// Readiness: 200 once the default model is loaded.
+pub const READY_PATH: &str = "/ready";
+/// The model catalog and each model's state.
+pub const MODELS_PATH: &str = "/v1/models";
+/// Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
 
 impl Error {
     /// The HTTP status this error travels with (HTTP.md).
@@ -60,10 +68,10 @@ mod tests {
             model: "sdxl-turbo".into(),
             prompt: "a cat".into(),
             negative_prompt: None,
-            width: 512,
-            height: 512,
-            steps: 4,
-            guidance: 0.0,
+            width: Some(512),
+            height: None,
+            steps: Some(4),
+            guidance: None,
             seed: Some(u64::MAX),
             samples: 1,
             scheduler: Some("Euler a".into()),

@@ -13,7 +13,7 @@ use spin_sdk::http::Request;
 use crate::api_error::ApiError;
 use crate::dialects::{self, Dialect, Incoming, Outgoing};
 use crate::input_image::{self, Provenance};
-use crate::job::ImageSource;
+use crate::job::{ImageSource, SizeRule};
 use crate::settings::{self, Settings};
 use crate::stash::{self, Stash};
 use crate::trace::new_trace_id;
@@ -97,10 +97,12 @@ async fn serve(dialect: &dyn Dialect, req: Request, trace_id: &str) -> Result<Ou
         };
         let img = input_image::decode(&bytes, settings.image_limits, init.field, from)?;
         drop(bytes);
-        if let Some(rule) = job.size_from_init {
-            (job.request.width, job.request.height) = rule.size_for(img.dimensions());
-        }
-        let size = (job.request.width, job.request.height);
+        let size = match (job.request.width, job.request.height, job.size_from_init) {
+            (Some(w), Some(h), None) => (w, h),
+            // No size given: the image's aspect, by the dialect's rule or the default one.
+            (_, _, rule) => rule.unwrap_or(SizeRule::DEFAULT).size_for(img.dimensions()),
+        };
+        (job.request.width, job.request.height) = (Some(size.0), Some(size.1));
         job.request.init_image = Some(input_image::init_image(&img, size, init.strength));
     }
     let result = outbound::generate(&settings, &job.request, trace_id).await?;

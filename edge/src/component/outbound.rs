@@ -180,53 +180,145 @@ fn image_fetch_error(field: &str, url: &Url, code: ErrorCode, limit: Duration) -
     }
 }
 
-/// Sends one generation to the inference server and reads its answer.
+/// Sends one generation to an inference server and reads its answer. With several
+/// servers, each request starts at a random one (spreading the load without shared
+/// state) and moves on to the next when a server can't be reached or is full; a
+/// server that took the request and then failed is not retried (the work may have
+/// run).
 pub async fn generate(
     settings: &Settings,
     request: &contract::GenerateRequest,
     trace_id: &str,
 ) -> Result<contract::GenerateResult, ApiError> {
-    let body = serde_json::to_vec(request)
-        .map_err(|e| ApiError::internal(format!("encoding the request: {e}")))?;
-    let timeout = settings.inference_timeout;
-    let req = http::Request::post(format!(
-        "{}{}",
-        settings.inference_url,
-        contract::GENERATE_PATH
-    ))
-    .header(http::header::CONTENT_TYPE, "application/json")
-    .header(contract::TRACE_HEADER, trace_id)
-    .extension(options(BACKEND_CONNECT_TIMEOUT, timeout, timeout))
-    .body(Full::new(Bytes::from(body)))
-    .map_err(|e| ApiError::internal(format!("inference_url: cannot build a request ({e})")))?;
-    let resp = send(req)
-        .await
-        .map_err(|code| backend_error(code, timeout))?;
+    let body = Bytes::from(
+        serde_json::to_vec(request)
+            .map_err(|e| ApiError::internal(format!("encoding the request: {e}")))?,
+    );
+    let urls = &settings.inference_urls;
+    let start = random_index(urls.len());
+    let deadline = Instant::now() + settings.inference_timeout;
+    let mut last = None;
+    for url in urls.iter().cycle().skip(start).take(urls.len()) {
+        match generate_at(url, settings, body.clone(), trace_id, deadline).await {
+            Err(Attempt::TryAnother(err)) => {
+                eprintln!("trace_id={trace_id} inference server {url}: {err}; trying another");
+                last = Some(err);
+            }
+            Err(Attempt::Final(err)) => return Err(err),
+            Ok(result) => return Ok(result),
+        }
+    }
+    Err(last.unwrap_or_else(|| ApiError::unavailable("no inference_url is configured")))
+}
+
+/// Why one server did not produce a result.
+enum Attempt {
+    /// The request did not start there (unreachable, full): another server may take it.
+    TryAnother(ApiError),
+    Final(ApiError),
+}
+
+async fn generate_at(
+    base: &str,
+    settings: &Settings,
+    body: Bytes,
+    trace_id: &str,
+    deadline: Instant,
+) -> Result<contract::GenerateResult, Attempt> {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    if timeout.is_zero() {
+        return Err(Attempt::Final(ApiError::timeout(format!(
+            "no inference server answered within {} s",
+            settings.inference_timeout.as_secs()
+        ))));
+    }
+    let mut req = http::Request::post(format!("{base}{}", contract::GENERATE_PATH))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(contract::TRACE_HEADER, trace_id)
+        // The server gives up on (or never starts) work the edge no longer waits for.
+        .header(contract::TIMEOUT_HEADER, timeout.as_millis().to_string());
+    if let Some(token) = &settings.inference_token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
+        .extension(options(
+            BACKEND_CONNECT_TIMEOUT.min(timeout),
+            timeout,
+            timeout,
+        ))
+        .body(Full::new(body))
+        .map_err(|e| {
+            Attempt::Final(ApiError::internal(format!(
+                "inference_url {base}: cannot build a request ({e})"
+            )))
+        })?;
+    let resp = send(req).await.map_err(|code| {
+        let err = backend_error(code.clone(), settings.inference_timeout);
+        if never_reached(&code) {
+            Attempt::TryAnother(err)
+        } else {
+            Attempt::Final(err)
+        }
+    })?;
     let status = resp.status().as_u16();
-    let body = read_body(resp.into_body(), MAX_RESULT_BYTES, None)
+    let body = read_body(resp.into_body(), MAX_RESULT_BYTES, Some(deadline))
         .await
-        .map_err(|e| match e {
-            ReadError::Transport(code) => backend_error(code, timeout),
-            ReadError::TooLarge(cap) => ApiError::bad_gateway(format!(
-                "the inference server's answer exceeds {}",
-                human_bytes(cap)
-            )),
-            ReadError::TimedOut => ApiError::timeout("the inference server's answer took too long"),
+        .map_err(|e| {
+            Attempt::Final(match e {
+                ReadError::Transport(code) => backend_error(code, settings.inference_timeout),
+                ReadError::TooLarge(cap) => ApiError::bad_gateway(format!(
+                    "the inference server's answer exceeds {}",
+                    human_bytes(cap)
+                )),
+                ReadError::TimedOut => {
+                    ApiError::timeout("the inference server's answer took too long")
+                }
+            })
         })?;
     if status == 200 {
         return serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_gateway(format!("the inference server's answer is unreadable ({e})"))
+            Attempt::Final(ApiError::bad_gateway(format!(
+                "the inference server's answer is unreadable ({e})"
+            )))
         });
     }
     match serde_json::from_slice::<contract::Error>(&body) {
-        Ok(err) => Err(err.into()),
+        // A full queue there: another server may have room.
+        Ok(err @ contract::Error::Overloaded(_)) => Err(Attempt::TryAnother(err.into())),
+        Ok(err) => Err(Attempt::Final(err.into())),
+        Err(_) if status == 401 => Err(Attempt::Final(ApiError::internal(
+            "the inference server refused the edge's token (set the same inference_token on both)",
+        ))),
         Err(_) => {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            Err(ApiError::bad_gateway(format!(
+            Err(Attempt::Final(ApiError::bad_gateway(format!(
                 "the inference server answered HTTP {status}: {text}"
-            )))
+            ))))
         }
     }
+}
+
+/// Failures that mean the request never reached a server.
+fn never_reached(code: &ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::ConnectionRefused
+            | ErrorCode::ConnectionTimeout
+            | ErrorCode::DestinationNotFound
+            | ErrorCode::DestinationUnavailable
+            | ErrorCode::DestinationIpUnroutable
+            | ErrorCode::DnsError(_)
+            | ErrorCode::DnsTimeout
+            | ErrorCode::ConnectionLimitReached
+    )
+}
+
+fn random_index(n: usize) -> usize {
+    let mut b = [0u8; 4];
+    if n <= 1 || getrandom::fill(&mut b).is_err() {
+        return 0;
+    }
+    u32::from_le_bytes(b) as usize % n
 }
 
 fn backend_error(code: ErrorCode, timeout: Duration) -> ApiError {
@@ -238,7 +330,7 @@ fn backend_error(code: ErrorCode, timeout: Duration) -> ApiError {
             timeout.as_secs()
         )),
         ErrorCode::HttpRequestDenied => ApiError::internal(
-            "spin.toml's allowed_outbound_hosts does not allow the inference_url",
+            "spin.toml's allowed_outbound_hosts does not allow this inference URL",
         ),
         ErrorCode::ConnectionRefused
         | ErrorCode::DestinationNotFound

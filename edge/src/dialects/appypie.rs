@@ -29,8 +29,6 @@ pub const ROUTES: [&str; 2] = [
 const KEY_HEADER: &str = "ocp-apim-subscription-key";
 const DEFAULT_SIZE: u32 = 1024;
 const MAX_STEPS: i64 = 20;
-const DEFAULT_STEPS: u32 = 20;
-const DEFAULT_GUIDANCE: f64 = 5.0;
 /// How much of the input image is re-imagined when the client doesn't say.
 const DEFAULT_STRENGTH: f64 = 0.7;
 
@@ -72,10 +70,9 @@ impl Dialect for Appypie {
         let (width, height) = size(f)?;
         let steps = f
             .integer("num_inference_steps", 1..=MAX_STEPS)?
-            .map_or(DEFAULT_STEPS, |n| n as u32);
-        let guidance = f
-            .number("guidance_scale", 0.0..=20.0)?
-            .unwrap_or(DEFAULT_GUIDANCE);
+            .map(|n| n as u32);
+        // Appypie documents neither: absent, the model's catalog defaults apply.
+        let guidance = f.number("guidance_scale", 0.0..=20.0)?.map(|g| g as f32);
         let seed = job::seed_or_random(f.seed("seed")?);
         let strength = f
             .number("strength", 0.01..=1.0)?
@@ -95,10 +92,10 @@ impl Dialect for Appypie {
                 model: models::SDXL_BASE.into(),
                 prompt,
                 negative_prompt,
-                width,
-                height,
+                width: Some(width),
+                height: Some(height),
                 steps,
-                guidance: guidance as f32,
+                guidance,
                 seed,
                 samples: 1,
                 scheduler: None,
@@ -185,7 +182,7 @@ mod tests {
         let r = &job.request;
         assert_eq!(
             (r.width, r.height, r.steps, r.guidance, r.samples),
-            (1024, 1024, 20, 5.0, 1)
+            (Some(1024), Some(1024), None, None, 1)
         );
         assert_eq!(
             (r.prompt.as_str(), r.negative_prompt.as_deref(), r.seed),
@@ -208,14 +205,14 @@ mod tests {
         let r = &job.request;
         assert_eq!(
             (r.width, r.height, r.steps, r.guidance, r.seed),
-            (512, 768, 4, 0.0, Some(42))
+            (Some(512), Some(768), Some(4), Some(0.0), Some(42))
         );
         assert_eq!(r.negative_prompt.as_deref(), Some("blurry"));
         assert!(job.init.is_none());
         let job = parse(r#"{"prompt":"p","width":256,"height":320,"seed":0}"#).unwrap();
         assert_eq!(
             (job.request.width, job.request.height, job.request.seed),
-            (256, 320, None)
+            (Some(256), Some(320), None)
         );
         assert!(parse(r#"{"prompt":"p","size":"256x256","width":256}"#).is_ok());
     }

@@ -129,10 +129,10 @@ fn common(f: &Fields, (width, height): (u32, u32)) -> Result<GenerateRequest, Ap
         model,
         prompt,
         negative_prompt,
-        width,
-        height,
-        steps,
-        guidance: guidance as f32,
+        width: Some(width),
+        height: Some(height),
+        steps: Some(steps),
+        guidance: Some(guidance as f32),
         seed,
         samples: 1,
         scheduler: None,
@@ -240,13 +240,13 @@ mod tests {
                 r.guidance,
                 r.seed
             ),
-            ("m", 20, 512, 512, 10.0, None)
+            ("m", Some(20), Some(512), Some(512), Some(10.0), None)
         );
         let job = generate(r#"{"prompt":"p"}"#).unwrap();
         let r = &job.request;
         assert_eq!(
             (r.model.as_str(), r.steps, r.width, r.guidance),
-            (models::SDXL_BASE, 30, 512, 7.0)
+            (models::SDXL_BASE, Some(30), Some(512), Some(7.0))
         );
 
         let job = control(

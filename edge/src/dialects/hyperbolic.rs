@@ -28,8 +28,6 @@ use crate::stash::Stash;
 pub const ROUTE: &str = "/v1/image/generation";
 
 const DEFAULT_SIDE: u32 = 1024;
-const DEFAULT_STEPS: u32 = 30;
-const DEFAULT_CFG: f64 = 7.5;
 const DEFAULT_STRENGTH: f64 = 0.8;
 const BACKENDS: [&str; 3] = ["auto", "tvm", "torch"];
 /// img2img without a size: the image's own, within the sizes we accept.
@@ -81,10 +79,9 @@ impl Dialect for Hyperbolic {
                 .transpose()
         };
         let (width, height) = (side("width")?, side("height")?);
-        let steps = f
-            .integer("steps", 1..=100)?
-            .map_or(DEFAULT_STEPS, |n| n as u32);
-        let guidance = f.number("cfg_scale", 0.0..=35.0)?.unwrap_or(DEFAULT_CFG);
+        // Hyperbolic documents no defaults: absent, the model's catalog defaults apply.
+        let steps = f.integer("steps", 1..=100)?.map(|n| n as u32);
+        let guidance = f.number("cfg_scale", 0.0..=35.0)?.map(|g| g as f32);
         let seed = job::seed_or_random(f.seed("seed")?);
         let scheduler = f
             .string("sampler")?
@@ -105,24 +102,19 @@ impl Dialect for Hyperbolic {
             }
             None => None,
         };
-        let size_from_image = init.is_some() && width.is_none() && height.is_none();
+        let given_size = width.or(height);
+        let size_from_image = init.is_some() && given_size.is_none();
         let mut job = Job::new(
             GenerateRequest {
                 model,
                 prompt,
                 negative_prompt,
-                width: if size_from_image {
-                    0
-                } else {
-                    width.unwrap_or(DEFAULT_SIDE)
-                },
-                height: if size_from_image {
-                    0
-                } else {
-                    height.unwrap_or(DEFAULT_SIDE)
-                },
+                // Neither side: the image's size (image-to-image) or the model's default;
+                // one side: the other is the default side.
+                width: given_size.map(|_| width.unwrap_or(DEFAULT_SIDE)),
+                height: given_size.map(|_| height.unwrap_or(DEFAULT_SIDE)),
                 steps,
-                guidance: guidance as f32,
+                guidance,
                 seed,
                 samples: 1,
                 scheduler,
@@ -227,7 +219,7 @@ mod tests {
         let r = &job.request;
         assert_eq!(
             (r.model.as_str(), r.width, r.height, r.steps, r.guidance),
-            ("SDXL1.0-base", 1024, 1024, 30, 7.5)
+            ("SDXL1.0-base", Some(1024), Some(1024), None, None)
         );
         assert!(job.init.is_none());
     }
@@ -247,7 +239,7 @@ mod tests {
                 r.steps,
                 r.negative_prompt.as_deref()
             ),
-            (Some(7), Some("Euler a"), 12, Some("n"))
+            (Some(7), Some("Euler a"), Some(12), Some("n"))
         );
     }
 

@@ -195,6 +195,9 @@ pub mod test_support {
     pub fn result(n: usize) -> GenerateResult {
         GenerateResult {
             model: "m".into(),
+            steps: 4,
+            guidance: 1.5,
+            scheduler: "EulerDiscreteScheduler".into(),
             images: (0..n)
                 .map(|i| GeneratedImage {
                     png: "aGVsbG8=".into(),

@@ -31,8 +31,6 @@ use crate::models;
 use crate::stash::Stash;
 
 const DEFAULT_SIDE: u32 = 512;
-const DEFAULT_STEPS: u32 = 30;
-const DEFAULT_GUIDANCE: f64 = 7.5;
 const DEFAULT_STRENGTH: f64 = 0.7;
 
 /// The fields this dialect reads; anything else present goes to `meta.ignored`.
@@ -98,20 +96,24 @@ impl Dialect for ModelsLab {
             .filter(|p| !p.is_empty())
             .map(|p| job::check_prompt("negative_prompt", p))
             .transpose()?;
-        let side = |name: &'static str| -> Result<u32, ApiError> {
-            let v = f
-                .integer(name, 0..=i64::from(u32::MAX))?
-                .map_or(DEFAULT_SIDE, |n| n as u32);
-            job::check_side(name, v, 64, 1024, 8)
+        let side = |name: &'static str| -> Result<Option<u32>, ApiError> {
+            f.integer(name, 0..=i64::from(u32::MAX))?
+                .map(|n| job::check_side(name, n as u32, 64, 1024, 8))
+                .transpose()
         };
-        let (width, height) = (side("width")?, side("height")?);
+        // Neither side: the model's default size (the init image's, image-to-image);
+        // one side: the other is ModelsLab's usual 512.
+        let (width, height) = match (side("width")?, side("height")?) {
+            (None, None) => (None, None),
+            (w, h) => (
+                Some(w.unwrap_or(DEFAULT_SIDE)),
+                Some(h.unwrap_or(DEFAULT_SIDE)),
+            ),
+        };
         let samples = f.integer("samples", 1..=4)?.map_or(1, |n| n as u32);
-        let steps = f
-            .integer("num_inference_steps", 1..=50)?
-            .map_or(DEFAULT_STEPS, |n| n as u32);
-        let guidance = f
-            .number("guidance_scale", 1.0..=20.0)?
-            .unwrap_or(DEFAULT_GUIDANCE);
+        // ModelsLab documents no defaults: absent, the model's catalog defaults apply.
+        let steps = f.integer("num_inference_steps", 1..=50)?.map(|n| n as u32);
+        let guidance = f.number("guidance_scale", 1.0..=20.0)?.map(|g| g as f32);
         let seed = job::seed_or_random(f.seed("seed")?);
         let karras = f.yes_no("use_karras_sigmas")?;
         let base64_io = f.yes_no("base64")?.unwrap_or(false);
@@ -190,7 +192,7 @@ impl Dialect for ModelsLab {
                 width,
                 height,
                 steps,
-                guidance: guidance as f32,
+                guidance,
                 seed,
                 samples,
                 scheduler: scheduler.clone(),
@@ -230,6 +232,7 @@ impl Dialect for ModelsLab {
     ) -> Result<Outgoing, ApiError> {
         let as_base64 = job.echo["base64"].as_bool().unwrap_or(false);
         let seeds: Vec<u64> = result.images.iter().map(|i| i.seed).collect();
+        let sizes: Vec<(u32, u32)> = result.images.iter().map(|i| (i.width, i.height)).collect();
         let mut output = Vec::with_capacity(result.images.len());
         for image in result.images {
             if as_base64 {
@@ -244,6 +247,13 @@ impl Dialect for ModelsLab {
         let mut id = [0u8; 4];
         getrandom::fill(&mut id).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
         let mut meta = job.echo["meta"].clone();
+        // What ran, with the model's defaults filled in for what the client left out.
+        if let Some((w, h)) = sizes.first() {
+            (meta["W"], meta["H"]) = ((*w).into(), (*h).into());
+        }
+        meta["steps"] = result.steps.into();
+        meta["guidance_scale"] = result.guidance.into();
+        meta["scheduler"] = result.scheduler.into();
         meta["seed"] = seeds.first().copied().into();
         meta["seeds"] = seeds.into();
         let mut body = json!({
@@ -304,7 +314,7 @@ mod tests {
                 r.steps,
                 r.guidance
             ),
-            ("model_id", 512, 512, 1, 20, 7.5)
+            ("model_id", Some(512), Some(512), 1, Some(20), Some(7.5))
         );
         assert_eq!(
             (r.scheduler.as_deref(), r.karras, r.seed),

@@ -70,7 +70,7 @@ pub mod weights;
 use std::time::Duration;
 
 pub use error::{EngineError, ErrorKind};
-pub use pipeline::Pipeline;
+pub use pipeline::{BatchKey, Pipeline};
 
 /// One generation request.
 #[derive(Clone, Debug)]

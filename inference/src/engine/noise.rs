@@ -330,6 +330,11 @@ impl NoiseSource {
         }
     }
 
+    /// The generators, each where its draws so far left it.
+    pub fn into_generators(self) -> Vec<TorchGenerator> {
+        self.generators
+    }
+
     pub fn len(&self) -> usize {
         self.generators.len()
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use contract::{Error, GenerateRequest, GeneratedImage, Timings};
 
+use super::catalog::Defaults;
 use crate::engine::{EngineError, GenerateParams, ModelInfo, StageTimings};
 
 /// Sides beyond this would not fit in memory on most machines (and no model was trained for them).
@@ -20,25 +21,60 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidRequest(msg.into())
 }
 
-pub fn to_params(req: &GenerateRequest, info: &ModelInfo) -> Result<GenerateParams, Error> {
-    let factor = info.vae_scale_factor as u32;
-    for (name, v) in [("width", req.width), ("height", req.height)] {
-        if !(64..=MAX_SIDE).contains(&v) || !v.is_multiple_of(factor) {
+/// A checked request whose unset settings are filled in once its model is loaded
+/// ([`Draft::resolve`]): the catalog's defaults are already applied, the model's own
+/// come from its configs.
+#[derive(Clone, Debug)]
+pub struct Draft {
+    /// width, height, steps and guidance here are placeholders where the fields
+    /// below are None.
+    pub params: GenerateParams,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+}
+
+impl Draft {
+    pub fn resolve(&self, info: &ModelInfo) -> GenerateParams {
+        GenerateParams {
+            width: self.width.unwrap_or(info.default_width),
+            height: self.height.unwrap_or(info.default_height),
+            steps: self.steps.unwrap_or(info.default_steps),
+            guidance: self.guidance.unwrap_or(info.default_guidance),
+            ..self.params.clone()
+        }
+    }
+}
+
+/// Checks a request and applies the catalog's defaults. Sizes are checked as
+/// multiples of 8 here (every SD VAE's factor); the engine checks the model's own.
+pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Error> {
+    let width = req.width.or(defaults.width);
+    let height = req.height.or(defaults.height);
+    for (name, v) in [("width", width), ("height", height)] {
+        if let Some(v) = v
+            && (!(64..=MAX_SIDE).contains(&v) || !v.is_multiple_of(8))
+        {
             return Err(invalid(format!(
-                "{name}: must be a multiple of {factor} from 64 to {MAX_SIDE} (got {v})"
+                "{name}: must be a multiple of 8 from 64 to {MAX_SIDE} (got {v})"
             )));
         }
     }
-    if req.steps == 0 || req.steps > MAX_STEPS {
+    let steps = req.steps.or(defaults.steps);
+    if let Some(steps) = steps
+        && (steps == 0 || steps > MAX_STEPS)
+    {
         return Err(invalid(format!(
-            "steps: must be from 1 to {MAX_STEPS} (got {})",
-            req.steps
+            "steps: must be from 1 to {MAX_STEPS} (got {steps})"
         )));
     }
-    if !req.guidance.is_finite() || !(0.0..=100.0).contains(&req.guidance) {
+    let guidance = req.guidance.or(defaults.guidance);
+    if let Some(g) = guidance
+        && (!g.is_finite() || !(0.0..=100.0).contains(&g))
+    {
         return Err(invalid(format!(
-            "guidance: must be from 0 to 100 (got {})",
-            req.guidance
+            "guidance: must be from 0 to 100 (got {g})"
         )));
     }
     if req.samples == 0 || req.samples > MAX_SAMPLES {
@@ -59,18 +95,21 @@ pub fn to_params(req: &GenerateRequest, info: &ModelInfo) -> Result<GeneratePara
             Some((decode_image(&init.image)?, f64::from(init.strength)))
         }
     };
-    Ok(GenerateParams {
-        prompt: req.prompt.clone(),
-        negative_prompt: req.negative_prompt.clone(),
-        width: req.width as usize,
-        height: req.height as usize,
-        steps: req.steps as usize,
-        guidance: f64::from(req.guidance),
-        seed: req.seed.unwrap_or_else(crate::random_seed),
-        samples: req.samples as usize,
-        scheduler: req.scheduler.clone(),
-        karras: req.karras,
-        init_image,
+    Ok(Draft {
+        params: GenerateParams {
+            prompt: req.prompt.clone(),
+            negative_prompt: req.negative_prompt.clone(),
+            seed: req.seed.unwrap_or_else(crate::random_seed),
+            samples: req.samples as usize,
+            scheduler: req.scheduler.clone().or_else(|| defaults.scheduler.clone()),
+            karras: req.karras,
+            init_image,
+            ..GenerateParams::default()
+        },
+        width: width.map(|v| v as usize),
+        height: height.map(|v| v as usize),
+        steps: steps.map(|v| v as usize),
+        guidance: guidance.map(f64::from),
     })
 }
 
@@ -163,16 +202,20 @@ mod tests {
             model: "m".into(),
             prompt: "p".into(),
             negative_prompt: None,
-            width: 512,
-            height: 512,
-            steps: 4,
-            guidance: 5.0,
+            width: Some(512),
+            height: Some(512),
+            steps: Some(4),
+            guidance: Some(5.0),
             seed: None,
             samples: 1,
             scheduler: None,
             karras: None,
             init_image: None,
         }
+    }
+
+    fn to_params(req: &GenerateRequest, info: &ModelInfo) -> Result<GenerateParams, Error> {
+        to_draft(req, &Defaults::default()).map(|d| d.resolve(info))
     }
 
     #[test]
@@ -191,33 +234,62 @@ mod tests {
         assert_eq!(p.seed, u64::MAX);
     }
 
+    /// What the request leaves out comes from the catalog, then from the model.
+    #[test]
+    fn defaults_come_from_the_catalog_then_the_model() {
+        let bare = GenerateRequest {
+            width: None,
+            height: Some(256),
+            steps: None,
+            guidance: None,
+            ..request()
+        };
+        let p = to_draft(&bare, &Defaults::default())
+            .unwrap()
+            .resolve(&info());
+        assert_eq!(
+            (p.width, p.height, p.steps, p.guidance),
+            (1024, 256, 20, 5.0)
+        );
+        let catalog = Defaults {
+            width: Some(640),
+            height: Some(640),
+            steps: Some(2),
+            guidance: Some(0.0),
+            scheduler: Some("Euler a".into()),
+        };
+        let p = to_draft(&bare, &catalog).unwrap().resolve(&info());
+        assert_eq!((p.width, p.height, p.steps, p.guidance), (640, 256, 2, 0.0));
+        assert_eq!(p.scheduler.as_deref(), Some("Euler a"));
+    }
+
     #[test]
     fn out_of_range_fields_are_named() {
         for (req, needle) in [
             (
                 GenerateRequest {
-                    width: 500,
+                    width: Some(500),
                     ..request()
                 },
                 "width: must be a multiple of 8",
             ),
             (
                 GenerateRequest {
-                    height: 8192,
+                    height: Some(8192),
                     ..request()
                 },
                 "height: must be a multiple of 8 from 64 to 4096",
             ),
             (
                 GenerateRequest {
-                    steps: 0,
+                    steps: Some(0),
                     ..request()
                 },
                 "steps: must be from 1",
             ),
             (
                 GenerateRequest {
-                    guidance: f32::NAN,
+                    guidance: Some(f32::NAN),
                     ..request()
                 },
                 "guidance:",

@@ -1,19 +1,29 @@
 //! `inference serve`: the HTTP server that carries the contract of wit/ (see
-//! wit/HTTP.md). It loads one model at start and answers every request with it
-//! (single-model mode), running one generation at a time: the engine uses every
-//! core (or the whole GPU) for one batch, so running two at once only slows both.
+//! wit/HTTP.md). Module map: [`catalog`] (names → weights + defaults), [`registry`]
+//! (loaded models, memory budget), [`queue`] (bounded, with deadlines), [`worker`]
+//! (batches and runs them), [`routes`] (HTTP), [`convert`] (contract ↔ engine),
+//! [`metrics`] (Prometheus).
 
+pub mod catalog;
 mod convert;
+mod metrics;
+mod queue;
+pub mod registry;
 mod routes;
+mod worker;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::Semaphore;
 
-use crate::engine::{ModelInfo, Pipeline};
+use catalog::Catalog;
+use metrics::Metrics;
+use queue::Queue;
+use registry::Registry;
 
 /// Settings of `inference serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -21,59 +31,148 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the chosen one is logged).
     #[arg(long, env = "INFERENCE_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
-    /// A diffusers-format folder or a Hugging Face hub id; it answers every request,
-    /// whatever model name the request carries.
-    #[arg(long, env = "MODEL", default_value = crate::model_source::DEFAULT_MODEL)]
-    pub model: String,
+    /// The model catalog (TOML; see inference/catalog.toml, which is built in and used
+    /// when this is not set).
+    #[arg(long, env = "CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// Serve every catalog name with this one model (a diffusers folder or a hub id);
+    /// the names and their defaults stay.
+    #[arg(long, env = "MODEL")]
+    pub model: Option<String>,
     /// auto (CUDA when built with it and a GPU is present), cpu or cuda.
     #[arg(long, env = "INFERENCE_DEVICE", default_value = "auto")]
     pub device: String,
-    /// Requests that may wait for the model at once; more are refused with 503.
+    /// Requests that may wait in the queue; more are refused with 503 and Retry-After.
     #[arg(long, env = "QUEUE_SIZE", default_value_t = 64)]
     pub queue_size: usize,
+    /// Most images in one UNet batch (queued requests that can share one run
+    /// together); 1 turns batching off.
+    #[arg(long, env = "MAX_BATCH", default_value_t = 4)]
+    pub max_batch: usize,
+    /// The shared secret the edge sends (`Authorization: Bearer ...`); when set,
+    /// /v1/generate and /v1/models refuse requests without it.
+    #[arg(long, env = "INFERENCE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Memory for loaded models, GiB (overrides the catalog's memory_budget_gb).
+    #[arg(long, env = "MEMORY_BUDGET_GB")]
+    pub memory_budget_gb: Option<f64>,
+    /// The longest a request may wait and run, seconds (the edge's x-timeout-ms
+    /// header can only shorten it).
+    #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 3600)]
+    pub max_wait_secs: u64,
 }
 
-/// What the request handlers share.
+/// What the request handlers and the worker share.
 pub struct AppState {
-    pub pipeline: Arc<Pipeline>,
-    pub info: ModelInfo,
-    /// What the model was loaded from, reported in results.
-    pub model: String,
-    /// One generation at a time.
-    pub gate: Semaphore,
-    /// Requests admitted and not yet finished (waiting or running).
-    pub in_flight: AtomicUsize,
-    pub queue_size: usize,
+    pub catalog: Catalog,
+    pub registry: Arc<Registry>,
+    pub queue: Queue,
+    pub metrics: Arc<Metrics>,
+    pub token: Option<String>,
+    pub max_wait: Duration,
+    pub max_batch: usize,
+    /// Smoothed seconds per batch (f64 bits), for Retry-After.
+    batch_secs: AtomicU64,
+}
+
+impl AppState {
+    fn record_batch_secs(&self, secs: f64) {
+        let old = f64::from_bits(self.batch_secs.load(Ordering::Relaxed));
+        let new = if old == 0.0 {
+            secs
+        } else {
+            0.8 * old + 0.2 * secs
+        };
+        self.batch_secs.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// When a refused request may find room: the queue's batches at the recent pace.
+    fn retry_after_secs(&self) -> u32 {
+        let per_batch = f64::from_bits(self.batch_secs.load(Ordering::Relaxed)).max(1.0);
+        let batches = (self.queue.len() / self.max_batch.max(1)) as f64 + 1.0;
+        (per_batch * batches).ceil().clamp(1.0, 600.0) as u32
+    }
+}
+
+fn build_catalog(args: &ServeArgs) -> anyhow::Result<Catalog> {
+    let mut catalog = match &args.catalog {
+        Some(path) => Catalog::load(path)?,
+        None => Catalog::parse(catalog::BUILT_IN).context("the built-in catalog")?,
+    };
+    if let Some(model) = &args.model {
+        catalog = catalog.with_single_source(model);
+    }
+    if let Some(gb) = args.memory_budget_gb {
+        catalog.memory_budget = Some((gb.max(0.0) * 1024.0 * 1024.0 * 1024.0) as u64);
+    }
+    Ok(catalog)
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let device = crate::device::select(&args.device)?;
-    let spec = args.model.clone();
-    let (pipeline, dir) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let dir = crate::model_source::resolve(&spec)?;
-        let pipeline = Pipeline::load(&dir, &device)
-            .with_context(|| format!("loading the model in {}", dir.display()))?;
-        Ok((pipeline, dir))
-    })
-    .await??;
-    let info = pipeline.describe();
-    tracing::info!(model = %args.model, folder = %dir.display(), architecture = %info.architecture, "model loaded");
-
-    let state = Arc::new(AppState {
-        pipeline: Arc::new(pipeline),
-        info,
-        model: args.model.clone(),
-        gate: Semaphore::new(1),
-        in_flight: AtomicUsize::new(0),
-        queue_size: args.queue_size.max(1),
+    let catalog = build_catalog(&args)?;
+    let metrics = Arc::new(Metrics::new().context("setting up metrics")?);
+    let m = metrics.clone();
+    let registry = Arc::new(Registry::new(
+        device,
+        catalog.memory_budget,
+        Box::new(move |n| m.models_loaded.set(n as i64)),
+    ));
+    let m = metrics.clone();
+    let queue = Queue::new(
+        args.queue_size,
+        Box::new(move |n| m.queue_depth.set(n as i64)),
+    );
+    if args.token.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "INFERENCE_TOKEN is not set: anyone who reaches {} can generate",
+            args.listen
+        );
+    }
+    let app = Arc::new(AppState {
+        registry: registry.clone(),
+        queue,
+        metrics,
+        token: args.token.clone().filter(|t| !t.is_empty()),
+        max_wait: Duration::from_secs(args.max_wait_secs.max(1)),
+        max_batch: args.max_batch.max(1),
+        batch_secs: AtomicU64::new(0),
+        catalog,
     });
+    tracing::info!(
+        models = app.catalog.entries().len(),
+        default = %app.catalog.default_entry().name,
+        queue_size = args.queue_size,
+        max_batch = app.max_batch,
+        "catalog ready"
+    );
+
+    // The default model and those marked preload load now, in the background (/ready
+    // says when the default one is in); the rest on first use.
+    let mut preload: Vec<String> = vec![app.catalog.default_entry().source.clone()];
+    for e in app.catalog.entries() {
+        if e.preload && !preload.contains(&e.source) {
+            preload.push(e.source.clone());
+        }
+    }
+    let reg = registry.clone();
+    std::thread::spawn(move || {
+        for source in preload {
+            // A failure is logged and shown by /ready and /v1/models; requests retry it.
+            let _ = reg.get(&source);
+        }
+    });
+    let worker = worker::spawn(app.clone());
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, routes::router(state))
+    axum::serve(listener, routes::router(app.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    app.queue.close();
+    drop(worker);
     Ok(())
 }
 

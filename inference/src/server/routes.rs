@@ -1,34 +1,70 @@
-//! The routes of wit/HTTP.md: `POST /v1/generate` and `GET /health`.
+//! The routes of wit/HTTP.md: `POST /v1/generate` and `GET /v1/models` (behind the
+//! edge's token when one is set), and `GET /health`, `/ready` and `/metrics` (open,
+//! for probes and Prometheus).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use contract::{Error, GenerateRequest, GenerateResult};
+use serde_json::json;
+use subtle::ConstantTimeEq as _;
 use tracing::Instrument;
 
 use super::AppState;
 use super::convert;
-use crate::engine::ErrorKind;
+use super::metrics::error_kind;
+use super::queue::Job;
+use super::registry::SourceState;
 
 /// Largest request body: an init image of up to 64 MiB as base64 in JSON.
 const MAX_BODY_BYTES: usize = 96 * 1024 * 1024;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route(contract::GENERATE_PATH, post(generate))
+        .route(contract::MODELS_PATH, get(models))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(guarded)
         .route(contract::HEALTH_PATH, get(|| async { "ok" }))
+        .route(contract::READY_PATH, get(ready))
+        .route(contract::METRICS_PATH, get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-async fn generate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+/// The edge's shared token, when the server has one (`Authorization: Bearer ...`).
+async fn require_token(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &app.token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+            app.metrics.error("unauthorized");
+            tracing::warn!(path = %req.uri().path(), "refused: missing or wrong token");
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "authorization: this server needs the edge's token (INFERENCE_TOKEN) as a bearer token",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn generate(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let trace_id = headers
         .get(contract::TRACE_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -38,14 +74,20 @@ async fn generate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
     let span = tracing::info_span!("generate", trace_id = %trace_id);
     let mut resp = async {
         let started = Instant::now();
-        let result = run(&state, &body, started).await;
+        let result = run(&app, &headers, body, &trace_id, started).await;
+        app.metrics.stage("total", started.elapsed());
         match &result {
             Ok(r) => tracing::info!(
+                model = %r.model,
                 images = r.images.len(),
                 total_ms = r.timings.total_ms,
+                queued_ms = r.timings.queued_ms,
                 "generated"
             ),
-            Err(e) => tracing::warn!(status = e.status(), error = %e, "refused or failed"),
+            Err(e) => {
+                app.metrics.error(error_kind(e));
+                tracing::warn!(status = e.status(), error = %e, "refused or failed")
+            }
         }
         reply(result)
     }
@@ -58,45 +100,89 @@ async fn generate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
 }
 
 async fn run(
-    state: &Arc<AppState>,
-    body: &[u8],
+    app: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Bytes,
+    trace_id: &str,
     started: Instant,
 ) -> Result<GenerateResult, Error> {
-    let req: GenerateRequest = serde_json::from_slice(body)
+    let req: GenerateRequest = serde_json::from_slice(&body)
         .map_err(|e| Error::InvalidRequest(format!("body: not a generate-request ({e})")))?;
-    let params = convert::to_params(&req, &state.info)?;
-
-    // Admission: a bounded number of requests may wait for the model.
-    let admitted = InFlight::admit(state).ok_or(Error::Overloaded(5))?;
-    let _permit = state
-        .gate
-        .acquire()
-        .await
-        .map_err(|_| Error::Internal("the server is shutting down".into()))?;
-    let queued = started.elapsed();
-
-    // If the client goes away (the edge timed out), this future is dropped: the
-    // guard then tells the engine to stop at its next step.
-    let cancel = Arc::new(AtomicBool::new(false));
-    let _cancel_on_drop = CancelOnDrop(cancel.clone());
-    let pipeline = state.pipeline.clone();
-    let generated = tokio::task::spawn_blocking(move || {
-        let out = pipeline.generate(&params, &mut |_, _| !cancel.load(Ordering::Relaxed))?;
-        let encoded = convert::encode_images(&out.images)?;
-        anyhow::Ok((out, encoded))
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("the generation task failed: {e}")))?;
-    drop(admitted);
-    let (out, images) = generated.map_err(|e| match ErrorKind::of(&e) {
-        ErrorKind::InvalidParam => Error::InvalidRequest(convert::param_message(&e)),
-        ErrorKind::Cancelled => Error::Timeout("cancelled: the client went away".into()),
-        ErrorKind::Internal => Error::Internal(format!("{e:#}")),
+    drop(body);
+    let entry = app.catalog.lookup(&req.model).cloned().ok_or_else(|| {
+        Error::UnknownModel(format!(
+            "model: {:?} is not served here; served: {}",
+            req.model,
+            app.catalog.names().join(", ")
+        ))
     })?;
+    let defaults = entry.defaults.clone();
+    // Decoding an init image is CPU work: off the async threads.
+    let draft = tokio::task::spawn_blocking(move || convert::to_draft(&req, &defaults))
+        .await
+        .map_err(|e| Error::Internal(format!("checking the request: {e}")))??;
+
+    // The caller's patience (the edge says how long it waits), capped by the server's.
+    let wait = headers
+        .get(contract::TIMEOUT_HEADER)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .map_or(app.max_wait, |d| d.min(app.max_wait));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let job = Job {
+        id: app.queue.next_id(),
+        model: entry.name.clone(),
+        source: entry.source.clone(),
+        draft,
+        enqueued: started,
+        deadline: started + wait,
+        cancel: cancel.clone(),
+        trace_id: trace_id.to_string(),
+        reply: tx,
+    };
+    let id = job.id;
+    if app.queue.push(job).is_err() {
+        return Err(Error::Overloaded(app.retry_after_secs()));
+    }
+    // If the caller goes away (the edge timed out or disconnected), this future is
+    // dropped: the guard takes the job out of the queue, or tells a running batch.
+    let mut leave = LeaveOnDrop {
+        app,
+        id,
+        cancel,
+        answered: false,
+    };
+    let deadline = tokio::time::Instant::from_std(started + wait);
+    let answer = tokio::time::timeout_at(deadline, rx).await;
+    leave.answered = true;
+    let done = match answer {
+        Ok(reply) => {
+            reply.map_err(|_| Error::Internal("the generation worker stopped".into()))??
+        }
+        // Dropping the guard takes the job out of the queue or stops its batch.
+        Err(_) => {
+            return Err(Error::Timeout(format!(
+                "no result within {} ms, the request's deadline",
+                wait.as_millis()
+            )));
+        }
+    };
+
+    let encode_started = Instant::now();
+    let images = done.generated.images;
+    let encoded = tokio::task::spawn_blocking(move || convert::encode_images(&images))
+        .await
+        .map_err(|e| Error::Internal(format!("encoding the images: {e}")))?
+        .map_err(|e| Error::Internal(format!("encoding the images: {e:#}")))?;
+    app.metrics.stage("encode", encode_started.elapsed());
     Ok(GenerateResult {
-        model: state.model.clone(),
-        images,
-        timings: convert::timings(queued, &out.timings, started),
+        model: entry.name,
+        steps: done.steps as u32,
+        guidance: done.guidance as f32,
+        scheduler: done.generated.scheduler.clone(),
+        images: encoded,
+        timings: convert::timings(done.queued, &done.generated.timings, started),
     })
 }
 
@@ -116,27 +202,79 @@ fn reply(result: Result<GenerateResult, Error>) -> Response {
     }
 }
 
-/// Counts a request as in flight for as long as it lives.
-struct InFlight<'a>(&'a AppState);
+/// Takes a request out of the queue, or stops the batch it is in (once no one else in
+/// the batch waits either), when its handler ends without the answer: the caller went
+/// away (counted as `cancelled`) or the deadline passed.
+struct LeaveOnDrop<'a> {
+    app: &'a AppState,
+    id: u64,
+    cancel: Arc<AtomicBool>,
+    answered: bool,
+}
 
-impl<'a> InFlight<'a> {
-    fn admit(state: &'a AppState) -> Option<InFlight<'a>> {
-        let before = state.in_flight.fetch_add(1, Ordering::SeqCst);
-        let admitted = InFlight(state);
-        (before < state.queue_size).then_some(admitted)
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        let removed = self.app.queue.remove(self.id);
+        if !self.answered {
+            self.app.metrics.error("cancelled");
+            tracing::info!(
+                in_queue = removed,
+                "the caller went away; its request {}",
+                if removed {
+                    "left the queue"
+                } else {
+                    "stops at the next step"
+                }
+            );
+        }
     }
 }
 
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+/// `GET /v1/models`: the catalog and each model's state.
+async fn models(State(app): State<Arc<AppState>>) -> Response {
+    let default = app.catalog.default_entry().name.clone();
+    let models: Vec<_> = app
+        .catalog
+        .entries()
+        .iter()
+        .map(|e| {
+            let state = app.registry.state(&e.source);
+            json!({
+                "name": e.name,
+                "aliases": e.aliases,
+                "source": e.source,
+                "preload": e.preload || e.name == default,
+                "state": state,
+                "defaults": e.defaults,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "default": default, "models": models })).into_response()
+}
+
+/// `GET /ready`: 200 once the default model is loaded.
+async fn ready(State(app): State<Arc<AppState>>) -> Response {
+    let entry = app.catalog.default_entry();
+    match app.registry.state(&entry.source) {
+        SourceState::Loaded => (StatusCode::OK, "ready").into_response(),
+        SourceState::Failed(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the default model {} failed to load: {e}", entry.name),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("loading the default model {}", entry.name),
+        )
+            .into_response(),
     }
 }
 
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
 }

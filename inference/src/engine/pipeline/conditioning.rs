@@ -26,6 +26,7 @@ struct Conditioning {
 
 /// Everything the UNet takes besides the latents and the timestep, for the whole
 /// batch: with CFG the unconditional half first, then the conditional half.
+#[derive(Clone)]
 pub(super) struct UnetConditioning {
     /// `(batch, tokens, cross_attention_dim)`
     pub context: Tensor,
@@ -36,6 +37,46 @@ pub(super) struct UnetConditioning {
     pub time_ids: Tensor,
     /// LCM's guidance embedding, `(batch, time_cond_proj_dim)`.
     pub timestep_cond: Option<Tensor>,
+}
+
+impl UnetConditioning {
+    /// The conditioning of several requests run as one batch (`counts[i]` images each):
+    /// with CFG all unconditional rows first, then all conditional ones, as the
+    /// denoising loop splits them.
+    pub fn join(parts: &[UnetConditioning], counts: &[usize], do_cfg: bool) -> Result<Self> {
+        if parts.len() == 1 {
+            return Ok(parts[0].clone());
+        }
+        let total: usize = counts.iter().sum::<usize>() * if do_cfg { 2 } else { 1 };
+        let rows = |pick: &dyn Fn(&UnetConditioning) -> &Tensor| -> Result<Tensor> {
+            let first = pick(&parts[0]);
+            if first.dim(1)? == 0 {
+                // The unused placeholders of SD 1.x / 2.x.
+                return Ok(Tensor::zeros((total, 0), first.dtype(), first.device())?);
+            }
+            let halves = if do_cfg { 2 } else { 1 };
+            let mut pieces = Vec::new();
+            for half in 0..halves {
+                for (part, &n) in parts.iter().zip(counts) {
+                    pieces.push(pick(part).narrow(0, half * n, n)?);
+                }
+            }
+            Ok(Tensor::cat(&pieces, 0)?)
+        };
+        Ok(UnetConditioning {
+            context: rows(&|c| &c.context)?,
+            text_embeds: rows(&|c| &c.text_embeds)?,
+            time_ids: rows(&|c| &c.time_ids)?,
+            timestep_cond: match &parts[0].timestep_cond {
+                Some(_) => Some(rows(&|c| {
+                    c.timestep_cond
+                        .as_ref()
+                        .expect("every part of a batch has the same UNet")
+                })?),
+                None => None,
+            },
+        })
+    }
 }
 
 impl Pipeline {

@@ -31,7 +31,8 @@ pub(super) struct DenoiseRun<'a> {
     /// Images in the request (the batch is twice that with CFG).
     pub n: usize,
     pub do_cfg: bool,
-    pub guidance: f64,
+    /// The guidance scale of each image.
+    pub guidance: &'a [f32],
     pub begin: usize,
 }
 
@@ -73,7 +74,18 @@ impl Pipeline {
             let pred = if run.do_cfg {
                 let uncond = pred.narrow(0, 0, n)?;
                 let cond = pred.narrow(0, n, n)?;
-                (&uncond + mul_scalar(&(cond - &uncond)?, run.guidance as f32)?)?
+                let diff = (cond - &uncond)?;
+                // One scale for all (the usual case) is the same arithmetic as a scale per
+                // image, which batches of requests with different scales need.
+                let scaled = match run.guidance {
+                    [g, rest @ ..] if rest.iter().all(|r| r == g) => mul_scalar(&diff, *g)?,
+                    scales => {
+                        let g = Tensor::from_slice(scales, (n, 1, 1, 1), diff.device())?
+                            .to_dtype(diff.dtype())?;
+                        diff.broadcast_mul(&g)?
+                    }
+                };
+                (&uncond + scaled)?
             } else {
                 pred
             };

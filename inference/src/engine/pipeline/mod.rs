@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
 mod conditioning;
 mod denoise;
@@ -44,7 +44,7 @@ use super::tokenizer::ClipTokenizer;
 use super::unet::UNet;
 use super::vae::AutoencoderKl;
 use super::{GenerateParams, Generated, ModelInfo, StageTimings};
-use conditioning::TextEncoderSlot;
+use conditioning::{TextEncoderSlot, UnetConditioning};
 use denoise::DenoiseRun;
 
 /// Largest width / height accepted (pixels).
@@ -434,6 +434,37 @@ impl Pipeline {
         Ok(())
     }
 
+    /// What `params` must share with other requests to run in one batch with them
+    /// ([`Pipeline::generate_batch`]); also checks `params` as `generate` would.
+    pub fn batch_key(&self, params: &GenerateParams) -> Result<BatchKey> {
+        self.validate(params)?;
+        let (scheduler, name_karras) = match &params.scheduler {
+            Some(name) => scheduler::resolve(name)?,
+            None => (self.default_scheduler()?, None),
+        };
+        // The `karras` option asks for Karras sigmas where the scheduler has them (the
+        // contract's meaning; ModelsLab sends use_karras_sigmas=yes with any scheduler);
+        // a name that asks for them ("DDIM Karras") was refused by `resolve` already.
+        let karras = params
+            .karras
+            .filter(|_| scheduler.supports_karras())
+            .or(name_karras);
+        let has_time_cond = self.unet.config.time_cond_proj_dim.is_some();
+        let strength = params.init_image.as_ref().map(|(_, s)| *s);
+        let order =
+            scheduler::build(scheduler, &self.scheduler_config, params.steps, karras)?.order();
+        Ok(BatchKey {
+            width: params.width,
+            height: params.height,
+            steps: params.steps,
+            scheduler,
+            karras,
+            do_cfg: params.guidance > 1.0 && !has_time_cond,
+            img2img: strength.is_some(),
+            begin: denoise::first_step(params.steps, strength, order),
+        })
+    }
+
     /// Runs one request. `on_step(done, total)` is called after every denoising step, on the
     /// calling thread; returning `false` cancels with [`EngineError::Cancelled`].
     pub fn generate(
@@ -441,9 +472,23 @@ impl Pipeline {
         params: &GenerateParams,
         on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Generated> {
+        let mut out = self.generate_batch(std::slice::from_ref(params), on_step)?;
+        Ok(out.remove(0))
+    }
+
+    /// Runs several requests with equal [`BatchKey`]s as one UNet batch (their prompts,
+    /// negative prompts, seeds, guidance scales, sample counts and init images may differ)
+    /// and returns each request's own result, in order. Every image comes from its own
+    /// generator, so each request gets the images it would get alone. `on_step` as in
+    /// [`Pipeline::generate`], for the whole batch.
+    pub fn generate_batch(
+        &self,
+        batch: &[GenerateParams],
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<Generated>> {
         if rayon::current_thread_index().is_some() {
             // Already on a rayon worker: its parallel kernels join the pool directly.
-            return self.generate_on_worker(params, on_step);
+            return self.generate_on_worker(batch, on_step);
         }
         // Run the work on a rayon worker, so that the many short parallel kernels are joined
         // by the thread that issues them instead of parking it each time (15-25% faster on 2
@@ -455,7 +500,7 @@ impl Pipeline {
                 let mut relay = move |done: usize, total: usize| -> bool {
                     progress_tx.send((done, total)).is_ok() && reply_rx.recv().unwrap_or(false)
                 };
-                rayon::scope(|_| self.generate_on_worker(params, &mut relay))
+                rayon::scope(|_| self.generate_on_worker(batch, &mut relay))
             });
             for (done, total) in progress_rx.iter() {
                 if reply_tx.send(on_step(done, total)).is_err() {
@@ -470,67 +515,95 @@ impl Pipeline {
 
     fn generate_on_worker(
         &self,
-        params: &GenerateParams,
+        batch: &[GenerateParams],
         on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<Generated> {
-        self.validate(params)?;
-        let t0 = Instant::now();
-        let (kind, name_karras) = match &params.scheduler {
-            Some(name) => scheduler::resolve(name)?,
-            None => (self.default_scheduler()?, None),
+    ) -> Result<Vec<Generated>> {
+        let Some(first) = batch.first() else {
+            return Ok(Vec::new());
         };
-        // The `karras` option asks for Karras sigmas where the scheduler has them (the
-        // contract's meaning; ModelsLab sends use_karras_sigmas=yes with any scheduler);
-        // a name that asks for them ("DDIM Karras") was refused by `resolve` already.
-        let karras = params
-            .karras
-            .filter(|_| kind.supports_karras())
-            .or(name_karras);
-        let mut sched = scheduler::build(kind, &self.scheduler_config, params.steps, karras)?;
-        let n = params.samples;
-        let has_time_cond = self.unet.config.time_cond_proj_dim.is_some();
-        let do_cfg = params.guidance > 1.0 && !has_time_cond;
+        let t0 = Instant::now();
+        let key = self.batch_key(first)?;
+        for params in &batch[1..] {
+            let other = self.batch_key(params)?;
+            if other != key {
+                bail!("requests that differ in {key:?} and {other:?} cannot share a batch");
+            }
+        }
+        let mut sched =
+            scheduler::build(key.scheduler, &self.scheduler_config, key.steps, key.karras)?;
+        let counts: Vec<usize> = batch.iter().map(|p| p.samples).collect();
 
-        // 1. Prompt conditioning.
-        let cond = self.condition(params, n, do_cfg)?;
-        // 2. Timesteps.
-        let strength = params.init_image.as_ref().map(|(_, s)| *s);
-        let begin = denoise::first_step(params.steps, strength, sched.order());
-        // 3. Initial latents.
-        let mut noise = NoiseSource::new(params.seed, n, &self.device);
-        let latents = self.initial_latents(params, sched.as_ref(), begin, &mut noise)?;
+        // 1-3. Per request: prompt conditioning and initial latents, each image from its own
+        // generator (seed + i), then joined into one batch.
+        let mut conds = Vec::with_capacity(batch.len());
+        let mut latents = Vec::with_capacity(batch.len());
+        let mut generators = Vec::new();
+        for params in batch {
+            conds.push(self.condition(params, params.samples, key.do_cfg)?);
+            let mut noise = NoiseSource::new(params.seed, params.samples, &self.device);
+            latents.push(self.initial_latents(params, sched.as_ref(), key.begin, &mut noise)?);
+            generators.extend(noise.into_generators());
+        }
+        let cond = UnetConditioning::join(&conds, &counts, key.do_cfg)?;
+        let latents = Tensor::cat(&latents, 0)?;
+        let mut noise = NoiseSource::from_generators(generators, &self.device);
         let prepare = t0.elapsed();
 
         // 4. Denoising loop.
         let t1 = Instant::now();
+        let guidance: Vec<f32> = batch
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.guidance as f32, p.samples))
+            .collect();
         let run = DenoiseRun {
             cond: &cond,
-            n,
-            do_cfg,
-            guidance: params.guidance,
-            begin,
+            n: guidance.len(),
+            do_cfg: key.do_cfg,
+            guidance: &guidance,
+            begin: key.begin,
         };
         let latents = self.denoise(&run, sched.as_mut(), latents, &mut noise, on_step)?;
         let denoise = t1.elapsed();
 
-        // 5. Decode.
+        // 5. Decode, then hand each request its own images.
         let t2 = Instant::now();
         let z = self.unscale_latents(&latents)?;
         let decoded = self.vae.decode(&z)?;
-        let images = tensor_to_images(&decoded)?;
+        let mut images = tensor_to_images(&decoded)?.into_iter();
         let decode = t2.elapsed();
-        Ok(Generated {
-            images: images
-                .into_iter()
-                .enumerate()
-                .map(|(i, img)| (img, params.seed.wrapping_add(i as u64)))
-                .collect(),
-            timings: StageTimings {
-                prepare,
-                denoise,
-                decode,
-            },
-            scheduler: sched.class_name().to_string(),
-        })
+        let timings = StageTimings {
+            prepare,
+            denoise,
+            decode,
+        };
+        Ok(batch
+            .iter()
+            .map(|params| Generated {
+                images: images
+                    .by_ref()
+                    .take(params.samples)
+                    .enumerate()
+                    .map(|(i, img)| (img, params.seed.wrapping_add(i as u64)))
+                    .collect(),
+                timings,
+                scheduler: sched.class_name().to_string(),
+            })
+            .collect())
     }
+}
+
+/// What requests must share to run as one batch: everything that shapes the denoising loop
+/// (latent size, timesteps, scheduler, whether the UNet runs twice for guidance, where
+/// image-to-image starts). Prompts, seeds, guidance scales and init images may differ.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchKey {
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+    pub scheduler: SchedulerKind,
+    pub karras: Option<bool>,
+    pub do_cfg: bool,
+    pub img2img: bool,
+    /// The first timestep that runs (image-to-image skips the early ones).
+    pub begin: usize,
 }

@@ -1,0 +1,226 @@
+//! The model catalog (a TOML file, `inference/catalog.toml` by default): the names
+//! clients send, where each model's weights are, and the defaults a request gets for
+//! what it leaves out. See that file for the format.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The catalog built into the binary (inference/catalog.toml).
+pub const BUILT_IN: &str = include_str!("../../catalog.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    default: String,
+    memory_budget_gb: Option<f64>,
+    models: BTreeMap<String, EntryFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFile {
+    source: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    preload: bool,
+    // Spelled out rather than a flattened `Defaults`: serde can't deny unknown
+    // fields through a flatten, and a misspelt default must not pass unnoticed.
+    width: Option<u32>,
+    height: Option<u32>,
+    steps: Option<u32>,
+    guidance: Option<f32>,
+    scheduler: Option<String>,
+}
+
+/// What a request gets for the settings it leaves out (None: the model's own).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Defaults {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub steps: Option<u32>,
+    pub guidance: Option<f32>,
+    pub scheduler: Option<String>,
+}
+
+/// One model of the catalog.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub name: String,
+    pub aliases: Vec<String>,
+    /// A diffusers folder or a hub id.
+    pub source: String,
+    pub preload: bool,
+    pub defaults: Defaults,
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    entries: Vec<Entry>,
+    default: usize,
+    /// Bytes loaded models may take; None: no limit.
+    pub memory_budget: Option<u64>,
+}
+
+impl Catalog {
+    pub fn load(path: &Path) -> anyhow::Result<Catalog> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the catalog {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in the catalog {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Catalog> {
+        let file: CatalogFile = toml::from_str(text)?;
+        let mut entries: Vec<Entry> = Vec::new();
+        for (name, e) in file.models {
+            let defaults = Defaults {
+                width: e.width,
+                height: e.height,
+                steps: e.steps,
+                guidance: e.guidance,
+                scheduler: e.scheduler,
+            };
+            if e.source.trim().is_empty() {
+                bail!("models.{name}: source must name a folder or a hub id");
+            }
+            if let Some(s) = defaults.steps.filter(|&s| s == 0) {
+                bail!("models.{name}: steps must be at least 1 (got {s})");
+            }
+            for side in [defaults.width, defaults.height].into_iter().flatten() {
+                if side < 64 || side % 8 != 0 {
+                    bail!(
+                        "models.{name}: width and height must be multiples of 8, at least 64 (got {side})"
+                    );
+                }
+            }
+            entries.push(Entry {
+                name,
+                aliases: e.aliases,
+                source: e.source.trim().to_string(),
+                preload: e.preload,
+                defaults,
+            });
+        }
+        // A name (or alias) must point at one model.
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for e in &entries {
+            for n in std::iter::once(&e.name).chain(&e.aliases) {
+                if let Some(other) = seen.insert(n.to_lowercase(), &e.name)
+                    && other != e.name
+                {
+                    bail!(
+                        "the name {n:?} is given to both models.{other} and models.{}",
+                        e.name
+                    );
+                }
+            }
+        }
+        let mut catalog = Catalog {
+            entries,
+            default: 0,
+            memory_budget: file
+                .memory_budget_gb
+                .map(|gb| (gb.max(0.0) * 1024.0 * 1024.0 * 1024.0) as u64),
+        };
+        catalog.default = catalog.position(&file.default).with_context(|| {
+            format!("default = {:?} is not a model of the catalog", file.default)
+        })?;
+        Ok(catalog)
+    }
+
+    /// Every model served by the one in `source` (`--model`): the names and defaults
+    /// stay, the weights are the same for all.
+    pub fn with_single_source(mut self, source: &str) -> Catalog {
+        for e in &mut self.entries {
+            e.source = source.to_string();
+        }
+        self
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        let name = name.trim();
+        self.entries.iter().position(|e| {
+            e.name.eq_ignore_ascii_case(name)
+                || e.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
+    }
+
+    /// The model a request names; an empty name is the default model.
+    pub fn lookup(&self, name: &str) -> Option<&Entry> {
+        if name.trim().is_empty() {
+            return Some(self.default_entry());
+        }
+        self.position(name).map(|i| &self.entries[i])
+    }
+
+    pub fn default_entry(&self) -> &Entry {
+        &self.entries[self.default]
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The names clients may send, for error messages.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries
+            .iter()
+            .flat_map(|e| {
+                std::iter::once(e.name.as_str()).chain(e.aliases.iter().map(String::as_str))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_catalog_has_every_dialects_names() {
+        let c = Catalog::parse(BUILT_IN).unwrap();
+        assert_eq!(c.default_entry().name, "sdxl-turbo");
+        assert!(c.default_entry().preload);
+        // Appypie / HolmesAI's default, Hyperbolic's list, a ModelsLab id.
+        for name in [
+            "stable-diffusion-xl-base-1.0",
+            "SDXL1.0-base",
+            "sd2",
+            "SD1.5",
+            "SSD",
+            "SDXL-turbo",
+            "sdxl",
+        ] {
+            assert!(c.lookup(name).is_some(), "{name}");
+        }
+        assert_eq!(c.lookup("").unwrap().name, "sdxl-turbo");
+        assert!(c.lookup("flux").is_none());
+        assert_eq!(
+            c.lookup("sdxl1.0-BASE").unwrap().source,
+            "stabilityai/stable-diffusion-xl-base-1.0"
+        );
+        let one = c.with_single_source("/m");
+        assert!(one.entries().iter().all(|e| e.source == "/m"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = |text: &str| format!("{:#}", Catalog::parse(text).unwrap_err());
+        assert!(err("default = \"a\"\n[models.b]\nsource = \"x\"").contains("default = \"a\""));
+        assert!(err("default = \"a\"\n[models.a]\nsource = \"x\"\nsteps = 0").contains("steps"));
+        assert!(err("default = \"a\"\n[models.a]\nsource = \"x\"\nwidht = 5").contains("widht"));
+        assert!(
+            err("default = \"a\"\n[models.a]\nsource = \"x\"\n[models.b]\nsource = \"y\"\naliases = [\"A\"]")
+                .contains("both")
+        );
+        let c = Catalog::parse(
+            "default = \"a\"\nmemory_budget_gb = 1.5\n[models.a]\nsource = \"x\"\nwidth = 256",
+        )
+        .unwrap();
+        assert_eq!(c.memory_budget, Some(1536 * 1024 * 1024));
+        assert_eq!(c.default_entry().defaults.width, Some(256));
+    }
+}

@@ -1,0 +1,231 @@
+//! The loaded models: each catalog source loads once (names that share a source share
+//! it), on first use or at start (`preload`), and within a memory budget: before a
+//! model loads, the least recently used others are unloaded until it fits. A model in
+//! use by a running batch stays alive until that batch ends (it is reference-counted).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use anyhow::Context;
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::engine::pipeline::model_dtype;
+use crate::engine::weights::find_weight_files;
+use crate::engine::{ModelInfo, Pipeline};
+
+/// A loaded model.
+#[derive(Clone)]
+pub struct Loaded {
+    pub pipeline: Arc<Pipeline>,
+    pub info: ModelInfo,
+}
+
+enum State {
+    Loading,
+    Ready(Loaded),
+    /// The last load failed (the next request tries again).
+    Failed(String),
+}
+
+struct Slot {
+    state: State,
+    /// Estimated bytes of the weights in memory.
+    bytes: u64,
+    last_used: u64,
+}
+
+pub struct Registry {
+    device: Device,
+    budget: Option<u64>,
+    slots: Mutex<HashMap<String, Slot>>,
+    changed: Condvar,
+    clock: AtomicU64,
+    /// Called after every load or unload with the number of loaded models.
+    on_change: Box<dyn Fn(usize) + Send + Sync>,
+}
+
+/// A source's state, for `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    NotLoaded,
+    Loading,
+    Loaded,
+    Failed(String),
+}
+
+impl Registry {
+    pub fn new(
+        device: Device,
+        budget: Option<u64>,
+        on_change: Box<dyn Fn(usize) + Send + Sync>,
+    ) -> Registry {
+        Registry {
+            device,
+            budget,
+            slots: Mutex::new(HashMap::new()),
+            changed: Condvar::new(),
+            clock: AtomicU64::new(0),
+            on_change,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        // A panic while holding the lock leaves the map consistent (no half-done updates).
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn state(&self, source: &str) -> SourceState {
+        match self.lock().get(source).map(|s| &s.state) {
+            None => SourceState::NotLoaded,
+            Some(State::Loading) => SourceState::Loading,
+            Some(State::Ready(_)) => SourceState::Loaded,
+            Some(State::Failed(e)) => SourceState::Failed(e.clone()),
+        }
+    }
+
+    /// The model in `source`, loading it first if needed (blocking: call it from a
+    /// blocking thread). Concurrent callers for one source wait for one load.
+    pub fn get(&self, source: &str) -> anyhow::Result<Loaded> {
+        let mut slots = self.lock();
+        loop {
+            let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+            match slots.get_mut(source) {
+                Some(Slot {
+                    state: State::Ready(loaded),
+                    last_used,
+                    ..
+                }) => {
+                    *last_used = tick;
+                    return Ok(loaded.clone());
+                }
+                Some(Slot {
+                    state: State::Loading,
+                    ..
+                }) => {
+                    slots = self.changed.wait(slots).unwrap_or_else(|e| e.into_inner());
+                }
+                _ => break,
+            }
+        }
+        slots.insert(
+            source.to_string(),
+            Slot {
+                state: State::Loading,
+                bytes: 0,
+                last_used: 0,
+            },
+        );
+        drop(slots);
+
+        let loaded = self.load(source);
+        let mut slots = self.lock();
+        let result = match loaded {
+            Ok((loaded, bytes)) => {
+                self.make_room(&mut slots, source, bytes);
+                let slot = slots.get_mut(source).expect("inserted above");
+                slot.state = State::Ready(loaded.clone());
+                slot.bytes = bytes;
+                slot.last_used = self.clock.fetch_add(1, Ordering::Relaxed);
+                Ok(loaded)
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(model = source, error = %msg, "loading failed");
+                slots.get_mut(source).expect("inserted above").state = State::Failed(msg);
+                Err(e)
+            }
+        };
+        (self.on_change)(loaded_count(&slots));
+        drop(slots);
+        self.changed.notify_all();
+        result
+    }
+
+    fn load(&self, source: &str) -> anyhow::Result<(Loaded, u64)> {
+        let dir = crate::model_source::resolve(source)?;
+        let bytes = estimate_bytes(&dir, &self.device);
+        if let Some(budget) = self.budget {
+            // Unload before loading, so that the two never need to fit at once.
+            let mut slots = self.lock();
+            self.make_room(&mut slots, source, bytes);
+            (self.on_change)(loaded_count(&slots));
+            if bytes > budget {
+                tracing::warn!(
+                    model = source,
+                    bytes,
+                    budget,
+                    "the model alone is larger than the memory budget; loading it anyway"
+                );
+            }
+        }
+        tracing::info!(model = source, folder = %dir.display(), mib = bytes >> 20, "loading");
+        let started = std::time::Instant::now();
+        let pipeline = Pipeline::load(&dir, &self.device)
+            .with_context(|| format!("loading the model in {}", dir.display()))?;
+        let info = pipeline.describe();
+        tracing::info!(model = source, architecture = %info.architecture, secs = started.elapsed().as_secs_f32(), "loaded");
+        Ok((
+            Loaded {
+                pipeline: Arc::new(pipeline),
+                info,
+            },
+            bytes,
+        ))
+    }
+
+    /// Unloads least recently used models (not `keep`) until `bytes` more fit.
+    fn make_room(&self, slots: &mut HashMap<String, Slot>, keep: &str, bytes: u64) {
+        let Some(budget) = self.budget else { return };
+        loop {
+            let used: u64 = slots
+                .iter()
+                .filter(|(k, s)| *k != keep && matches!(s.state, State::Ready(_)))
+                .map(|(_, s)| s.bytes)
+                .sum();
+            if used + bytes <= budget {
+                return;
+            }
+            let victim = slots
+                .iter()
+                .filter(|(k, s)| *k != keep && matches!(s.state, State::Ready(_)))
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(k, _)| k.clone());
+            let Some(victim) = victim else { return };
+            tracing::info!(model = %victim, for_model = keep, "unloading the least recently used model to stay within the memory budget");
+            slots.remove(&victim);
+        }
+    }
+}
+
+fn loaded_count(slots: &HashMap<String, Slot>) -> usize {
+    slots
+        .values()
+        .filter(|s| matches!(s.state, State::Ready(_)))
+        .count()
+}
+
+/// The memory a model's weights take once loaded: the files the engine reads, scaled
+/// from their stored dtype (fp16 variants: 2 bytes) to the one it runs in.
+pub fn estimate_bytes(dir: &Path, device: &Device) -> u64 {
+    let run_bytes = model_dtype(device).size_in_bytes() as u64;
+    let components = [
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+        ("text_encoder_2", "model"),
+    ];
+    components
+        .iter()
+        .flat_map(|(sub, base)| find_weight_files(&dir.join(sub), base).unwrap_or_default())
+        .map(|f| {
+            let size = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+            let name = f.file_name().unwrap_or_default().to_string_lossy();
+            let stored = if name.contains(".fp16") { 2 } else { 4 };
+            size * run_bytes / stored
+        })
+        .sum()
+}

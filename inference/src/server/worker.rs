@@ -1,0 +1,171 @@
+//! The generation worker: one thread that takes the oldest queued job, loads its
+//! model if needed, gathers the queued jobs that can share its UNet batch (same
+//! model and `BatchKey`, up to `max_batch` images), runs them as one, and hands each
+//! caller its own images. One batch at a time: the engine already uses every core (or
+//! the whole GPU), so two at once would only slow both.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use contract::Error;
+
+use super::AppState;
+use super::convert::param_message;
+use super::queue::{Done, Job};
+use crate::engine::{ErrorKind, GenerateParams};
+
+pub fn run(app: Arc<AppState>) {
+    while let Some(head) = app.queue.pop() {
+        // A panic must not take the server down; the engine's own run in a joined
+        // thread already turn into errors, this is the backstop for the rest.
+        let app2 = app.clone();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || serve(&app2, head)))
+            .is_err()
+        {
+            tracing::error!("the worker caught a panic; the jobs of that batch got no answer");
+        }
+    }
+}
+
+fn engine_error(e: &anyhow::Error) -> Error {
+    match ErrorKind::of(e) {
+        ErrorKind::InvalidParam => Error::InvalidRequest(param_message(e)),
+        ErrorKind::Cancelled => Error::Timeout("stopped: the caller stopped waiting".into()),
+        ErrorKind::Internal => Error::Internal(format!("{e:#}")),
+    }
+}
+
+fn serve(app: &AppState, head: Job) {
+    let now = Instant::now();
+    if !head.wanted(now) {
+        refuse_unwanted(head, now);
+        return;
+    }
+    let load_started = Instant::now();
+    let loaded = match app.registry.get(&head.source) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = head
+                .reply
+                .send(Err(Error::Internal(format!("model {}: {e:#}", head.model))));
+            return;
+        }
+    };
+    app.metrics.stage("load", load_started.elapsed());
+    let pipeline = loaded.pipeline.clone();
+    let params = head.draft.resolve(&loaded.info);
+    let key = match pipeline.batch_key(&params) {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = head.reply.send(Err(engine_error(&e)));
+            return;
+        }
+    };
+    // Gather the queued jobs that can run with this one.
+    let mut images = head.samples();
+    let mut batch: Vec<(Job, GenerateParams)> = vec![(head, params)];
+    if images < app.max_batch {
+        let source = batch[0].0.source.clone();
+        let now = Instant::now();
+        let others = app.queue.take_where(|job| {
+            if job.source != source || images + job.samples() > app.max_batch || !job.wanted(now) {
+                return false;
+            }
+            let fits = pipeline
+                .batch_key(&job.draft.resolve(&loaded.info))
+                .is_ok_and(|k| k == key);
+            if fits {
+                images += job.samples();
+            }
+            fits
+        });
+        for job in others {
+            let params = job.draft.resolve(&loaded.info);
+            batch.push((job, params));
+        }
+    }
+
+    let trace_ids: Vec<&str> = batch.iter().map(|(j, _)| j.trace_id.as_str()).collect();
+    let span =
+        tracing::info_span!("batch", trace_ids = %trace_ids.join(","), model = %batch[0].0.model);
+    let _enter = span.enter();
+    let started = Instant::now();
+    for (job, _) in &batch {
+        app.metrics
+            .stage("queue", started.duration_since(job.enqueued));
+    }
+    app.metrics.batch_images.observe(images as f64);
+    app.metrics.batch_requests.observe(batch.len() as f64);
+    app.metrics.running.add(batch.len() as i64);
+    tracing::info!(
+        requests = batch.len(),
+        images,
+        steps = key.steps,
+        width = key.width,
+        height = key.height,
+        "batch starts"
+    );
+
+    let params: Vec<GenerateParams> = batch.iter().map(|(_, p)| p.clone()).collect();
+    // Stop at the next step once nobody in the batch waits any more.
+    let result = pipeline.generate_batch(&params, &mut |_, _| {
+        let now = Instant::now();
+        batch.iter().any(|(j, _)| j.wanted(now))
+    });
+    app.metrics.running.sub(batch.len() as i64);
+    let secs = started.elapsed().as_secs_f64();
+    app.record_batch_secs(secs);
+
+    match result {
+        Ok(outs) => {
+            if let Some(first) = outs.first() {
+                app.metrics.stage("prepare", first.timings.prepare);
+                app.metrics.stage("denoise", first.timings.denoise);
+                app.metrics.stage("decode", first.timings.decode);
+            }
+            tracing::info!(secs, "batch done");
+            for ((job, params), generated) in batch.into_iter().zip(outs) {
+                app.metrics
+                    .images
+                    .with_label_values(&[&job.model])
+                    .inc_by(generated.images.len() as u64);
+                let done = Done {
+                    generated,
+                    steps: params.steps,
+                    guidance: params.guidance,
+                    queued: started.duration_since(job.enqueued),
+                };
+                let _ = job.reply.send(Ok(done));
+            }
+        }
+        Err(e) => {
+            let err = engine_error(&e);
+            tracing::warn!(error = %err, "batch failed");
+            for (job, _) in batch {
+                let _ = job.reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// A job nobody waits for any more: the caller left, or its deadline passed in the queue.
+fn refuse_unwanted(job: Job, now: Instant) {
+    if now >= job.deadline {
+        let waited = now.duration_since(job.enqueued).as_secs();
+        let _ = job.reply.send(Err(Error::Timeout(format!(
+            "waited {waited} s in the queue, past the request's deadline"
+        ))));
+    }
+}
+
+/// Runs the worker on its own thread; it ends when the queue is closed.
+pub fn spawn(app: Arc<AppState>) -> std::thread::JoinHandle<()> {
+    let span = tracing::info_span!("worker");
+    std::thread::Builder::new()
+        .name("generate".into())
+        .spawn(move || {
+            let _e = span.enter();
+            run(app)
+        })
+        .expect("spawning the worker thread")
+}
