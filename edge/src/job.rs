@@ -100,6 +100,19 @@ pub fn parse_size(field: &str, text: &str) -> Result<(u32, u32), ApiError> {
     Ok((w, h))
 }
 
+/// The size of a request whose API documents no default: neither side given, none
+/// (the model's default, or the init image's); one side given, the other is `default`.
+pub fn optional_size(
+    width: Option<u32>,
+    height: Option<u32>,
+    default: u32,
+) -> (Option<u32>, Option<u32>) {
+    match (width, height) {
+        (None, None) => (None, None),
+        (w, h) => (Some(w.unwrap_or(default)), Some(h.unwrap_or(default))),
+    }
+}
+
 /// An image side the models can produce: a multiple of `step` within `min..=max`.
 pub fn check_side(field: &str, value: u32, min: u32, max: u32, step: u32) -> Result<u32, ApiError> {
     if value < min || value > max || !value.is_multiple_of(step) {

@@ -102,17 +102,15 @@ impl Dialect for Hyperbolic {
             }
             None => None,
         };
-        let given_size = width.or(height);
-        let size_from_image = init.is_some() && given_size.is_none();
+        let (width, height) = job::optional_size(width, height, DEFAULT_SIDE);
+        let size_from_image = init.is_some() && width.is_none();
         let mut job = Job::new(
             GenerateRequest {
                 model,
                 prompt,
                 negative_prompt,
-                // Neither side: the image's size (image-to-image) or the model's default;
-                // one side: the other is the default side.
-                width: given_size.map(|_| width.unwrap_or(DEFAULT_SIDE)),
-                height: given_size.map(|_| height.unwrap_or(DEFAULT_SIDE)),
+                width,
+                height,
                 steps,
                 guidance,
                 seed,

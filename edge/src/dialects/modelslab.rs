@@ -101,15 +101,8 @@ impl Dialect for ModelsLab {
                 .map(|n| job::check_side(name, n as u32, 64, 1024, 8))
                 .transpose()
         };
-        // Neither side: the model's default size (the init image's, image-to-image);
-        // one side: the other is ModelsLab's usual 512.
-        let (width, height) = match (side("width")?, side("height")?) {
-            (None, None) => (None, None),
-            (w, h) => (
-                Some(w.unwrap_or(DEFAULT_SIDE)),
-                Some(h.unwrap_or(DEFAULT_SIDE)),
-            ),
-        };
+        // One side alone: the other is ModelsLab's usual 512.
+        let (width, height) = job::optional_size(side("width")?, side("height")?, DEFAULT_SIDE);
         let samples = f.integer("samples", 1..=4)?.map_or(1, |n| n as u32);
         // ModelsLab documents no defaults: absent, the model's catalog defaults apply.
         let steps = f.integer("num_inference_steps", 1..=50)?.map(|n| n as u32);

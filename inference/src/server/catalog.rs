@@ -57,6 +57,11 @@ pub struct Entry {
     pub defaults: Defaults,
 }
 
+/// A memory budget in GiB (as the catalog and MEMORY_BUDGET_GB give it) in bytes.
+pub fn gib_to_bytes(gib: f64) -> u64 {
+    (gib.max(0.0) * 1024.0 * 1024.0 * 1024.0) as u64
+}
+
 #[derive(Debug, Clone)]
 pub struct Catalog {
     entries: Vec<Entry>,
@@ -121,9 +126,7 @@ impl Catalog {
         let mut catalog = Catalog {
             entries,
             default: 0,
-            memory_budget: file
-                .memory_budget_gb
-                .map(|gb| (gb.max(0.0) * 1024.0 * 1024.0 * 1024.0) as u64),
+            memory_budget: file.memory_budget_gb.map(gib_to_bytes),
         };
         catalog.default = catalog.position(&file.default).with_context(|| {
             format!("default = {:?} is not a model of the catalog", file.default)

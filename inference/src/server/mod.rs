@@ -103,7 +103,7 @@ fn build_catalog(args: &ServeArgs) -> anyhow::Result<Catalog> {
         catalog = catalog.with_single_source(model);
     }
     if let Some(gb) = args.memory_budget_gb {
-        catalog.memory_budget = Some((gb.max(0.0) * 1024.0 * 1024.0 * 1024.0) as u64);
+        catalog.memory_budget = Some(catalog::gib_to_bytes(gb));
     }
     Ok(catalog)
 }

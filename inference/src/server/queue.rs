@@ -127,17 +127,16 @@ impl Queue {
         }
     }
 
-    /// Takes out, oldest first, the jobs `fits` accepts (it sees each job once, in
-    /// queue order, and may keep count of what it accepted).
-    pub fn take_where(&self, mut fits: impl FnMut(&Job) -> bool) -> Vec<Job> {
+    /// Takes out, oldest first, the jobs `fits` accepts, with what it made of each (it
+    /// sees each job once, in queue order, and may keep count of what it accepted).
+    pub fn take_where<T>(&self, mut fits: impl FnMut(&Job) -> Option<T>) -> Vec<(Job, T)> {
         let mut jobs = self.lock();
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(jobs.len());
         for job in jobs.drain(..) {
-            if fits(&job) {
-                taken.push(job);
-            } else {
-                kept.push_back(job);
+            match fits(&job) {
+                Some(made) => taken.push((job, made)),
+                None => kept.push_back(job),
             }
         }
         *jobs = kept;

@@ -12,7 +12,7 @@ use contract::Error;
 use super::AppState;
 use super::convert::param_message;
 use super::queue::{Done, Job};
-use crate::engine::{ErrorKind, GenerateParams};
+use crate::engine::ErrorKind;
 
 pub fn run(app: Arc<AppState>) {
     while let Some(head) = app.queue.pop() {
@@ -61,44 +61,44 @@ fn serve(app: &AppState, head: Job) {
             return;
         }
     };
-    // Gather the queued jobs that can run with this one.
+    // Gather the queued jobs that can run with this one, each resolved once.
     let mut images = head.samples();
-    let mut batch: Vec<(Job, GenerateParams)> = vec![(head, params)];
+    let mut jobs = vec![head];
+    let mut params = vec![params];
     if images < app.max_batch {
-        let source = batch[0].0.source.clone();
+        let source = jobs[0].source.clone();
         let now = Instant::now();
         let others = app.queue.take_where(|job| {
             if job.source != source || images + job.samples() > app.max_batch || !job.wanted(now) {
-                return false;
+                return None;
             }
-            let fits = pipeline
-                .batch_key(&job.draft.resolve(&loaded.info))
-                .is_ok_and(|k| k == key);
-            if fits {
+            let resolved = job.draft.resolve(&loaded.info);
+            let fits = pipeline.batch_key(&resolved).is_ok_and(|k| k == key);
+            fits.then(|| {
                 images += job.samples();
-            }
-            fits
+                resolved
+            })
         });
-        for job in others {
-            let params = job.draft.resolve(&loaded.info);
-            batch.push((job, params));
+        for (job, resolved) in others {
+            jobs.push(job);
+            params.push(resolved);
         }
     }
 
-    let trace_ids: Vec<&str> = batch.iter().map(|(j, _)| j.trace_id.as_str()).collect();
+    let trace_ids: Vec<&str> = jobs.iter().map(|j| j.trace_id.as_str()).collect();
     let span =
-        tracing::info_span!("batch", trace_ids = %trace_ids.join(","), model = %batch[0].0.model);
+        tracing::info_span!("batch", trace_ids = %trace_ids.join(","), model = %jobs[0].model);
     let _enter = span.enter();
     let started = Instant::now();
-    for (job, _) in &batch {
+    for job in &jobs {
         app.metrics
             .stage("queue", started.duration_since(job.enqueued));
     }
     app.metrics.batch_images.observe(images as f64);
-    app.metrics.batch_requests.observe(batch.len() as f64);
-    app.metrics.running.add(batch.len() as i64);
+    app.metrics.batch_requests.observe(jobs.len() as f64);
+    app.metrics.running.add(jobs.len() as i64);
     tracing::info!(
-        requests = batch.len(),
+        requests = jobs.len(),
         images,
         steps = key.steps,
         width = key.width,
@@ -106,13 +106,12 @@ fn serve(app: &AppState, head: Job) {
         "batch starts"
     );
 
-    let params: Vec<GenerateParams> = batch.iter().map(|(_, p)| p.clone()).collect();
     // Stop at the next step once nobody in the batch waits any more.
     let result = pipeline.generate_batch(&params, &mut |_, _| {
         let now = Instant::now();
-        batch.iter().any(|(j, _)| j.wanted(now))
+        jobs.iter().any(|j| j.wanted(now))
     });
-    app.metrics.running.sub(batch.len() as i64);
+    app.metrics.running.sub(jobs.len() as i64);
     let secs = started.elapsed().as_secs_f64();
     app.record_batch_secs(secs);
 
@@ -124,7 +123,7 @@ fn serve(app: &AppState, head: Job) {
                 app.metrics.stage("decode", first.timings.decode);
             }
             tracing::info!(secs, "batch done");
-            for ((job, params), generated) in batch.into_iter().zip(outs) {
+            for ((job, params), generated) in jobs.into_iter().zip(&params).zip(outs) {
                 app.metrics
                     .images
                     .with_label_values(&[&job.model])
@@ -141,7 +140,7 @@ fn serve(app: &AppState, head: Job) {
         Err(e) => {
             let err = engine_error(&e);
             tracing::warn!(error = %err, "batch failed");
-            for (job, _) in batch {
+            for job in jobs {
                 let _ = job.reply.send(Err(err.clone()));
             }
         }
