@@ -21,13 +21,23 @@ need_rust() {
   fi
 }
 
+# Whether an NVIDIA GPU is here (and not turned off with INFERENCE_DEVICE=cpu).
+gpu_present() {
+  [ "${INFERENCE_DEVICE:-auto}" != cpu ] && command -v nvidia-smi >/dev/null &&
+    nvidia-smi -L >/dev/null 2>&1
+}
+
 # The cargo features of the inference server: CUDA when an NVIDIA GPU and the
-# CUDA compiler are both here, CPU otherwise.
+# CUDA compiler are both here (with cuDNN's convolutions when its library is installed),
+# CPU otherwise (a GPU without a toolkit: scripts/up uses scripts/build-cuda).
 inference_features() {
-  if [ "${INFERENCE_DEVICE:-auto}" = cpu ]; then return; fi
-  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-    if command -v nvcc >/dev/null; then echo "--features inference/cuda"; return; fi
-    say "an NVIDIA GPU is present but nvcc (the CUDA toolkit) is not: building for CPU" 
+  if gpu_present && command -v nvcc >/dev/null; then
+    if ldconfig -p 2>/dev/null | grep -q 'libcudnn\.so\b' ||
+      ls "${CUDA_HOME:-/usr/local/cuda}"/lib*/libcudnn.so >/dev/null 2>&1; then
+      echo "--features inference/cuda,inference/cudnn"
+    else
+      echo "--features inference/cuda"
+    fi
   fi
 }
 

@@ -1,10 +1,12 @@
 #![recursion_limit = "256"]
 //! The inference side: the engine (models, schedulers, pipelines on candle), where
-//! models come from, and the HTTP server that carries the contract of wit/.
+//! models come from, the HTTP server that carries the contract of wit/, and the runner of
+//! the diffusers parity fixtures.
 
 pub mod device;
 pub mod engine;
 pub mod model_source;
+pub mod parity;
 pub mod server;
 
 /// A seed for requests that don't bring one: below 2^32, because torch's

@@ -24,6 +24,10 @@ enum Command {
     MakeTinyModel(cli::make_tiny::MakeTinyArgs),
     /// Serve the edge-inference contract (wit/HTTP.md) over HTTP.
     Serve(inference::server::ServeArgs),
+    /// Time model loading, whole generations and UNet steps (scripts/bench-engine, gpu-check).
+    Bench(cli::bench::BenchArgs),
+    /// Run the diffusers parity fixtures on a device and dtype (scripts/gpu-check).
+    Parity(cli::parity::ParityArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +46,8 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Generate(args) => cli::generate::run(args),
         Command::MakeTinyModel(args) => cli::make_tiny::run(args),
+        Command::Bench(args) => cli::bench::run(args),
+        Command::Parity(args) => cli::parity::run(args),
         Command::Serve(args) => {
             tokio::runtime::Runtime::new()?.block_on(inference::server::serve(args))
         }

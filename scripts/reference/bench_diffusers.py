@@ -1,5 +1,5 @@
 """The diffusers side of scripts/bench-engine: the same measurements as
-inference/examples/bench_engine.rs, with PyTorch on the CPU, printed as JSON lines.
+`inference bench` (ours), with PyTorch on the CPU, printed as JSON lines.
 
     python scripts/reference/bench_diffusers.py unet [--runs N]
     python scripts/reference/bench_diffusers.py pipeline --model DIR [--runs N] [--size PX] [--steps N]
@@ -47,7 +47,7 @@ def bench_unet(runs):
             unet(sample, t, encoder_hidden_states=context).sample.sum().item()
 
     step()  # warm-up
-    report("unet_step_sd15_b2_64x64", [timed(step) for _ in range(runs)])
+    report("unet_step_b2_64x64", [timed(step) for _ in range(runs)])
 
 
 def bench_pipeline(model, runs, size, steps):
@@ -61,7 +61,7 @@ def bench_pipeline(model, runs, size, steps):
                  guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(42), output_type="pil")
 
     once()  # warm-up
-    report(f"tiny_sdxl_txt2img_{size}px_{steps}steps", [timed(once) for _ in range(runs)])
+    report(f"txt2img_{size}x{size}_{steps}steps_b1", [timed(once) for _ in range(runs)])
 
 
 def main():

@@ -15,35 +15,16 @@ pub struct GenerateArgs {
     /// auto (CUDA when built with it and a GPU is present), cpu or cuda.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    #[arg(long)]
-    pub prompt: String,
-    /// Negative prompt. Leaving it out differs from passing "" for SDXL (it zeroes the negative
-    /// conditioning when the model sets force_zeros_for_empty_prompt); SD 1.x / 2.x encode "".
-    #[arg(long)]
-    pub negative_prompt: Option<String>,
-    /// Width in pixels (default: the model's: unet sample_size x VAE scale factor, e.g. 1024 for
-    /// SDXL, 512 for SD 1.5).
-    #[arg(long)]
-    pub width: Option<usize>,
-    /// Height in pixels (default: the model's).
-    #[arg(long)]
-    pub height: Option<usize>,
-    /// Denoising steps (default: the model's, 20; 4 for LCM).
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// Classifier-free guidance scale (CFG is on above 1; default: the model's, 7.5 for SD
-    /// 1.x / 2.x, 5 for SDXL; for LCM UNets the guidance embedding, 8.5).
-    #[arg(long)]
-    pub guidance: Option<f64>,
+    /// Precision of the UNet and text encoders: auto (f32 on the CPU, bf16 on a GPU), f32,
+    /// f16 or bf16. In f16 the SDXL VAE runs in f32 when its config has `force_upcast`, as in
+    /// diffusers.
+    #[arg(long, default_value = "auto")]
+    pub dtype: inference::device::Precision,
+    #[command(flatten)]
+    pub sampling: super::sampling::SamplingArgs,
     /// Seed of the first image (image i uses seed + i). Random when left out.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Scheduler (default: the model's scheduler_config.json): a diffusers class name
-    /// (EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, ...)
-    /// or an A1111 name ("Euler a", "DPM++ 2M Karras", "DPM++ 2M SDE", "Heun", "LMS", "DPM2 a",
-    /// "DDIM", "DDPM", "PLMS", "UniPC", "DEIS", "LCM"); an unknown name lists the supported ones.
-    #[arg(long)]
-    pub scheduler: Option<String>,
     /// Use Karras sigmas where the scheduler has them (Euler, Heun, LMS, DPM2, DPM2 a, DPM++,
     /// UniPC, DEIS; the others run as configured).
     #[arg(long)]
@@ -75,7 +56,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let device = inference::device::select(&args.device)?;
     let dir = inference::model_source::resolve(&args.model)?;
     let t = Instant::now();
-    let pipeline = Pipeline::load(&dir, &device)
+    let pipeline = Pipeline::load_with_dtype(&dir, &device, args.dtype.dtype(&device))
         .with_context(|| format!("loading model {}", dir.display()))?;
     let info = pipeline.describe();
     eprintln!(
@@ -93,17 +74,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let seed = args.seed.unwrap_or_else(inference::random_seed);
     let params = GenerateParams {
-        prompt: args.prompt.clone(),
-        negative_prompt: args.negative_prompt.clone(),
-        width: args.width.unwrap_or(info.default_width),
-        height: args.height.unwrap_or(info.default_height),
-        steps: args.steps.unwrap_or(info.default_steps),
-        guidance: args.guidance.unwrap_or(info.default_guidance),
-        seed,
         samples: args.samples,
-        scheduler: args.scheduler.clone(),
         karras: if args.karras { Some(true) } else { None },
         init_image,
+        ..args.sampling.params(&info, seed)
     };
     println!("seed: {seed}");
     let mut on_step = |step: usize, total: usize| {

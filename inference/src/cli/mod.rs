@@ -1,5 +1,8 @@
+pub mod bench;
 pub mod generate;
 pub mod make_tiny;
+pub mod parity;
+pub mod sampling;
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info` level, and `LOG_FORMAT=json`
 /// writes one JSON object per line (with the span fields, e.g. `trace_id`) for log

@@ -25,8 +25,8 @@
 //! ```
 //!
 //! * [`Pipeline`] is loaded once and shared by all requests (`Send + Sync`; `generate` takes
-//!   `&self` and may run concurrently). Models run in f32 on the CPU and f16 on a GPU (the
-//!   SDXL VAE in f32 when its config has `force_upcast`); latents and schedulers in f32. `generate` blocks (call it from a
+//!   `&self` and may run concurrently). Models run in f32 on the CPU and bf16 on a GPU (f16 or f32 on request; in f16
+//!   the SDXL VAE in f32 when its config has `force_upcast`); latents and schedulers in f32. `generate` blocks (call it from a
 //!   blocking task in async code); the work runs on the rayon pool and `on_step` is called on
 //!   the calling thread after each denoising step.
 //! * Seeds: image `i` of a request uses its own torch-compatible generator seeded with

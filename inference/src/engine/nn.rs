@@ -2,8 +2,10 @@
 //!
 //! Group norm and layer norm have fused CPU kernels here (two-pass statistics in f64, then
 //! PyTorch's `x * scale + shift` form in f32), because candle's generic versions are several
-//! passes over memory and compute the variance as `E[x²] - mean²` in f32. Other devices use a
-//! tensor-op formulation.
+//! passes over memory and compute the variance as `E[x²] - mean²` in f32. Elsewhere (a GPU)
+//! f32 takes a two-pass tensor-op formulation (accurate: checked against the CPU's images) and
+//! half precision candle's fused kernels, which keep statistics in f32 registers rather than
+//! upcasting whole activations.
 
 use anyhow::Result;
 use candle_core::{CpuStorage, DType, Device, Layout, Module, Shape, Tensor};
@@ -178,21 +180,29 @@ impl GroupNorm {
                 silu,
             })?);
         }
-        // Generic path (GPU): statistics in f32.
         let dims = x.dims().to_vec();
         let (b, c) = (dims[0], dims[1]);
-        let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32)?.reshape((b, self.groups, ()))?;
-        let normed = standardize_last_dim(&xf, self.eps)?;
         let mut wshape = vec![1usize; dims.len()];
         wshape[1] = c;
-        let per_channel = |t: &Tensor| t.to_dtype(DType::F32)?.reshape(wshape.as_slice());
+        let per_channel = |t: &Tensor| t.to_dtype(x.dtype())?.reshape(wshape.as_slice());
+        let rows = x.contiguous()?.reshape((b, self.groups, ()))?;
+        let normed = if x.dtype() == DType::F32 {
+            // f32 off the CPU kernels (a GPU run checked against the CPU's images): two-pass
+            // statistics, the accurate form.
+            standardize_last_dim(&rows, self.eps)?
+        } else {
+            // Half precision: candle's fused layer-norm kernel gives each (batch, group) row
+            // its statistics in f32 registers, with no f32 copy of the activation.
+            let len = rows.dim(2)?;
+            let ones = Tensor::ones(len, x.dtype(), x.device())?;
+            let zeros = Tensor::zeros(len, x.dtype(), x.device())?;
+            candle_nn::ops::layer_norm(&rows, &ones, &zeros, self.eps as f32)?
+        };
         let y = normed
             .reshape(dims.as_slice())?
             .broadcast_mul(&per_channel(&self.affine.weight)?)?
             .broadcast_add(&per_channel(&self.affine.bias)?)?;
-        let y = if silu { y.silu()? } else { y };
-        Ok(y.to_dtype(dtype)?)
+        Ok(if silu { y.silu()? } else { y })
     }
 }
 
@@ -266,11 +276,20 @@ impl LayerNorm {
                 eps: self.eps,
             })?);
         }
-        let dtype = x.dtype();
-        let y = standardize_last_dim(&x.to_dtype(DType::F32)?, self.eps)?
-            .broadcast_mul(&self.affine.weight.to_dtype(DType::F32)?)?
-            .broadcast_add(&self.affine.bias.to_dtype(DType::F32)?)?;
-        Ok(y.to_dtype(dtype)?)
+        let (w, b) = (&self.affine.weight, &self.affine.bias);
+        if x.dtype() == DType::F32 {
+            return Ok(standardize_last_dim(x, self.eps)?
+                .broadcast_mul(w)?
+                .broadcast_add(b)?);
+        }
+        // Half precision: candle's fused kernel (statistics in f32 registers, one pass).
+        let (w, b) = (w.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
+        Ok(candle_nn::ops::layer_norm(
+            &x.contiguous()?,
+            &w,
+            &b,
+            self.eps as f32,
+        )?)
     }
 }
 
@@ -305,15 +324,21 @@ impl candle_core::CustomOp1 for LayerNormOp<'_> {
     }
 }
 
-/// Scaled dot-product attention on `(batch*heads, tokens, head_dim)` tensors, computed in
-/// query chunks so the score matrix stays small (identical results: softmax is row-wise).
-/// In half precision the softmax runs in f32 (as PyTorch's fused attention does).
+/// Scaled dot-product attention on `(batch*heads, tokens, head_dim)` tensors. On the CPU in
+/// f32 a fused kernel; elsewhere cuBLAS-style batched matmuls and candle's fused softmax, in
+/// the model's dtype (the softmax kernel accumulates in f32, so no f32 score matrix is
+/// made), in query chunks when the score matrix would be large (identical results: softmax
+/// is row-wise).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     attention_upcast(q, k, v, scale, false)
 }
 
-/// [`attention`] with diffusers' `upcast_attention`: in half precision, the scores `q kᵀ` are
-/// also computed in f32 (SD 2.1 overflows f16 there). A no-op in f32.
+/// The most score-matrix bytes one chunk of [`attention`] may take off the CPU kernels.
+const SCORE_CHUNK_BYTES: usize = 512 << 20;
+
+/// [`attention`] with diffusers' `upcast_attention` (SD 2.x): in f16, the scores `q kᵀ` are
+/// computed in f32, where f16 overflows. bf16 has f32's range and needs no upcast (nor does
+/// diffusers' default SDPA processor do one); a no-op in f32.
 pub fn attention_upcast(
     q: &Tensor,
     k: &Tensor,
@@ -332,8 +357,7 @@ pub fn attention_upcast(
     let (bh, n, _d) = q.dims3()?;
     let m = k.dim(1)?;
     let dtype = v.dtype();
-    let half = matches!(dtype, DType::F16 | DType::BF16);
-    let (q, k) = if half && upcast {
+    let (q, k) = if upcast && dtype == DType::F16 {
         (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?)
     } else {
         (q.clone(), k.clone())
@@ -341,16 +365,10 @@ pub fn attention_upcast(
     let q = (q * scale)?;
     let kt = k.t()?;
     let probs_of = |scores: Tensor| -> Result<Tensor> {
-        let probs = if half {
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
-        Ok(probs.to_dtype(dtype)?)
+        Ok(candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?)
     };
-    // Target about 32 MiB of f32 scores per chunk.
-    let budget = 8usize << 20;
-    let rows = (budget / (bh * m).max(1)).clamp(64, n.max(64));
+    let rows =
+        (SCORE_CHUNK_BYTES / q.dtype().size_in_bytes() / (bh * m).max(1)).clamp(64, n.max(64));
     if rows >= n {
         return Ok(probs_of(q.matmul(&kt)?)?.matmul(v)?);
     }

@@ -85,8 +85,10 @@ impl TimestepEmbedding {
 pub struct AddedCond<'a> {
     /// Pooled text embeddings, `(batch, projection_dim)`.
     pub text_embeds: &'a Tensor,
-    /// `(batch, 6)`: original size, crop top-left, target size.
-    pub time_ids: &'a Tensor,
+    /// `batch` rows of 6: original size, crop top-left, target size. On the host: the UNet
+    /// embeds them with sin/cos tables it builds there, so reading them back from a GPU
+    /// would stall every step.
+    pub time_ids: &'a [f32],
 }
 
 pub struct UNet {
@@ -299,7 +301,7 @@ impl UNet {
 
     /// Predicts the model output for `sample` `(b, c, h, w)` at per-sample `timesteps` (`b`
     /// values), conditioned on `context` `(b, tokens, cross_dim)`. The inputs are cast to the
-    /// UNet's dtype (f16 on a GPU) and the output back to the dtype of `sample`, so the
+    /// UNet's dtype (bf16 on a GPU) and the output back to the dtype of `sample`, so the
     /// pipeline can keep its latents in f32. `added` is ignored by a UNet without
     /// `addition_embed_type` (SD 1.x / 2.x).
     pub fn forward(
@@ -337,15 +339,18 @@ impl UNet {
         if let Some(add) = &self.add_embedding {
             let a = added.context("unet: SDXL conditioning (text_embeds, time_ids) is required")?;
             let dim = cfg.addition_time_embed_dim.unwrap_or(0);
-            let ids: Vec<f32> = a
-                .time_ids
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let time_embeds =
-                timestep_embedding(&ids, dim, cfg.flip_sin_to_cos, cfg.freq_shift, &self.device)?
-                    .reshape((b, ()))?
-                    .to_dtype(self.dtype)?;
+            if a.time_ids.len() != b * 6 {
+                bail!("unet: {} time ids for a batch of {b}", a.time_ids.len());
+            }
+            let time_embeds = timestep_embedding(
+                a.time_ids,
+                dim,
+                cfg.flip_sin_to_cos,
+                cfg.freq_shift,
+                &self.device,
+            )?
+            .reshape((b, ()))?
+            .to_dtype(self.dtype)?;
             let add_embeds = Tensor::cat(&[&a.text_embeds.to_dtype(self.dtype)?, &time_embeds], 1)?;
             emb = (emb + add.forward(&add_embeds, None)?)?;
         }

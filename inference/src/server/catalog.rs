@@ -8,6 +8,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::device::Precision;
+
 /// The catalog built into the binary (inference/catalog.toml).
 pub const BUILT_IN: &str = include_str!("../../catalog.toml");
 
@@ -34,6 +36,7 @@ struct EntryFile {
     steps: Option<u32>,
     guidance: Option<f32>,
     scheduler: Option<String>,
+    dtype: Option<String>,
 }
 
 /// What a request gets for the settings it leaves out (None: the model's own).
@@ -55,6 +58,10 @@ pub struct Entry {
     pub source: String,
     pub preload: bool,
     pub defaults: Defaults,
+    /// The precision it runs in; None: the server's (`--dtype`). `/v1/models` reports the
+    /// dtype the registry resolved it to.
+    #[serde(skip)]
+    pub dtype: Option<Precision>,
 }
 
 /// A memory budget in GiB (as the catalog and MEMORY_BUDGET_GB give it) in bytes.
@@ -101,12 +108,18 @@ impl Catalog {
                     );
                 }
             }
+            let dtype = match e.dtype.as_deref().map(str::parse::<Precision>) {
+                None | Some(Ok(Precision::Auto)) => None,
+                Some(Ok(p)) => Some(p),
+                Some(Err(err)) => bail!("models.{name}: {err}"),
+            };
             entries.push(Entry {
                 name,
                 aliases: e.aliases,
                 source: e.source.trim().to_string(),
                 preload: e.preload,
                 defaults,
+                dtype,
             });
         }
         // A name (or alias) must point at one model.
@@ -121,6 +134,20 @@ impl Catalog {
                         e.name
                     );
                 }
+            }
+        }
+        // Names that share a source share one loaded model, so one precision.
+        for (i, a) in entries.iter().enumerate() {
+            if let Some(b) = entries[..i]
+                .iter()
+                .find(|b| b.source == a.source && b.dtype != a.dtype)
+            {
+                bail!(
+                    "models.{} and models.{} load the same source {:?} but ask for different dtypes",
+                    b.name,
+                    a.name,
+                    a.source
+                );
             }
         }
         let mut catalog = Catalog {
@@ -139,6 +166,8 @@ impl Catalog {
     pub fn with_single_source(mut self, source: &str) -> Catalog {
         for e in &mut self.entries {
             e.source = source.to_string();
+            // One model for all: the server's precision.
+            e.dtype = None;
         }
         self
     }
@@ -225,5 +254,33 @@ mod tests {
         .unwrap();
         assert_eq!(c.memory_budget, Some(1536 * 1024 * 1024));
         assert_eq!(c.default_entry().defaults.width, Some(256));
+    }
+
+    #[test]
+    fn a_model_may_ask_for_its_precision() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "default = \"a\"\n[models.a]\nsource = \"x\"\n{a}\n[models.b]\nsource = \"x\"\n{b}"
+            )
+        };
+        let c = Catalog::parse(&two("dtype = \"BF16\"", "dtype = \"bfloat16\"")).unwrap();
+        assert!(c.entries().iter().all(|e| e.dtype == Some(Precision::Bf16)));
+        // auto is the server's choice, as if left out.
+        let c = Catalog::parse(&two("dtype = \"auto\"", "")).unwrap();
+        assert!(c.entries().iter().all(|e| e.dtype.is_none()));
+        let err = |text: &str| format!("{:#}", Catalog::parse(text).unwrap_err());
+        let e = err(&two("dtype = \"f8\"", ""));
+        assert!(
+            e.contains("models.a") && e.contains("f32, f16 or bf16"),
+            "{e}"
+        );
+        // One source is one loaded model: it can't run in two precisions.
+        let e = err(&two("dtype = \"f16\"", "dtype = \"bf16\""));
+        assert!(e.contains("different dtypes"), "{e}");
+        // --model serves every name from one source, in the server's precision.
+        let c = Catalog::parse(&two("dtype = \"f16\"", "dtype = \"f16\""))
+            .unwrap()
+            .with_single_source("/m");
+        assert!(c.entries().iter().all(|e| e.dtype.is_none()));
     }
 }

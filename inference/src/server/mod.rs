@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// auto (CUDA when built with it and a GPU is present), cpu or cuda.
     #[arg(long, env = "INFERENCE_DEVICE", default_value = "auto")]
     pub device: String,
+    /// The precision of the UNet and text encoders: auto (f32 on the CPU, bf16 on a GPU), f32,
+    /// f16 or bf16; a catalog entry's `dtype` overrides it for that model.
+    #[arg(long, env = "INFERENCE_DTYPE", default_value = "auto")]
+    pub dtype: crate::device::Precision,
     /// Requests that may wait in the queue; more are refused with 503 and Retry-After.
     #[arg(long, env = "QUEUE_SIZE", default_value_t = 64)]
     pub queue_size: usize,
@@ -113,8 +117,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let catalog = build_catalog(&args)?;
     let metrics = Arc::new(Metrics::new().context("setting up metrics")?);
     let m = metrics.clone();
+    let default_dtype = args.dtype.dtype(&device);
+    let dtypes = catalog
+        .entries()
+        .iter()
+        .filter_map(|e| Some((e.source.clone(), e.dtype?.dtype(&device))))
+        .collect();
     let registry = Arc::new(Registry::new(
         device,
+        (default_dtype, dtypes),
         catalog.memory_budget,
         Box::new(move |n| m.models_loaded.set(n as i64)),
     ));

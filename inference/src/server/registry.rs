@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::Context;
-use candle_core::Device;
+use candle_core::{DType, Device};
 use serde::Serialize;
 
-use crate::engine::pipeline::model_dtype;
 use crate::engine::weights::find_weight_files;
 use crate::engine::{ModelInfo, Pipeline};
 
@@ -39,6 +38,9 @@ struct Slot {
 
 pub struct Registry {
     device: Device,
+    /// The dtype each source runs in (the catalog's), else `default_dtype` (the server's).
+    dtypes: HashMap<String, DType>,
+    default_dtype: DType,
     budget: Option<u64>,
     slots: Mutex<HashMap<String, Slot>>,
     changed: Condvar,
@@ -60,11 +62,14 @@ pub enum SourceState {
 impl Registry {
     pub fn new(
         device: Device,
+        (default_dtype, dtypes): (DType, HashMap<String, DType>),
         budget: Option<u64>,
         on_change: Box<dyn Fn(usize) + Send + Sync>,
     ) -> Registry {
         Registry {
             device,
+            dtypes,
+            default_dtype,
             budget,
             slots: Mutex::new(HashMap::new()),
             changed: Condvar::new(),
@@ -76,6 +81,14 @@ impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         // A panic while holding the lock leaves the map consistent (no half-done updates).
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The dtype `source` runs (or will run) in.
+    pub fn dtype(&self, source: &str) -> DType {
+        self.dtypes
+            .get(source)
+            .copied()
+            .unwrap_or(self.default_dtype)
     }
 
     pub fn state(&self, source: &str) -> SourceState {
@@ -147,7 +160,8 @@ impl Registry {
 
     fn load(&self, source: &str) -> anyhow::Result<(Loaded, u64)> {
         let dir = crate::model_source::resolve(source)?;
-        let bytes = estimate_bytes(&dir, &self.device);
+        let dtype = self.dtype(source);
+        let bytes = estimate_bytes(&dir, dtype);
         if let Some(budget) = self.budget {
             // Unload before loading, so that the two never need to fit at once.
             let mut slots = self.lock();
@@ -162,9 +176,9 @@ impl Registry {
                 );
             }
         }
-        tracing::info!(model = source, folder = %dir.display(), mib = bytes >> 20, "loading");
+        tracing::info!(model = source, folder = %dir.display(), mib = bytes >> 20, ?dtype, "loading");
         let started = std::time::Instant::now();
-        let pipeline = Pipeline::load(&dir, &self.device)
+        let pipeline = Pipeline::load_with_dtype(&dir, &self.device, dtype)
             .with_context(|| format!("loading the model in {}", dir.display()))?;
         let info = pipeline.describe();
         tracing::info!(model = source, architecture = %info.architecture, secs = started.elapsed().as_secs_f32(), "loaded");
@@ -210,8 +224,8 @@ fn loaded_count(slots: &HashMap<String, Slot>) -> usize {
 
 /// The memory a model's weights take once loaded: the files the engine reads, scaled
 /// from their stored dtype (fp16 variants: 2 bytes) to the one it runs in.
-pub fn estimate_bytes(dir: &Path, device: &Device) -> u64 {
-    let run_bytes = model_dtype(device).size_in_bytes() as u64;
+pub fn estimate_bytes(dir: &Path, dtype: DType) -> u64 {
+    let run_bytes = dtype.size_in_bytes() as u64;
     let components = [
         ("unet", "diffusion_pytorch_model"),
         ("vae", "diffusion_pytorch_model"),

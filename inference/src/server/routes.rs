@@ -246,6 +246,7 @@ async fn models(State(app): State<Arc<AppState>>) -> Response {
                 "source": e.source,
                 "preload": e.preload || e.name == default,
                 "state": state,
+                "dtype": format!("{:?}", app.registry.dtype(&e.source)).to_ascii_lowercase(),
                 "defaults": e.defaults,
             })
         })

@@ -33,8 +33,9 @@ pub(super) struct UnetConditioning {
     /// SDXL `text_embeds`, `(batch, projection_dim)`; SD 1.x / 2.x: `(batch, 0)`, unused
     /// (their UNet has no added conditioning and ignores it).
     pub text_embeds: Tensor,
-    /// SDXL `time_ids`, `(batch, 6)`; SD 1.x / 2.x: `(batch, 0)`, unused.
-    pub time_ids: Tensor,
+    /// SDXL `time_ids`, `batch` rows of 6 (on the host, see [`crate::engine::unet::AddedCond`]);
+    /// SD 1.x / 2.x: empty, unused.
+    pub time_ids: Vec<f32>,
     /// LCM's guidance embedding, `(batch, time_cond_proj_dim)`.
     pub timestep_cond: Option<Tensor>,
 }
@@ -66,7 +67,19 @@ impl UnetConditioning {
         Ok(UnetConditioning {
             context: rows(&|c| &c.context)?,
             text_embeds: rows(&|c| &c.text_embeds)?,
-            time_ids: rows(&|c| &c.time_ids)?,
+            time_ids: {
+                let halves = if do_cfg { 2 } else { 1 };
+                let mut ids = Vec::new();
+                for half in 0..halves {
+                    for (part, &n) in parts.iter().zip(counts) {
+                        let per_row = part.time_ids.len() / (n * halves).max(1);
+                        ids.extend_from_slice(
+                            &part.time_ids[half * n * per_row..(half + 1) * n * per_row],
+                        );
+                    }
+                }
+                ids
+            },
             timestep_cond: match &parts[0].timestep_cond {
                 Some(_) => Some(rows(&|c| {
                     c.timestep_cond
@@ -155,8 +168,8 @@ impl Pipeline {
             let unused = Tensor::zeros((batch, 0), self.dtype, &Device::Cpu)?;
             return Ok(UnetConditioning {
                 context,
-                text_embeds: unused.clone(),
-                time_ids: unused,
+                text_embeds: unused,
+                time_ids: Vec::new(),
                 timestep_cond: self.timestep_cond(params.guidance, n, do_cfg)?,
             });
         }
@@ -181,10 +194,8 @@ impl Pipeline {
         };
         let batch = context.dim(0)?;
         // add_time_ids = original_size + crops_coords_top_left + target_size.
-        let ids: Vec<f32> = [h, w, 0, 0, h, w].iter().map(|&v| v as f32).collect();
-        let time_ids = Tensor::from_vec(ids, (1, 6), &self.device)?
-            .to_dtype(self.dtype)?
-            .repeat((batch, 1))?;
+        let row = [h, w, 0, 0, h, w].map(|v| v as f32);
+        let time_ids = row.repeat(batch);
         Ok(UnetConditioning {
             context,
             text_embeds,

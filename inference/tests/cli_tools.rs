@@ -1,0 +1,165 @@
+//! `inference bench` and `inference parity`, as scripts/gpu-check and scripts/bench-engine call
+//! them: the JSON they write is what those scripts read.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn inference(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_inference"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "inference {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn bench_reports_every_measurement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    inference(&["make-tiny-model", model.to_str().unwrap()]);
+    let json = tmp.path().join("bench.json");
+    let save = tmp.path().join("images");
+    let out = inference(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a lighthouse at dusk",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--steps",
+        "2",
+        "--guidance",
+        "5",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--batches",
+        "1,2",
+        "--unet-steps",
+        "1",
+        "--save",
+        save.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let v = read_json(&json);
+    assert_eq!(v["engine"], "ours");
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(v["dtype"], "f32");
+    assert_eq!(v["vae_dtype"], "f32");
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(64), Some(48))
+    );
+    assert_eq!(v["scheduler"], "EulerDiscreteScheduler");
+    assert!(v["load_s"].as_f64().unwrap() > 0.0);
+    let rows = v["pipeline"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, batch) in rows.iter().zip([1u64, 2]) {
+        assert_eq!(row["batch"].as_u64(), Some(batch));
+        assert_eq!(row["runs_s"].as_array().unwrap().len(), 2);
+        let median = row["median_s"].as_f64().unwrap();
+        let ips = row["images_per_s"].as_f64().unwrap();
+        assert!((ips - batch as f64 / median).abs() < 1e-9);
+        assert!(row["denoise_median_s"].as_f64().unwrap() <= median);
+    }
+    // CFG: the UNet step runs the unconditional and conditional rows together.
+    assert_eq!(v["unet_step"]["batch"].as_u64(), Some(2));
+    assert_eq!(v["unet_step"]["runs_s"].as_array().unwrap().len(), 1);
+    // The batch-1 image, the same as `generate` makes for the same settings.
+    let images = v["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1);
+    let benched = image::open(images[0].as_str().unwrap()).unwrap().to_rgb8();
+    let generated = tmp.path().join("g.png");
+    inference(&[
+        "generate",
+        "--device",
+        "cpu",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a lighthouse at dusk",
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--steps",
+        "2",
+        "--guidance",
+        "5",
+        "--seed",
+        "42",
+        "--out",
+        generated.to_str().unwrap(),
+    ]);
+    let generated = image::open(&generated).unwrap().to_rgb8();
+    assert_eq!(inference::parity::image_diff(&benched, &generated).0, 0);
+    // One JSON line per measurement on stdout, for scripts/bench-engine.
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let whats: Vec<&str> = lines.iter().map(|l| l["what"].as_str().unwrap()).collect();
+    assert_eq!(
+        whats,
+        [
+            "load",
+            "txt2img_64x48_2steps_b1",
+            "txt2img_64x48_2steps_b2",
+            "unet_step_b2_6x8"
+        ]
+    );
+}
+
+#[test]
+fn parity_runs_the_fixtures_and_judges_f32_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let json = tmp.path().join("parity.json");
+    let run = |dtype: &str| {
+        inference(&[
+            "parity",
+            "--fixtures",
+            fixtures.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--dtype",
+            dtype,
+            "--sets",
+            "parity",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        read_json(&json)
+    };
+    let v = run("f32");
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(v["dtype"], "f32");
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["tolerance"].as_i64(), Some(2));
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 27);
+    assert!(v["worst"].as_i64().unwrap() <= 2);
+    // Half precision is reported, not held to the f32 tolerance.
+    let v = run("f16");
+    assert_eq!(v["dtype"], "f16");
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["cases"].as_array().unwrap().len(), 27);
+}
