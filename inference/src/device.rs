@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use candle_core::{DType, Device};
 
 /// `auto`: the first CUDA GPU when the binary is built with the `cuda` feature
@@ -14,7 +14,8 @@ pub fn select(choice: &str) -> anyhow::Result<Device> {
             if !cfg!(feature = "cuda") {
                 bail!("--device cuda: this binary was built without the `cuda` feature");
             }
-            Ok(single_stream(Device::new_cuda(0)?))
+            let device = Device::new_cuda(0).context("--device cuda: no usable CUDA GPU")?;
+            Ok(single_stream(device))
         }
         "auto" => {
             if cfg!(feature = "cuda") {

@@ -349,6 +349,11 @@ fn the_catalog_names_defaults_and_memory_budget() {
     };
     assert_eq!(states("tiny-xl"), "loaded");
     assert_eq!(states("tiny-sd15"), "not_loaded");
+    // The precision each runs in: the server's (auto: f32 on the CPU), loaded or not.
+    let models = get(&format!("{server}/v1/models")).json();
+    for m in models["models"].as_array().unwrap() {
+        assert_eq!(m["dtype"], "f32", "{m}");
+    }
 
     // Unknown names: 400 listing what is served, through the edge in HolmesAI's form too.
     let mut bad = request("p", 1, 64, 2);
