@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use inference::engine::{EngineError, ErrorKind, GenerateParams, Pipeline, tiny};
+use inference::parity::image_diff;
 
 /// The tiny model written to a temporary folder (deleted when the guard drops).
 fn tiny_model() -> (tempfile::TempDir, PathBuf) {
@@ -498,14 +499,9 @@ fn half_precision_path_matches_f32() {
         ] {
             let a = full.generate(&params, &mut |_, _| true).unwrap();
             let b = half.generate(&params, &mut |_, _| true).unwrap();
-            let (a, b) = (a.images[0].0.as_raw(), b.images[0].0.as_raw());
-            let diffs: Vec<i32> = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (*x as i32 - *y as i32).abs())
-                .collect();
-            let max = *diffs.iter().max().unwrap();
-            let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+            let (a, b) = (&a.images[0].0, &b.images[0].0);
+            assert_eq!(a.dimensions(), b.dimensions());
+            let (max, mean) = image_diff(a, b);
             println!("{name} {dtype:?}: max abs diff {max}, mean {mean:.3}");
             assert!(
                 mean < 1.0 && max <= 12,
@@ -545,17 +541,6 @@ fn tiny_sd_models_load_and_generate() {
     }
 }
 
-/// The largest per-channel difference between two images.
-fn max_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
-}
-
 /// Runs `requests` as one batch and each alone; every request must get exactly its own
 /// images (with its own seeds), whatever else shares the batch.
 fn assert_batch_equals_alone(p: &Pipeline, requests: &[GenerateParams]) {
@@ -570,7 +555,8 @@ fn assert_batch_equals_alone(p: &Pipeline, requests: &[GenerateParams]) {
             assert_eq!(seed, want_seed);
             // Batching changes no arithmetic per image; allow one level for kernels that
             // block differently on a larger batch.
-            let d = max_diff(img, want);
+            assert_eq!(img.dimensions(), want.dimensions());
+            let (d, _) = image_diff(img, want);
             assert!(
                 d <= 1,
                 "{:?} seed {seed}: differs by {d}/255 from alone",

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use inference::device::Precision;
 use inference::engine::config::UNetConfig;
-use inference::engine::unet::{AddedCond, UNet};
+use inference::engine::unet::{AddedCond, UNet, sdxl_time_ids};
 use inference::engine::weights::Weights;
 use inference::engine::{GenerateParams, Pipeline};
 use serde_json::{Value, json};
@@ -113,7 +113,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 args.sampling.width.unwrap_or(512),
                 args.sampling.height.unwrap_or(512),
             );
-            let step = unet_steps(&args, &unet, 2, (w, h), &device, dtype)?;
+            // CFG runs the UNet on two rows; 8 is SD 1.5's VAE scale factor.
+            let step = unet_steps(&args, &unet, 2, (w, h, 8), &device, dtype)?;
             out.set("unet_step", step)?;
         }
     }
@@ -202,12 +203,14 @@ fn bench_model(
         out.set("pipeline", json!(rows))?;
     }
     if args.unet_steps > 0 {
-        let cfg_batch = if params.guidance > 1.0 && !info.uses_cfg_embedding {
+        // The UNet batch of one image: two rows when the pipeline runs guidance as CFG.
+        let rows = if pipeline.batch_key(&params)?.do_cfg {
             2
         } else {
             1
         };
-        let step = unet_steps(args, pipeline.unet(), cfg_batch, (w, h), device, dtype)?;
+        let size = (w, h, pipeline.vae_scale_factor());
+        let step = unet_steps(args, pipeline.unet(), rows, size, device, dtype)?;
         out.set("unet_step", step)?;
     }
     Ok(())
@@ -226,17 +229,18 @@ fn save_images(dir: &Path, images: &[(image::RgbImage, u64)]) -> Result<Vec<Stri
         .collect()
 }
 
-/// `--unet-steps` forward passes of `unet` at `batch`, each waited for.
+/// `--unet-steps` forward passes of `unet` at `batch` for `w` x `h` images (latents smaller
+/// by the VAE's scale factor `f`), each waited for.
 fn unet_steps(
     args: &BenchArgs,
     unet: &UNet,
     batch: usize,
-    (w, h): (usize, usize),
+    (w, h, f): (usize, usize, usize),
     device: &Device,
     dtype: DType,
 ) -> Result<Value> {
     let cfg = &unet.config;
-    let (lh, lw) = (h / 8, w / 8);
+    let (lh, lw) = (h / f, w / f);
     let cross = match &cfg.cross_attention_dim {
         inference::engine::config::OneOrMany::One(c) => *c,
         inference::engine::config::OneOrMany::Many(v) => v[0],
@@ -253,7 +257,7 @@ fn unet_steps(
         }
         _ => None,
     };
-    let time_ids: Vec<f32> = [h, w, 0, 0, h, w].map(|v| v as f32).repeat(batch);
+    let time_ids = sdxl_time_ids(w, h, batch);
     let timestep_cond = match cfg.time_cond_proj_dim {
         Some(d) => Some(Tensor::randn(0f32, 1.0, (batch, d), device)?.to_dtype(dtype)?),
         None => None,

@@ -91,6 +91,14 @@ pub struct AddedCond<'a> {
     pub time_ids: &'a [f32],
 }
 
+/// SDXL's `add_time_ids` for `rows` images generated at `width` x `height`: original size,
+/// crop top-left (0, 0), target size, as diffusers' SDXL pipelines build them.
+pub fn sdxl_time_ids(width: usize, height: usize, rows: usize) -> Vec<f32> {
+    [height, width, 0, 0, height, width]
+        .map(|v| v as f32)
+        .repeat(rows)
+}
+
 pub struct UNet {
     conv_in: Conv2d,
     time_embedding: TimestepEmbedding,

@@ -193,9 +193,7 @@ impl Pipeline {
             }
         };
         let batch = context.dim(0)?;
-        // add_time_ids = original_size + crops_coords_top_left + target_size.
-        let row = [h, w, 0, 0, h, w].map(|v| v as f32);
-        let time_ids = row.repeat(batch);
+        let time_ids = crate::engine::unet::sdxl_time_ids(w, h, batch);
         Ok(UnetConditioning {
             context,
             text_embeds,
