@@ -167,7 +167,8 @@ pub fn env_name(name: &str) -> String {
 }
 
 /// Spin's variable-name rule: lower-case ASCII letters, digits and single
-/// underscores between them, starting with a letter.
+/// underscores between words, each word starting with a letter (`image_host_1`
+/// is refused: its last word starts with a digit).
 pub fn validate_variable_name(name: &str) -> Result<()> {
     ensure!(!name.is_empty(), "variable name must not be empty");
     if let Some(c) = name
@@ -179,13 +180,15 @@ pub fn validate_variable_name(name: &str) -> Result<()> {
         );
     }
     ensure!(
-        name.starts_with(|c: char| c.is_ascii_lowercase()),
-        "variable name {name:?} must start with a letter"
+        !name.starts_with('_') && !name.ends_with('_') && !name.contains("__"),
+        "variable name {name:?} must not start or end with an underscore or contain two in a row"
     );
-    ensure!(
-        !name.ends_with('_') && !name.contains("__"),
-        "variable name {name:?} must not end with an underscore or contain two in a row"
-    );
+    if let Some(word) = name
+        .split('_')
+        .find(|w| !w.starts_with(|c: char| c.is_ascii_lowercase()))
+    {
+        bail!("in variable name {name:?}, the word {word:?} must start with a letter (as in Spin)");
+    }
     Ok(())
 }
 
@@ -561,7 +564,17 @@ source = "nope.wasm"
         for ok in ["a", "api_keys", "x1_y2"] {
             validate_variable_name(ok).unwrap();
         }
-        for bad in ["", "A", "1a", "a-b", "a__b", "a_", "_a"] {
+        for bad in [
+            "",
+            "A",
+            "1a",
+            "a-b",
+            "a__b",
+            "a_",
+            "_a",
+            "image_host_1",
+            "x_2y",
+        ] {
             assert!(validate_variable_name(bad).is_err(), "{bad}");
         }
     }

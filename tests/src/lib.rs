@@ -1,15 +1,18 @@
 //! The harness of the end-to-end tests: starts the real processes (the inference
-//! server on a tiny model, the local Spin runtime with the real edge .wasm, an
-//! HTTP server for input images) on loopback ports and talks to them over real
-//! sockets. The binaries come from `scripts/build` (the tests say so if missing).
+//! server on a tiny model, the real edge .wasm in edge-host or in the Spin CLI as
+//! EDGE_RUNTIME says, an HTTP server for input images) on loopback ports and talks
+//! to them over real sockets. The binaries come from `scripts/build` (the tests say
+//! so if missing).
 
 pub mod images;
 pub mod process;
+pub mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use process::Process;
+pub use runtime::{RuntimeOptions, edge_runtime_present, spin_pass_skips_edgeless_test};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -119,44 +122,58 @@ pub struct EdgeConfig<'a> {
     pub image_hosts: &'a str,
     /// Extra SPIN_VARIABLE_* settings, e.g. ("INFERENCE_TIMEOUT_SECS", "2").
     pub variables: Vec<(&'a str, &'a str)>,
-    /// Whether the runtime also allows the image hosts as outbound hosts
-    /// (`--allow-outbound`, as scripts/up does); without it only spin.toml's
-    /// allowed_outbound_hosts apply.
+    /// Whether the runtime also allows the image hosts as outbound hosts: they go in
+    /// spin.toml's image_host_X slots (as scripts/up puts them) instead of only the
+    /// edge's image_hosts list, which the runtime does not read.
     pub runtime_allows_image_hosts: bool,
 }
 
-/// The local Spin runtime serving the real spin.toml and edge.wasm.
+/// The edge runtime this run uses ([`runtime::runtime`]) serving the real spin.toml
+/// and edge.wasm.
 pub fn start_edge(cfg: &EdgeConfig) -> (Process, String) {
     start_edge_allowing(cfg, &[])
 }
 
-/// [`start_edge`], the runtime also allowing outbound requests to `origins` (as
-/// scripts/up allows MORE_INFERENCE_URLS, which spin.toml can't name).
-pub fn start_edge_allowing(cfg: &EdgeConfig, origins: &[&str]) -> (Process, String) {
-    let mut cmd = std::process::Command::new(binary("edge-host"));
-    for origin in origins {
-        cmd.arg("--allow-outbound").arg(origin);
-    }
-    cmd.arg("--from")
-        .arg(repo_root().join("spin.toml"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--source")
-        .arg(format!("edge={}", edge_wasm().display()))
-        .env("SPIN_VARIABLE_INFERENCE_URL", cfg.inference_url)
-        .env("SPIN_VARIABLE_API_KEYS", cfg.api_keys)
-        .env("SPIN_VARIABLE_IMAGE_HOSTS", cfg.image_hosts);
+/// [`start_edge`] with further inference servers, in spin.toml's more_inference_url_X
+/// slots (allowed by the runtime and used by the edge).
+pub fn start_edge_allowing(cfg: &EdgeConfig, more_inference: &[&str]) -> (Process, String) {
+    start_edge_with(cfg, more_inference, &RuntimeOptions::default())
+}
+
+/// [`start_edge_allowing`] with runtime options (Spin's runtime-config file).
+pub fn start_edge_with(
+    cfg: &EdgeConfig,
+    more_inference: &[&str],
+    opts: &RuntimeOptions,
+) -> (Process, String) {
+    let mut vars: Vec<(String, String)> = vec![
+        ("INFERENCE_URL".into(), cfg.inference_url.into()),
+        ("API_KEYS".into(), cfg.api_keys.into()),
+        ("IMAGE_HOSTS".into(), cfg.image_hosts.into()),
+    ];
     if cfg.runtime_allows_image_hosts {
-        for origin in cfg.image_hosts.split(',').filter(|s| !s.is_empty()) {
-            cmd.arg("--allow-outbound").arg(origin);
-        }
+        let hosts: Vec<&str> = cfg
+            .image_hosts
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .collect();
+        vars.extend(slots("IMAGE_HOST", 4, &hosts));
     }
+    vars.extend(slots("MORE_INFERENCE_URL", 3, more_inference));
     for (name, value) in &cfg.variables {
-        cmd.env(format!("SPIN_VARIABLE_{name}"), value);
+        vars.push((name.to_string(), value.to_string()));
     }
-    let mut p = Process::start("edge-host", &mut cmd);
-    let addr = p.wait_for_listen_address();
-    (p, format!("http://{addr}"))
+    runtime::start(runtime::runtime(), &vars, opts)
+}
+
+/// spin.toml's outbound slots `PREFIX_A`, `PREFIX_B`, .. (`count` of them) for `origins`.
+fn slots(prefix: &str, count: usize, origins: &[&str]) -> Vec<(String, String)> {
+    assert!(
+        origins.len() <= count,
+        "spin.toml has {count} {prefix}_X slots"
+    );
+    let names = (b'A'..).map(|c| format!("{prefix}_{}", c as char));
+    names.zip(origins.iter().map(|o| o.to_string())).collect()
 }
 
 /// A response, whatever its status.

@@ -11,6 +11,8 @@ pub struct Process {
     name: String,
     child: Child,
     output: Arc<Mutex<Vec<String>>>,
+    /// A folder the process uses (a runtime's state), removed after it is stopped.
+    scratch: Option<tempfile::TempDir>,
 }
 
 impl Process {
@@ -38,6 +40,7 @@ impl Process {
             name: name.to_string(),
             child,
             output,
+            scratch: None,
         }
     }
 
@@ -93,6 +96,11 @@ impl Process {
             .to_string()
     }
 
+    /// Removes `dir` once the process is stopped.
+    pub fn keep_until_drop(&mut self, dir: tempfile::TempDir) {
+        self.scratch = Some(dir);
+    }
+
     /// Stops the process (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -103,6 +111,7 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+        drop(self.scratch.take());
     }
 }
 

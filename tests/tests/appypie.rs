@@ -97,6 +97,9 @@ fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
 
 #[test]
 fn the_seed_request_returns_a_1024_png_made_from_the_fetched_image() {
+    if !e2e::edge_runtime_present() {
+        return;
+    }
     let images = images();
     let (_inference, inference_url) = start_inference();
     let (_edge, edge) = start_edge(&EdgeConfig {
@@ -223,6 +226,9 @@ fn engine_img2img(
 
 #[test]
 fn text_to_image_on_both_routes_with_sizes_and_seeds() {
+    if !e2e::edge_runtime_present() {
+        return;
+    }
     let (_inference, inference_url) = start_inference();
     let (_edge, edge) = start_edge(&EdgeConfig {
         inference_url: &inference_url,
@@ -283,6 +289,9 @@ fn assert_error(reply: &Reply, status: u16, needle: &str) -> String {
 
 #[test]
 fn errors_follow_the_seed_contract() {
+    if !e2e::edge_runtime_present() {
+        return;
+    }
     let images = images();
     let (_inference, inference_url) = start_inference();
     let (mut edge_proc, edge) = start_edge(&EdgeConfig {
@@ -369,6 +378,9 @@ fn errors_follow_the_seed_contract() {
 
 #[test]
 fn a_down_backend_is_503_and_a_stalled_one_504() {
+    if !e2e::edge_runtime_present() {
+        return;
+    }
     // A port nobody listens on.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_url = format!("http://{}", closed.local_addr().unwrap());
@@ -414,6 +426,9 @@ fn a_down_backend_is_503_and_a_stalled_one_504() {
 
 #[test]
 fn image_hosts_must_also_be_allowed_by_the_runtime() {
+    if !e2e::edge_runtime_present() {
+        return;
+    }
     // image_hosts names the image server, but spin.toml's allowed_outbound_hosts
     // (and no --allow-outbound) do not: the runtime refuses the connection and the
     // edge says why, without the image server ever being asked.
