@@ -21,6 +21,19 @@ need_rust() {
   fi
 }
 
+# The Spin CLI: $SPIN_BIN, or spin on PATH; fails when there is none.
+spin_cli() {
+  if [ -n "${SPIN_BIN:-}" ]; then [ -x "$SPIN_BIN" ] && echo "$SPIN_BIN"; else command -v spin; fi
+}
+
+# Installs Debian packages (as root, or through sudo); fails when it can't.
+apt_install() {
+  local sudo=()
+  [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo=(sudo -n); } || return 1
+  say "installing $* (apt-get)"
+  { "${sudo[@]}" apt-get install -y -q "$@" || { "${sudo[@]}" apt-get update -q && "${sudo[@]}" apt-get install -y -q "$@"; }; } >/dev/null
+}
+
 # Whether an NVIDIA GPU is here (and not turned off with INFERENCE_DEVICE=cpu).
 gpu_present() {
   [ "${INFERENCE_DEVICE:-auto}" != cpu ] && command -v nvidia-smi >/dev/null &&

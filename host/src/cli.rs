@@ -60,6 +60,13 @@ pub struct Options {
     #[arg(long = "key-value-store", value_name = "LABEL")]
     pub key_value_stores: Vec<String>,
 
+    /// The application's state folder, as `spin up --state-dir`: the `default`
+    /// key-value store is the SQLite file `sqlite_key_value.db` in it, which
+    /// lasts across restarts (and which Spin reads too). Default: `.spin/`
+    /// beside spin.toml. An empty value keeps the store in memory instead.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Set KEY to VALUE in the `default` key-value store at startup (as
     /// `spin up --key-value`). Repeatable.
     #[arg(long = "key-value", value_name = "KEY=VALUE")]
@@ -180,7 +187,12 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
             .transpose()?,
     };
 
-    let stores = key_value_stores(options, &app)?;
+    let state_dir = match &options.state_dir {
+        Some(dir) if dir.as_os_str().is_empty() => None,
+        Some(dir) => Some(dir.clone()),
+        None => Some(app.base_dir.join(".spin")),
+    };
+    let stores = key_value_stores(options, &app, state_dir.as_deref())?;
 
     let engine = runtime::engine()?;
     let linker = runtime::linker(&engine)?;
@@ -231,15 +243,31 @@ pub fn prepare(options: &Options) -> Result<Prepared> {
     })
 }
 
-/// The key-value stores: `default` and `--key-value-store` labels, seeded
-/// from `--key-value`. As in Spin, a component's `key_value_stores` label
-/// that no store has stops the start.
-fn key_value_stores(options: &Options, app: &App) -> Result<Arc<KeyValueStores>> {
+/// The key-value stores: `default` (in `state_dir` when there is one) and
+/// `--key-value-store` labels, seeded from `--key-value`. As in Spin, a
+/// component's `key_value_stores` label that no store has stops the start.
+fn key_value_stores(
+    options: &Options,
+    app: &App,
+    state_dir: Option<&Path>,
+) -> Result<Arc<KeyValueStores>> {
     for label in &options.key_value_stores {
         crate::manifest::validate_store_label(label)
             .with_context(|| format!("--key-value-store {label:?}"))?;
     }
-    let stores = KeyValueStores::new(&options.key_value_stores, options.key_value_max_bytes);
+    let (extra, cap) = (&options.key_value_stores, options.key_value_max_bytes);
+    let stores = match state_dir {
+        Some(dir) => {
+            let stores = KeyValueStores::with_state_dir(extra, cap, dir)?;
+            // The line `spin up` prints, so logs read the same under either.
+            println!(
+                "Storing default key-value data to {:?}.",
+                dir.join(key_value::SQLITE_FILE)
+            );
+            stores
+        }
+        None => KeyValueStores::new(extra, cap),
+    };
     for (id, component) in &app.components {
         for label in &component.key_value_stores {
             if !stores.is_defined(label) {

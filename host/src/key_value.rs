@@ -1,15 +1,19 @@
 //! Spin's key-value store: `spin:key-value/key-value@3.0.0` (Spin 4,
-//! spin-sdk 7's `spin_sdk::key_value`), kept in memory for the life of the
-//! process.
+//! spin-sdk 7's `spin_sdk::key_value`).
 //!
 //! Stores exist by label: `default` always, plus those named with
 //! `--key-value-store`. All components share them (as in Spin); a component
 //! may open only the labels its `key_value_stores` in spin.toml grants, and
-//! anything else is `access-denied`, as in Spin. Every function is an
-//! `async func` bound as a concurrent host function; the work itself is a
-//! short critical section on one mutex, so none of them waits on anything.
+//! anything else is `access-denied`, as in Spin. As in `spin up`, `default`
+//! lives in a SQLite file in the state folder (`.spin/sqlite_key_value.db`),
+//! in Spin's own table layout, so it outlives restarts and either runtime can
+//! read what the other wrote; without a state folder it is in memory, like
+//! the other labels. Every function is an `async func` bound as a concurrent
+//! host function; the work is a critical section on one mutex, run where it
+//! may block (a SQLite write waits for the disk).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -46,6 +50,9 @@ fn entry_size(key: &str, value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD
 }
 
+/// The file `spin up` keeps the `default` store in, inside its state folder.
+pub const SQLITE_FILE: &str = "sqlite_key_value.db";
+
 /// Every store of the application, shared by all components and instances.
 #[derive(Debug)]
 pub struct KeyValueStores {
@@ -55,29 +62,174 @@ pub struct KeyValueStores {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Label to entries; sorted so `get-keys` lists keys in a stable order.
-    stores: HashMap<String, BTreeMap<String, Bytes>>,
+    stores: HashMap<String, Store>,
     /// Sum of `entry_size` over every entry of every store.
     used: u64,
 }
 
+/// Where one label's entries are.
+#[derive(Debug)]
+enum Store {
+    /// Sorted so `get-keys` lists keys in a stable order.
+    Memory(BTreeMap<String, Bytes>),
+    /// Spin's SQLite layout: `spin_key_value(store, key, value)`, this label's
+    /// rows having `store` = the label.
+    Sqlite(rusqlite::Connection),
+}
+
+/// A SQLite failure, as the guest sees it (Spin reports them the same way).
+fn sql_error(e: rusqlite::Error) -> Error {
+    tracing::error!("key-value store: {e}");
+    Error::Other(e.to_string())
+}
+
+impl Store {
+    fn get(&self, label: &str, key: &str) -> Result<Option<Bytes>, Error> {
+        match self {
+            Store::Memory(map) => Ok(map.get(key).cloned()),
+            Store::Sqlite(db) => db
+                .prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")
+                .and_then(|mut q| {
+                    let mut rows = q.query_map([label, key], |row| row.get::<_, Vec<u8>>(0))?;
+                    rows.next().transpose()
+                })
+                .map(|v| v.map(Bytes::from))
+                .map_err(sql_error),
+        }
+    }
+
+    /// The size `entry_size` counts for `key`, if it is there.
+    fn size_of(&self, label: &str, key: &str) -> Result<Option<u64>, Error> {
+        match self {
+            Store::Memory(map) => Ok(map.get(key).map(|v| entry_size(key, v))),
+            Store::Sqlite(db) => db
+                .prepare_cached(
+                    "SELECT length(value) FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                )
+                .and_then(|mut q| {
+                    let mut rows = q.query_map([label, key], |row| row.get::<_, i64>(0))?;
+                    rows.next().transpose()
+                })
+                .map(|len| len.map(|len| key.len() as u64 + len.unsigned_abs() + ENTRY_OVERHEAD))
+                .map_err(sql_error),
+        }
+    }
+
+    fn set(&mut self, label: &str, key: String, value: Bytes) -> Result<(), Error> {
+        match self {
+            Store::Memory(map) => {
+                map.insert(key, value);
+                Ok(())
+            }
+            Store::Sqlite(db) => db
+                .prepare_cached(
+                    "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(store, key) DO UPDATE SET value = ?3",
+                )
+                .and_then(|mut q| q.execute(rusqlite::params![label, key, &value[..]]))
+                .map(drop)
+                .map_err(sql_error),
+        }
+    }
+
+    fn delete(&mut self, label: &str, key: &str) -> Result<(), Error> {
+        match self {
+            Store::Memory(map) => {
+                map.remove(key);
+                Ok(())
+            }
+            Store::Sqlite(db) => db
+                .prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")
+                .and_then(|mut q| q.execute([label, key]))
+                .map(drop)
+                .map_err(sql_error),
+        }
+    }
+
+    fn keys(&self, label: &str) -> Result<Vec<String>, Error> {
+        match self {
+            Store::Memory(map) => Ok(map.keys().cloned().collect()),
+            Store::Sqlite(db) => db
+                .prepare_cached("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")
+                .and_then(|mut q| q.query_map([label], |row| row.get(0))?.collect())
+                .map_err(sql_error),
+        }
+    }
+}
+
+/// Opens (creating it if needed) Spin's key-value database at `path`, and
+/// returns it with the bytes `label`'s entries count against the cap.
+fn open_sqlite(path: &Path, label: &str) -> anyhow::Result<(rusqlite::Connection, u64)> {
+    use anyhow::Context as _;
+    let db = rusqlite::Connection::open(path)
+        .with_context(|| format!("opening the key-value store {}", path.display()))?;
+    // The table as `spin up` creates it.
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS spin_key_value (
+           store TEXT NOT NULL,
+           key   TEXT NOT NULL,
+           value BLOB NOT NULL,
+           PRIMARY KEY (store, key)
+         )",
+        [],
+    )
+    .with_context(|| format!("{} is not a usable key-value store", path.display()))?;
+    let used: i64 = db
+        .query_row(
+            "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) + ?2 * COUNT(*)
+             FROM spin_key_value WHERE store = ?1",
+            rusqlite::params![label, ENTRY_OVERHEAD as i64],
+            |row| row.get(0),
+        )
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok((db, used.unsigned_abs()))
+}
+
 impl KeyValueStores {
-    /// The `default` store and the `extra` labels, empty, holding at most
-    /// `max_bytes` together.
+    /// The `default` store and the `extra` labels, empty and in memory,
+    /// holding at most `max_bytes` together.
     pub fn new<I, S>(extra: I, max_bytes: u64) -> KeyValueStores
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         let mut stores = HashMap::new();
-        stores.insert(DEFAULT_LABEL.to_string(), BTreeMap::new());
+        stores.insert(DEFAULT_LABEL.to_string(), Store::Memory(BTreeMap::new()));
         for label in extra {
-            stores.entry(label.into()).or_default();
+            stores
+                .entry(label.into())
+                .or_insert_with(|| Store::Memory(BTreeMap::new()));
         }
         KeyValueStores {
             inner: Mutex::new(Inner { stores, used: 0 }),
             max_bytes,
         }
+    }
+
+    /// [`KeyValueStores::new`], with `default` kept in Spin's SQLite file in
+    /// `state_dir` (created if missing) and what it already holds.
+    pub fn with_state_dir<I, S>(
+        extra: I,
+        max_bytes: u64,
+        state_dir: &Path,
+    ) -> anyhow::Result<KeyValueStores>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        use anyhow::Context as _;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating the state folder {}", state_dir.display()))?;
+        let (db, used) = open_sqlite(&state_dir.join(SQLITE_FILE), DEFAULT_LABEL)?;
+        let stores = KeyValueStores::new(extra, max_bytes);
+        {
+            let mut inner = stores.lock();
+            inner
+                .stores
+                .insert(DEFAULT_LABEL.to_string(), Store::Sqlite(db));
+            inner.used = used;
+        }
+        Ok(stores)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -107,12 +259,12 @@ impl KeyValueStores {
         self.max_bytes
     }
 
-    /// The value of `key`; a cheap clone (the bytes are shared), copied
-    /// out after the lock is released.
+    /// The value of `key`; from memory, a cheap clone (the bytes are
+    /// shared).
     pub fn get(&self, label: &str, key: &str) -> Result<Option<Bytes>, Error> {
         let inner = self.lock();
         let store = inner.stores.get(label).ok_or(Error::NoSuchStore)?;
-        Ok(store.get(key).cloned())
+        store.get(label, key)
     }
 
     /// Set `key`, replacing any value; `other("store full")` if the stores
@@ -121,12 +273,12 @@ impl KeyValueStores {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let store = inner.stores.get_mut(label).ok_or(Error::NoSuchStore)?;
-        let old = store.get(&key).map_or(0, |v| entry_size(&key, v));
+        let old = store.size_of(label, &key)?.unwrap_or(0);
         let used = inner.used - old + entry_size(&key, &value);
         if used > self.max_bytes {
             return Err(Error::Other(STORE_FULL.to_string()));
         }
-        store.insert(key, value);
+        store.set(label, key, value)?;
         inner.used = used;
         Ok(())
     }
@@ -136,8 +288,9 @@ impl KeyValueStores {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let store = inner.stores.get_mut(label).ok_or(Error::NoSuchStore)?;
-        if let Some(value) = store.remove(key) {
-            inner.used -= entry_size(key, &value);
+        if let Some(size) = store.size_of(label, key)? {
+            store.delete(label, key)?;
+            inner.used -= size;
         }
         Ok(())
     }
@@ -145,14 +298,14 @@ impl KeyValueStores {
     pub fn exists(&self, label: &str, key: &str) -> Result<bool, Error> {
         let inner = self.lock();
         let store = inner.stores.get(label).ok_or(Error::NoSuchStore)?;
-        Ok(store.contains_key(key))
+        Ok(store.size_of(label, key)?.is_some())
     }
 
     /// Every key of the store, sorted.
     pub fn keys(&self, label: &str) -> Result<Vec<String>, Error> {
         let inner = self.lock();
         let store = inner.stores.get(label).ok_or(Error::NoSuchStore)?;
-        Ok(store.keys().cloned().collect())
+        store.keys(label)
     }
 }
 
@@ -213,6 +366,17 @@ impl HasData for SpinKeyValue {
     type Data<'a> = KeyValueView<'a>;
 }
 
+/// Runs a store operation that may wait on the disk (SQLite) without holding
+/// up the other tasks of this runtime thread.
+fn may_block<R>(op: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(op)
+        }
+        _ => op(),
+    }
+}
+
 /// The shared stores and the label behind a guest's store handle; a handle
 /// not in the table traps.
 fn resolve<T>(
@@ -262,9 +426,7 @@ impl<T: Send> kv::HostStoreWithStore<T> for SpinKeyValue {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let (stores, label) = resolve(accessor, &store)?;
-        Ok(stores
-            .get(&label, &key)
-            .map(|value| value.map(|bytes| bytes.to_vec())))
+        Ok(may_block(|| stores.get(&label, &key)).map(|value| value.map(|bytes| bytes.to_vec())))
     }
 
     async fn set(
@@ -275,7 +437,7 @@ impl<T: Send> kv::HostStoreWithStore<T> for SpinKeyValue {
     ) -> wasmtime::Result<Result<(), Error>> {
         let (stores, label) = resolve(accessor, &store)?;
         let len = value.len();
-        let result = stores.set(&label, key, Bytes::from(value));
+        let result = may_block(|| stores.set(&label, key, Bytes::from(value)));
         if let Err(Error::Other(_)) = &result {
             // The guest only sees `other("store full")`; the operator needs
             // to know which limit to raise.
@@ -295,7 +457,7 @@ impl<T: Send> kv::HostStoreWithStore<T> for SpinKeyValue {
         key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
         let (stores, label) = resolve(accessor, &store)?;
-        Ok(stores.delete(&label, &key))
+        Ok(may_block(|| stores.delete(&label, &key)))
     }
 
     async fn exists(
@@ -304,7 +466,7 @@ impl<T: Send> kv::HostStoreWithStore<T> for SpinKeyValue {
         key: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
         let (stores, label) = resolve(accessor, &store)?;
-        Ok(stores.exists(&label, &key))
+        Ok(may_block(|| stores.exists(&label, &key)))
     }
 
     async fn get_keys(
@@ -314,7 +476,7 @@ impl<T: Send> kv::HostStoreWithStore<T> for SpinKeyValue {
         let (stores, label) = resolve(accessor, &store)?;
         // A snapshot of the keys, taken now: later sets and deletes do not
         // change a listing in progress.
-        let (keys, result) = match stores.keys(&label) {
+        let (keys, result) = match may_block(|| stores.keys(&label)) {
             Ok(keys) => (keys, Ok(())),
             Err(e) => (Vec::new(), Err(e)),
         };
@@ -396,6 +558,45 @@ mod tests {
         stores.delete("default", "k2").unwrap();
         assert_eq!(stores.used_bytes(), one);
         stores.set("default", "k3".into(), value).unwrap();
+    }
+
+    #[test]
+    fn the_default_store_in_a_state_dir_outlasts_the_process_in_spins_layout() {
+        let dir = std::env::temp_dir().join(format!("edge-host-kv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let value = Bytes::from(vec![7u8; 1000]);
+        let one = entry_size("k1", &value);
+        {
+            let stores = KeyValueStores::with_state_dir(["other"], 3 * one, &dir).unwrap();
+            stores.set("default", "k1".into(), value.clone()).unwrap();
+            stores.set("default", "k0".into(), value.clone()).unwrap();
+            stores.set("other", "k9".into(), value.clone()).unwrap();
+            stores.delete("default", "k0").unwrap();
+            assert_eq!(stores.used_bytes(), 2 * one);
+        }
+        // Reopened: `default` kept its entry (and counts it), `other` was in memory.
+        let stores = KeyValueStores::with_state_dir(["other"], 3 * one, &dir).unwrap();
+        assert_eq!(stores.used_bytes(), one);
+        assert_eq!(stores.get("default", "k1").unwrap(), Some(value.clone()));
+        assert!(stores.exists("default", "k1").unwrap());
+        assert_eq!(stores.keys("default").unwrap(), ["k1"]);
+        assert_eq!(stores.keys("other").unwrap(), Vec::<String>::new());
+        // The cap still holds across the restart.
+        stores.set("default", "k2".into(), value.clone()).unwrap();
+        stores.set("default", "k3".into(), value.clone()).unwrap();
+        assert!(stores.set("default", "k4".into(), value.clone()).is_err());
+        drop(stores);
+        // The rows are where `spin up` looks for them.
+        let db = rusqlite::Connection::open(dir.join(SQLITE_FILE)).unwrap();
+        let n: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM spin_key_value WHERE store = 'default'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

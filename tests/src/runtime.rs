@@ -25,8 +25,9 @@ pub struct RuntimeOptions {
     /// Spin's `--runtime-config-file` (e.g. the key-value store on Redis). edge-host
     /// has no such file: a test that needs one runs under Spin only.
     pub runtime_config: Option<PathBuf>,
-    /// The folder for Spin's state (the SQLite key-value store, logs); a fresh
-    /// temporary one when None.
+    /// The runtime's state folder (the SQLite key-value store; Spin's logs); a
+    /// fresh temporary one when None. Give the same one to a restarted runtime
+    /// to find what the last one stored.
     pub state_dir: Option<PathBuf>,
 }
 
@@ -52,8 +53,13 @@ pub fn spin_cli() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("SPIN_BIN").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }
+    on_path("spin")
+}
+
+/// The program `name` on PATH.
+pub fn on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("spin"))
+        .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
 
@@ -73,7 +79,7 @@ pub fn edge_runtime_present() -> bool {
     match chosen() {
         Ok(_) => true,
         Err(why) if why.contains("no Spin CLI") => {
-            say(&format!("skipped: {why}"));
+            skip(why);
             false
         }
         Err(why) => panic!("{why}"),
@@ -86,7 +92,7 @@ pub fn edge_runtime_present() -> bool {
 pub fn spin_pass_skips_edgeless_test() -> bool {
     let spin = std::env::var("EDGE_RUNTIME").is_ok_and(|v| v == "spin");
     if spin {
-        say("skipped under EDGE_RUNTIME=spin: this test does not involve the edge");
+        skip("under EDGE_RUNTIME=spin: this test does not involve the edge");
     }
     spin
 }
@@ -106,8 +112,13 @@ pub fn command(
     rt: &Runtime,
     vars: &[(String, String)],
     opts: &RuntimeOptions,
-) -> (Command, Option<tempfile::TempDir>) {
-    let mut scratch = None;
+) -> (Command, tempfile::TempDir) {
+    let scratch = tempfile::tempdir().expect("a scratch folder for the runtime");
+    // Both keep the default key-value store in state/sqlite_key_value.db.
+    let state = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| scratch.path().join("state"));
     let mut cmd = match rt {
         Runtime::EdgeHost => {
             assert!(
@@ -122,26 +133,20 @@ pub fn command(
             cmd
         }
         Runtime::Spin(spin) => {
-            let dir = tempfile::tempdir().expect("a scratch folder for spin");
             let mut cmd = Command::new(spin);
             cmd.arg("up")
                 .arg("--from")
-                .arg(manifest_for_spin(dir.path()));
-            let state = opts
-                .state_dir
-                .clone()
-                .unwrap_or_else(|| dir.path().join("state"));
-            cmd.arg("--state-dir").arg(state);
+                .arg(manifest_for_spin(scratch.path()));
             if let Some(file) = &opts.runtime_config {
                 cmd.arg("--runtime-config-file").arg(file);
             }
-            // Spin's own log (not the component's output) stays quiet unless asked.
-            cmd.env_remove("RUST_LOG");
-            scratch = Some(dir);
             cmd
         }
     };
-    cmd.arg("--listen").arg("127.0.0.1:0");
+    cmd.arg("--state-dir")
+        .arg(state)
+        .arg("--listen")
+        .arg("127.0.0.1:0");
     for (name, value) in vars {
         cmd.env(format!("SPIN_VARIABLE_{name}"), value);
     }
@@ -171,16 +176,14 @@ fn manifest_for_spin(dir: &Path) -> PathBuf {
 pub fn start(rt: &Runtime, vars: &[(String, String)], opts: &RuntimeOptions) -> (Process, String) {
     let (mut cmd, scratch) = command(rt, vars, opts);
     let mut p = Process::start(name(rt), &mut cmd);
-    if let Some(dir) = scratch {
-        p.keep_until_drop(dir);
-    }
+    p.keep_until_drop(scratch);
     let addr = p.wait_for_listen_address();
     (p, format!("http://{addr}"))
 }
 
-/// A line on the real stderr: the test harness captures `eprintln!`, and a skip
-/// must be visible in a passing run.
-fn say(line: &str) {
+/// Says why a test stops early, on the real stderr: the test harness captures
+/// `eprintln!`, and a skip must be visible in a passing run.
+pub fn skip(why: &str) {
     use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "{line}");
+    let _ = writeln!(std::io::stderr(), "skipped: {why}");
 }
