@@ -146,3 +146,41 @@ fn the_key_value_store_on_redis_from_the_documented_runtime_config() {
     );
     assert_eq!(again.body, png);
 }
+
+/// The runtime's own conventions the edge's routes rely on, identical under both:
+/// its health endpoint, 404 for paths spin.toml doesn't route, a trailing slash and
+/// `:service_id` segments reaching the component, and wildcard routes.
+#[test]
+fn routes_and_the_runtimes_own_endpoint() {
+    if !edge_runtime_present() {
+        return;
+    }
+    let (_edge, edge) = e2e::start_edge(&config("http://127.0.0.1:9"));
+    let health = get(&format!("{edge}/.well-known/spin/health"));
+    assert_eq!((health.status, health.body.as_slice()), (200, &b"OK"[..]));
+    for unrouted in ["/", "/nope", "/GETIMAGE/v1/getSDXLImage", "/v1/images"] {
+        let reply = post(&format!("{edge}{unrouted}"), &[], "{}");
+        assert_eq!((reply.status, reply.body.len()), (404, 0), "{unrouted}");
+    }
+    // Routed to the component, which answers in the dialect's shape.
+    let reply = post(&format!("{edge}/svc-42/v1/images/generate"), &[], "{}");
+    assert_eq!(
+        reply.status,
+        401,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let reply = post(&format!("{edge}/v1/image/generation/"), &[], "{}");
+    assert_eq!(
+        reply.json()["message"],
+        "no API is served at /v1/image/generation/"
+    );
+    let reply = get(&format!("{edge}/generations/nothing-here.png"));
+    assert_eq!(reply.status, 404);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("no stored image")
+    );
+}
