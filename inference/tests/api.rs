@@ -125,7 +125,7 @@ fn bad_parameters_are_typed_errors() {
     invalid(
         &p,
         GenerateParams {
-            init_image: Some((img, 0.1)),
+            init_image: Some((img, 0.0)),
             ..small()
         },
         "strength",
@@ -200,6 +200,40 @@ fn cancellation_is_distinguishable() {
         .expect_err("cancelled");
     assert_eq!(ErrorKind::of(&err), ErrorKind::Cancelled);
     assert_eq!(calls, vec![(1, 3), (2, 3)]);
+}
+
+/// Where `int(steps x strength)` is zero, which diffusers refuses, the last step
+/// runs: the same image as a strength that keeps exactly one step (which diffusers
+/// accepts, and the parity fixtures cover).
+#[test]
+fn img2img_runs_at_least_one_step() {
+    let (_tmp, p) = tiny_pipeline();
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 90])
+    }));
+    let run = |strength: f64| {
+        let mut totals = Vec::new();
+        let out = p
+            .generate(
+                &GenerateParams {
+                    steps: 4,
+                    seed: 3,
+                    init_image: Some((img.clone(), strength)),
+                    ..small()
+                },
+                &mut |_, total| {
+                    totals.push(total);
+                    true
+                },
+            )
+            .unwrap();
+        (out.images[0].0.clone(), totals)
+    };
+    let (low, low_steps) = run(0.1); // int(4 x 0.1) = 0
+    let (one, one_steps) = run(0.3); // int(4 x 0.3) = 1
+    assert_eq!(low_steps, vec![1]);
+    assert_eq!(one_steps, vec![1]);
+    assert_eq!(low, one);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The denoising loop: which timesteps run (img2img keeps the last
 //! `int(steps * strength)` of them, times the scheduler's order, as diffusers'
-//! `get_timesteps`), the UNet call per step with classifier-free guidance, and the
-//! scheduler step.
+//! `get_timesteps`, but at least one), the UNet call per step with classifier-free
+//! guidance, and the scheduler step.
 
 use anyhow::Result;
 use candle_core::Tensor;
@@ -14,11 +14,13 @@ use crate::engine::scheduler::{Scheduler, mul_scalar};
 use crate::engine::unet::AddedCond;
 
 /// Index of the first timestep that runs: 0 for text-to-image; for image-to-image
-/// with `strength`, the schedule's last `int(steps * strength)` steps run.
+/// with `strength`, the schedule's last `int(steps * strength)` steps run, as in
+/// diffusers. Where that is zero (a low strength with few steps), diffusers refuses
+/// the request; the last step runs instead, as A1111 and ComfyUI do.
 pub(super) fn first_step(steps: usize, strength: Option<f64>, order: usize) -> usize {
     match strength {
         Some(strength) => {
-            let init_timestep = (((steps as f64) * strength) as usize).min(steps);
+            let init_timestep = (((steps as f64) * strength) as usize).clamp(1, steps);
             (steps - init_timestep) * order
         }
         None => 0,
@@ -95,5 +97,22 @@ impl Pipeline {
             }
         }
         Ok(latents)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_step;
+
+    #[test]
+    fn img2img_keeps_the_last_int_steps_x_strength_steps_and_at_least_one() {
+        assert_eq!(first_step(30, None, 1), 0);
+        assert_eq!(first_step(30, Some(0.7), 1), 9);
+        assert_eq!(first_step(30, Some(1.0), 1), 0);
+        assert_eq!(first_step(10, Some(0.35), 2), 14);
+        // int(1 x 0.7) = 0 and int(4 x 0.1) = 0: the last step still runs.
+        assert_eq!(first_step(1, Some(0.7), 1), 0);
+        assert_eq!(first_step(4, Some(0.1), 1), 3);
+        assert_eq!(first_step(4, Some(0.1), 2), 6);
     }
 }

@@ -13,7 +13,7 @@
 //!    `negative_prompt` is `None` and `force_zeros_for_empty_prompt`; otherwise the encoding
 //!    of `negative_prompt` (`None` → `""`). Only with CFG (`guidance > 1` and no
 //!    `time_cond_proj_dim`); an LCM UNet gets the guidance embedding of `guidance - 1` instead;
-//! 2. timesteps (`steps`; img2img keeps the last `int(steps * strength)`);
+//! 2. timesteps (`steps`; img2img keeps the last `int(steps * strength)`, at least one);
 //! 3. latents: txt2img draws `randn` and multiplies by `init_noise_sigma`; img2img encodes the
 //!    image with the VAE, draws the posterior sample, scales it, then draws the noise and
 //!    calls `scheduler.add_noise` at the first kept timestep;
@@ -426,15 +426,6 @@ impl Pipeline {
                 return Err(EngineError::invalid(
                     "strength",
                     format!("{s} is not accepted: must be in (0, 1]"),
-                ));
-            }
-            if ((p.steps as f64) * s) as usize == 0 {
-                return Err(EngineError::invalid(
-                    "strength",
-                    format!(
-                        "strength {s} with {} steps leaves no denoising step: steps x strength must be at least 1",
-                        p.steps
-                    ),
                 ));
             }
         }
