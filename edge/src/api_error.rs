@@ -79,6 +79,18 @@ impl ApiError {
         Self::new(500, message)
     }
 
+    /// A 400 about a field, named as `names` (contract, dialect) says: the server's
+    /// refusals use the contract's names, the client knows its API's.
+    pub fn in_field_names(mut self, names: &[(&str, &str)]) -> Self {
+        if self.status == 400
+            && let Some((field, rest)) = self.message.split_once(": ")
+            && let Some((_, dialect)) = names.iter().find(|(contract, _)| *contract == field)
+        {
+            self.message = format!("{dialect}: {rest}");
+        }
+        self
+    }
+
     pub fn with_retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
         self
@@ -134,6 +146,31 @@ mod tests {
         assert_eq!((e.status, e.retry_after), (503, Some(7)));
         let e = ApiError::from(contract::Error::InvalidRequest("steps: too many".into()));
         assert_eq!((e.status, e.message.as_str()), (400, "steps: too many"));
+    }
+
+    #[test]
+    fn server_refusals_read_in_the_dialects_names() {
+        let names = [
+            ("steps", "num_inference_steps"),
+            ("init_image.strength", "strength"),
+        ];
+        let e = ApiError::from(contract::Error::InvalidRequest(
+            "steps: must be from 1 to 1000 (got 5000)".into(),
+        ));
+        assert_eq!(
+            e.in_field_names(&names).message,
+            "num_inference_steps: must be from 1 to 1000 (got 5000)"
+        );
+        let e = ApiError::field("init_image.strength", "0 is not accepted");
+        assert_eq!(
+            e.in_field_names(&names).message,
+            "strength: 0 is not accepted"
+        );
+        // Other fields, and errors that aren't a field's, stay as they are.
+        let e = ApiError::field("seed", "too big").in_field_names(&names);
+        assert_eq!(e.message, "seed: too big");
+        let e = ApiError::unavailable("steps: busy").in_field_names(&names);
+        assert_eq!(e.message, "steps: busy");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use contract::GenerateRequest;
 use url::Url;
 
 use crate::api_error::ApiError;
+use crate::fields::Fields;
 
 /// One generation, as the inference server will see it, and its input image.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +126,16 @@ pub fn check_side(field: &str, value: u32, min: u32, max: u32, step: u32) -> Res
 }
 
 /// Prompts longer than this are refused outright; the text encoders read only
+/// An optional prompt field (negative_prompt), checked as a prompt. Empty means not
+/// given, in every dialect alike: for SDXL, diffusers makes a different image for ""
+/// than for no negative prompt (zero embeddings), and a client sending "" means none.
+pub fn optional_prompt(f: &Fields, name: &str) -> Result<Option<String>, ApiError> {
+    f.string(name)?
+        .filter(|p| !p.is_empty())
+        .map(|p| check_prompt(name, p))
+        .transpose()
+}
+
 /// the first 77 tokens anyway, this only keeps absurd bodies out.
 pub const MAX_PROMPT_CHARS: usize = 10_000;
 
@@ -202,5 +213,14 @@ mod tests {
         assert!(check_prompt("prompt", "x".repeat(MAX_PROMPT_CHARS + 1)).is_err());
         assert_eq!(seed_or_random(Some(0)), None);
         assert_eq!(seed_or_random(Some(5)), Some(5));
+    }
+
+    #[test]
+    fn an_empty_negative_prompt_is_none_in_every_dialect() {
+        let f = Fields::parse(br#"{"a":"","b":"blurry","c":null}"#).unwrap();
+        assert_eq!(optional_prompt(&f, "a").unwrap(), None);
+        assert_eq!(optional_prompt(&f, "b").unwrap().as_deref(), Some("blurry"));
+        assert_eq!(optional_prompt(&f, "c").unwrap(), None);
+        assert_eq!(optional_prompt(&f, "absent").unwrap(), None);
     }
 }

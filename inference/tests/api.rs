@@ -578,9 +578,12 @@ fn tiny_sd_models_load_and_generate() {
 /// Runs `requests` as one batch and each alone; every request must get exactly its own
 /// images (with its own seeds), whatever else shares the batch.
 fn assert_batch_equals_alone(p: &Pipeline, requests: &[GenerateParams]) {
-    let keys: Vec<_> = requests.iter().map(|r| p.batch_key(r).unwrap()).collect();
-    assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
-    let batched = p.generate_batch(requests, &mut |_, _| true).unwrap();
+    let plans: Vec<_> = requests
+        .iter()
+        .map(|r| p.plan(r.clone()).unwrap())
+        .collect();
+    assert!(plans.windows(2).all(|w| w[0].key() == w[1].key()));
+    let batched = p.run(&plans, &mut |_, _| true).unwrap();
     assert_eq!(batched.len(), requests.len());
     for (req, got) in requests.iter().zip(&batched) {
         let alone = p.generate(req, &mut |_, _| true).unwrap();
@@ -677,7 +680,7 @@ fn batched_requests_each_get_their_own_images() {
 #[test]
 fn incompatible_requests_have_different_batch_keys() {
     let (_tmp, p) = tiny_pipeline();
-    let key = |params: GenerateParams| p.batch_key(&params).unwrap();
+    let key = |params: GenerateParams| p.plan(params).unwrap().key().clone();
     let base = key(small());
     assert_eq!(
         base,
@@ -717,22 +720,19 @@ fn incompatible_requests_have_different_batch_keys() {
             ..small()
         })
     );
-    let err = p
-        .generate_batch(
-            &[
-                small(),
-                GenerateParams {
-                    steps: 3,
-                    ..small()
-                },
-            ],
-            &mut |_, _| true,
-        )
-        .unwrap_err();
+    let plans = [
+        p.plan(small()).unwrap(),
+        p.plan(GenerateParams {
+            steps: 3,
+            ..small()
+        })
+        .unwrap(),
+    ];
+    let err = p.run(&plans, &mut |_, _| true).unwrap_err();
     assert!(format!("{err}").contains("cannot share a batch"), "{err}");
-    // Bad parameters are reported by batch_key as by generate.
+    // Bad parameters are reported by plan, as by generate.
     let err = p
-        .batch_key(&GenerateParams {
+        .plan(GenerateParams {
             width: 65,
             ..small()
         })

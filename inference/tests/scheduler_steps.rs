@@ -49,7 +49,7 @@ fn run(
     let (begin, mut x) = match case["strength"].as_f64() {
         Some(strength) => {
             let init = ((steps as f64 * strength) as usize).min(steps);
-            let begin = (steps - init) * sched.order();
+            let begin = (steps - init) * kind.order();
             (begin, sched.add_noise(&clean, &img_noise, begin)?)
         }
         None => (0, base.affine(sched.init_noise_sigma() as f32 as f64, 0.0)?),

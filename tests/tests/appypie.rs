@@ -153,6 +153,18 @@ fn the_seed_request_returns_a_1024_png_made_from_the_fetched_image() {
         run(Some("/moved.png")),
         "a redirect to the same image gives the same image"
     );
+    // One step at the default strength 0.7: int(1 x 0.7) = 0, which diffusers refuses;
+    // the last step runs (it was refused naming a strength the client never sent).
+    let body = format!(
+        r#"{{"prompt":"Change to a cat","size":"128x128","seed":11,"num_inference_steps":1,"inputImage":"{}"}}"#,
+        images.url("/dog128.png")
+    );
+    let one = png_of(&post(&format!("{edge}{IMG2IMG}"), &seed_headers(), &body));
+    assert_eq!(
+        one,
+        engine_img2img(&dog_128(), "Change to a cat", 128, 11, 0.7, 1),
+        "one step at strength 0.7, as the engine runs it"
+    );
     let cat = run(Some("/cat.jpg"));
     assert_eq!(cat.dimensions(), (128, 128));
     assert!(

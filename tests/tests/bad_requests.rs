@@ -592,7 +592,8 @@ fn cases(img: &str) -> Vec<Case> {
             b,
             r#"{"prompt":"p","width":64,"height":64,"steps":1,"sampler":"DDIMInverseScheduler"}"#,
             400,
-            "\"DDIMInverseScheduler\" is not supported",
+            // The server names the contract's field (scheduler); the edge, Hyperbolic's.
+            "sampler: \"DDIMInverseScheduler\" is not supported",
         ),
         case(
             "hyperbolic: second prompt",

@@ -105,7 +105,9 @@ async fn serve(dialect: &dyn Dialect, req: Request, trace_id: &str) -> Result<Ou
         (job.request.width, job.request.height) = (Some(size.0), Some(size.1));
         job.request.init_image = Some(input_image::init_image(&img, size, init.strength));
     }
-    let result = outbound::generate(&settings, &job.request, trace_id).await?;
+    let result = outbound::generate(&settings, &job.request, trace_id)
+        .await
+        .map_err(|e| e.in_field_names(dialect.field_names()))?;
     let mut stash = Stash::new(&public_origin(&settings, &incoming), unix_now());
     let out = dialect.render(&job, result, &mut stash)?;
     store(stash).await?;

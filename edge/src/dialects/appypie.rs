@@ -39,6 +39,15 @@ impl Dialect for Appypie {
         "appypie"
     }
 
+    fn field_names(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("steps", "num_inference_steps"),
+            ("guidance", "guidance_scale"),
+            ("init_image.strength", "strength"),
+            ("init_image.image", "inputImage"),
+        ]
+    }
+
     fn key_location(&self) -> &'static str {
         "the Ocp-Apim-Subscription-Key header"
     }
@@ -50,10 +59,7 @@ impl Dialect for Appypie {
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
         let f = req.json()?;
         let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
-        let negative_prompt = f
-            .string("negative_prompt")?
-            .map(|p| job::check_prompt("negative_prompt", p))
-            .transpose()?;
+        let negative_prompt = job::optional_prompt(f, "negative_prompt")?;
         if let Some(format) = f.string("response_format")?
             && !matches!(
                 format.trim().to_ascii_lowercase().as_str(),

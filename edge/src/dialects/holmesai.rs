@@ -73,6 +73,10 @@ impl Dialect for HolmesAi {
         "holmesai"
     }
 
+    fn field_names(&self) -> &'static [(&'static str, &'static str)] {
+        &[("guidance", "cfg_scale"), ("init_image.image", "image")]
+    }
+
     fn key_location(&self) -> &'static str {
         BEARER_LOCATION
     }
@@ -113,11 +117,7 @@ impl Dialect for HolmesAi {
 fn common(f: &Fields, (width, height): (u32, u32)) -> Result<GenerateRequest, ApiError> {
     let model = models::check("model", f.string("model")?, models::SDXL_BASE)?;
     let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
-    let negative_prompt = f
-        .string("negative_prompt")?
-        .filter(|p| !p.is_empty())
-        .map(|p| job::check_prompt("negative_prompt", p))
-        .transpose()?;
+    let negative_prompt = job::optional_prompt(f, "negative_prompt")?;
     let steps = f
         .integer("steps", 10..=50)?
         .map_or(DEFAULT_STEPS, |n| n as u32);

@@ -44,6 +44,16 @@ impl Dialect for Hyperbolic {
         "hyperbolic"
     }
 
+    fn field_names(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("model", "model_name"),
+            ("guidance", "cfg_scale"),
+            ("scheduler", "sampler"),
+            ("init_image.strength", "strength"),
+            ("init_image.image", "image"),
+        ]
+    }
+
     fn key_location(&self) -> &'static str {
         BEARER_LOCATION
     }
@@ -60,11 +70,7 @@ impl Dialect for Hyperbolic {
             None => models::HYPERBOLIC[0].to_string(),
         };
         let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
-        let negative_prompt = f
-            .string("negative_prompt")?
-            .filter(|p| !p.is_empty())
-            .map(|p| job::check_prompt("negative_prompt", p))
-            .transpose()?;
+        let negative_prompt = job::optional_prompt(f, "negative_prompt")?;
         if let Some(backend) = f.string("backend")?
             && !BACKENDS.contains(&backend.trim().to_ascii_lowercase().as_str())
         {

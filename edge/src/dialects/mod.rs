@@ -105,6 +105,13 @@ pub trait Dialect: Sync {
         result: GenerateResult,
         stash: &mut Stash,
     ) -> Result<Outgoing, ApiError>;
+    /// This API's names for the contract's fields (contract, dialect), so that the
+    /// inference server's refusal of a field reaches the client under the name it
+    /// sent ("steps: ..." is "num_inference_steps: ..." to an Appypie client). Fields
+    /// not listed keep their name.
+    fn field_names(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
     /// The failure response, in this API's error format; by default `{code, message,
     /// traceId}`.
     fn render_error(&self, err: &ApiError, trace_id: &str) -> Outgoing {

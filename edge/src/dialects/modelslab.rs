@@ -78,6 +78,17 @@ impl Dialect for ModelsLab {
         "modelslab"
     }
 
+    fn field_names(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("model", "model_id"),
+            ("steps", "num_inference_steps"),
+            ("guidance", "guidance_scale"),
+            ("karras", "use_karras_sigmas"),
+            ("init_image.strength", "strength"),
+            ("init_image.image", "init_image"),
+        ]
+    }
+
     fn key_location(&self) -> &'static str {
         "the \"key\" field of the JSON body"
     }
@@ -91,11 +102,7 @@ impl Dialect for ModelsLab {
         let f = req.json()?;
         let model_id = models::check("model_id", f.string("model_id")?, models::SDXL_BASE)?;
         let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
-        let negative_prompt = f
-            .string("negative_prompt")?
-            .filter(|p| !p.is_empty())
-            .map(|p| job::check_prompt("negative_prompt", p))
-            .transpose()?;
+        let negative_prompt = job::optional_prompt(f, "negative_prompt")?;
         let side = |name: &'static str| -> Result<Option<u32>, ApiError> {
             f.integer(name, 0..=i64::from(u32::MAX))?
                 .map(|n| job::check_side(name, n as u32, 64, 1024, 8))

@@ -204,7 +204,7 @@ fn bench_model(
     }
     if args.unet_steps > 0 {
         // The UNet batch of one image: two rows when the pipeline runs guidance as CFG.
-        let rows = if pipeline.batch_key(&params)?.do_cfg {
+        let rows = if pipeline.plan(params.clone())?.key().do_cfg {
             2
         } else {
             1

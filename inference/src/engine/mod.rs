@@ -70,7 +70,7 @@ pub mod weights;
 use std::time::Duration;
 
 pub use error::{EngineError, ErrorKind};
-pub use pipeline::{BatchKey, Pipeline};
+pub use pipeline::{BatchKey, Pipeline, Plan};
 
 /// One generation request.
 #[derive(Clone, Debug)]

@@ -9,6 +9,8 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::device::Precision;
+use crate::engine::pipeline::MAX_SIDE;
+use crate::engine::scheduler;
 
 /// The catalog built into the binary (inference/catalog.toml).
 pub const BUILT_IN: &str = include_str!("../../catalog.toml");
@@ -98,15 +100,34 @@ impl Catalog {
             if e.source.trim().is_empty() {
                 bail!("models.{name}: source must name a folder or a hub id");
             }
-            if let Some(s) = defaults.steps.filter(|&s| s == 0) {
-                bail!("models.{name}: steps must be at least 1 (got {s})");
+            // Each default is checked here, once, as a request's value would be: a bad one
+            // stops the start naming its entry instead of failing requests that never set it.
+            if let Some(s) = defaults
+                .steps
+                .filter(|&s| s == 0 || s > super::convert::MAX_STEPS)
+            {
+                bail!(
+                    "models.{name}: steps must be from 1 to {} (got {s})",
+                    super::convert::MAX_STEPS
+                );
             }
             for side in [defaults.width, defaults.height].into_iter().flatten() {
-                if side < 64 || side % 8 != 0 {
+                if !(64..=MAX_SIDE as u32).contains(&side) || side % 8 != 0 {
                     bail!(
-                        "models.{name}: width and height must be multiples of 8, at least 64 (got {side})"
+                        "models.{name}: width and height must be multiples of 8 from 64 to {MAX_SIDE} (got {side})"
                     );
                 }
+            }
+            if let Some(g) = defaults
+                .guidance
+                .filter(|g| !g.is_finite() || !(0.0..=100.0).contains(g))
+            {
+                bail!("models.{name}: guidance must be from 0 to 100 (got {g})");
+            }
+            if let Some(sched) = &defaults.scheduler
+                && let Err(e) = scheduler::resolve(sched)
+            {
+                bail!("models.{name}: scheduler {sched:?}: {e}");
             }
             let dtype = match e.dtype.as_deref().map(str::parse::<Precision>) {
                 None | Some(Ok(Precision::Auto)) => None,
@@ -244,6 +265,19 @@ mod tests {
         assert!(err("default = \"a\"\n[models.b]\nsource = \"x\"").contains("default = \"a\""));
         assert!(err("default = \"a\"\n[models.a]\nsource = \"x\"\nsteps = 0").contains("steps"));
         assert!(err("default = \"a\"\n[models.a]\nsource = \"x\"\nwidht = 5").contains("widht"));
+        // Every default is checked at load, naming the entry.
+        for (line, says) in [
+            ("scheduler = \"Euler b\"", "models.a: scheduler \"Euler b\""),
+            ("scheduler = \"DDIM Karras\"", "models.a: scheduler"),
+            ("steps = 5000", "models.a: steps must be from 1 to 1000"),
+            ("width = 8192", "models.a: width and height"),
+            ("guidance = -1.0", "models.a: guidance"),
+        ] {
+            let e = err(&format!(
+                "default = \"a\"\n[models.a]\nsource = \"x\"\n{line}"
+            ));
+            assert!(e.contains(says), "{line}: {e}");
+        }
         assert!(
             err("default = \"a\"\n[models.a]\nsource = \"x\"\n[models.b]\nsource = \"y\"\naliases = [\"A\"]")
                 .contains("both")

@@ -8,12 +8,10 @@ use base64::Engine as _;
 use contract::{Error, GenerateRequest, GeneratedImage, Timings};
 
 use super::catalog::Defaults;
+use crate::engine::pipeline::{MAX_SAMPLES, MAX_SIDE};
 use crate::engine::{EngineError, GenerateParams, ModelInfo, StageTimings};
 
-/// Sides beyond this would not fit in memory on most machines (and no model was trained for them).
-const MAX_SIDE: u32 = 4096;
-const MAX_STEPS: u32 = 1000;
-const MAX_SAMPLES: u32 = 8;
+pub const MAX_STEPS: u32 = 1000;
 /// Init images are resized to the target size by the engine; this only bounds the decode.
 const MAX_INIT_PIXELS: u64 = 64_000_000;
 
@@ -54,7 +52,7 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
     let height = req.height.or(defaults.height);
     for (name, v) in [("width", width), ("height", height)] {
         if let Some(v) = v
-            && (!(64..=MAX_SIDE).contains(&v) || !v.is_multiple_of(8))
+            && (!(64..=MAX_SIDE as u32).contains(&v) || !v.is_multiple_of(8))
         {
             return Err(invalid(format!(
                 "{name}: must be a multiple of 8 from 64 to {MAX_SIDE} (got {v})"
@@ -77,7 +75,7 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
             "guidance: must be from 0 to 100 (got {g})"
         )));
     }
-    if req.samples == 0 || req.samples > MAX_SAMPLES {
+    if req.samples == 0 || req.samples as usize > MAX_SAMPLES {
         return Err(invalid(format!(
             "samples: must be from 1 to {MAX_SAMPLES} (got {})",
             req.samples
@@ -85,15 +83,8 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
     }
     let init_image = match &req.init_image {
         None => None,
-        Some(init) => {
-            if !(init.strength > 0.0 && init.strength <= 1.0) {
-                return Err(invalid(format!(
-                    "init_image.strength: must be in (0, 1] (got {})",
-                    init.strength
-                )));
-            }
-            Some((decode_image(&init.image)?, f64::from(init.strength)))
-        }
+        // The strength's range is the engine's to check (Pipeline::plan), once.
+        Some(init) => Some((decode_image(&init.image)?, decimal(init.strength))),
     };
     Ok(Draft {
         params: GenerateParams {
@@ -111,6 +102,14 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
         steps: steps.map(|v| v as usize),
         guidance: guidance.map(f64::from),
     })
+}
+
+/// The f64 a client meant by an f32 on the wire: 0.7, not 0.699999988079071. It
+/// matters beyond messages: img2img keeps `int(steps x strength)` steps, and
+/// 10 x 0.699999988 would keep 6 where diffusers, given 0.7, keeps 7.
+fn decimal(v: f32) -> f64 {
+    // f32's Display is the shortest decimal that reads back as the same f32.
+    v.to_string().parse().unwrap_or(f64::from(v))
 }
 
 fn decode_image(b64: &str) -> Result<image::DynamicImage, Error> {
@@ -304,16 +303,6 @@ mod tests {
             (
                 GenerateRequest {
                     init_image: Some(contract::InitImage {
-                        image: "iVBORw0KGgo=".into(),
-                        strength: 0.0,
-                    }),
-                    ..request()
-                },
-                "init_image.strength",
-            ),
-            (
-                GenerateRequest {
-                    init_image: Some(contract::InitImage {
                         image: "!!".into(),
                         strength: 0.5,
                     }),
@@ -337,6 +326,16 @@ mod tests {
                 other => panic!("expected InvalidRequest({needle}), got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_strength_on_the_wire_is_the_decimal_the_client_sent() {
+        for (wire, meant) in [(0.7f32, 0.7), (0.35, 0.35), (1.0, 1.0), (0.01, 0.01)] {
+            assert_eq!(decimal(wire), meant);
+        }
+        // So img2img keeps diffusers' number of steps: int(10 x 0.7) = 7.
+        assert_eq!((10.0 * decimal(0.7)) as usize, 7);
+        assert_eq!((10.0 * f64::from(0.7f32)) as usize, 6);
     }
 
     #[test]

@@ -53,18 +53,18 @@ fn serve(app: &AppState, head: Job) {
     };
     app.metrics.stage("load", load_started.elapsed());
     let pipeline = loaded.pipeline.clone();
-    let params = head.draft.resolve(&loaded.info);
-    let key = match pipeline.batch_key(&params) {
-        Ok(k) => k,
+    let plan = match pipeline.plan(head.draft.resolve(&loaded.info)) {
+        Ok(plan) => plan,
         Err(e) => {
             let _ = head.reply.send(Err(engine_error(&e)));
             return;
         }
     };
-    // Gather the queued jobs that can run with this one, each resolved once.
+    let key = plan.key().clone();
+    // Gather the queued jobs that can run with this one, each planned once.
     let mut images = head.samples();
     let mut jobs = vec![head];
-    let mut params = vec![params];
+    let mut plans = vec![plan];
     if images < app.max_batch {
         let source = jobs[0].source.clone();
         let now = Instant::now();
@@ -72,16 +72,16 @@ fn serve(app: &AppState, head: Job) {
             if job.source != source || images + job.samples() > app.max_batch || !job.wanted(now) {
                 return None;
             }
-            let resolved = job.draft.resolve(&loaded.info);
-            let fits = pipeline.batch_key(&resolved).is_ok_and(|k| k == key);
-            fits.then(|| {
+            // A job whose plan fails stays queued: it gets its error when it is the head.
+            let plan = pipeline.plan(job.draft.resolve(&loaded.info)).ok()?;
+            (*plan.key() == key).then(|| {
                 images += job.samples();
-                resolved
+                plan
             })
         });
-        for (job, resolved) in others {
+        for (job, plan) in others {
             jobs.push(job);
-            params.push(resolved);
+            plans.push(plan);
         }
     }
 
@@ -107,7 +107,7 @@ fn serve(app: &AppState, head: Job) {
     );
 
     // Stop at the next step once nobody in the batch waits any more.
-    let result = pipeline.generate_batch(&params, &mut |_, _| {
+    let result = pipeline.run(&plans, &mut |_, _| {
         let now = Instant::now();
         jobs.iter().any(|j| j.wanted(now))
     });
@@ -123,15 +123,15 @@ fn serve(app: &AppState, head: Job) {
                 app.metrics.stage("decode", first.timings.decode);
             }
             tracing::info!(secs, "batch done");
-            for ((job, params), generated) in jobs.into_iter().zip(&params).zip(outs) {
+            for ((job, plan), generated) in jobs.into_iter().zip(&plans).zip(outs) {
                 app.metrics
                     .images
                     .with_label_values(&[&job.model])
                     .inc_by(generated.images.len() as u64);
                 let done = Done {
                     generated,
-                    steps: params.steps,
-                    guidance: params.guidance,
+                    steps: plan.params().steps,
+                    guidance: plan.params().guidance,
                     queued: started.duration_since(job.enqueued),
                 };
                 let _ = job.reply.send(Ok(done));

@@ -47,10 +47,11 @@ use super::{GenerateParams, Generated, ModelInfo, StageTimings};
 use conditioning::{TextEncoderSlot, UnetConditioning};
 use denoise::DenoiseRun;
 
-/// Largest width / height accepted (pixels).
+/// Largest width / height accepted (pixels): beyond it a model would not fit in memory
+/// on most machines, and none was trained for it.
 pub const MAX_SIDE: usize = 4096;
-/// Largest number of images per request.
-pub const MAX_SAMPLES: usize = 16;
+/// Largest number of images per request (the inference server's cap too).
+pub const MAX_SAMPLES: usize = 8;
 
 /// Model families the engine knows how to condition. Decided from the components a model
 /// folder has and their configs, never from a name (see [`Pipeline::load`]).
@@ -432,10 +433,12 @@ impl Pipeline {
         Ok(())
     }
 
-    /// What `params` must share with other requests to run in one batch with them
-    /// ([`Pipeline::generate_batch`]); also checks `params` as `generate` would.
-    pub fn batch_key(&self, params: &GenerateParams) -> Result<BatchKey> {
-        self.validate(params)?;
+    /// Checks `params` against this model once and decides everything the run needs: the
+    /// scheduler (the request's, else the model's), Karras sigmas, where image-to-image
+    /// starts, and so what the request must share with others to run in one batch
+    /// ([`Plan::key`]). The pipeline runs plans without checking them again.
+    pub fn plan(&self, params: GenerateParams) -> Result<Plan> {
+        self.validate(&params)?;
         let (scheduler, name_karras) = match &params.scheduler {
             Some(name) => scheduler::resolve(name)?,
             None => (self.default_scheduler()?, None),
@@ -449,9 +452,7 @@ impl Pipeline {
             .or(name_karras);
         let has_time_cond = self.unet.config.time_cond_proj_dim.is_some();
         let strength = params.init_image.as_ref().map(|(_, s)| *s);
-        let order =
-            scheduler::build(scheduler, &self.scheduler_config, params.steps, karras)?.order();
-        Ok(BatchKey {
+        let key = BatchKey {
             width: params.width,
             height: params.height,
             steps: params.steps,
@@ -459,34 +460,36 @@ impl Pipeline {
             karras,
             do_cfg: params.guidance > 1.0 && !has_time_cond,
             img2img: strength.is_some(),
-            begin: denoise::first_step(params.steps, strength, order),
-        })
+            begin: denoise::first_step(params.steps, strength, scheduler.order()),
+        };
+        Ok(Plan { params, key })
     }
 
-    /// Runs one request. `on_step(done, total)` is called after every denoising step, on the
-    /// calling thread; returning `false` cancels with [`EngineError::Cancelled`].
+    /// Plans and runs one request. `on_step(done, total)` is called after every denoising
+    /// step, on the calling thread; returning `false` cancels with [`EngineError::Cancelled`].
     pub fn generate(
         &self,
         params: &GenerateParams,
         on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Generated> {
-        let mut out = self.generate_batch(std::slice::from_ref(params), on_step)?;
+        let plan = self.plan(params.clone())?;
+        let mut out = self.run(std::slice::from_ref(&plan), on_step)?;
         Ok(out.remove(0))
     }
 
-    /// Runs several requests with equal [`BatchKey`]s as one UNet batch (their prompts,
+    /// Runs several plans with equal [`Plan::key`]s as one UNet batch (their prompts,
     /// negative prompts, seeds, guidance scales, sample counts and init images may differ)
     /// and returns each request's own result, in order. Every image comes from its own
     /// generator, so each request gets the images it would get alone. `on_step` as in
     /// [`Pipeline::generate`], for the whole batch.
-    pub fn generate_batch(
+    pub fn run(
         &self,
-        batch: &[GenerateParams],
+        plans: &[Plan],
         on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<Generated>> {
         if rayon::current_thread_index().is_some() {
             // Already on a rayon worker: its parallel kernels join the pool directly.
-            return self.generate_on_worker(batch, on_step);
+            return self.generate_on_worker(plans, on_step);
         }
         // Run the work on a rayon worker, so that the many short parallel kernels are joined
         // by the thread that issues them instead of parking it each time (15-25% faster on 2
@@ -498,7 +501,7 @@ impl Pipeline {
                 let mut relay = move |done: usize, total: usize| -> bool {
                     progress_tx.send((done, total)).is_ok() && reply_rx.recv().unwrap_or(false)
                 };
-                rayon::scope(|_| self.generate_on_worker(batch, &mut relay))
+                rayon::scope(|_| self.generate_on_worker(plans, &mut relay))
             });
             for (done, total) in progress_rx.iter() {
                 if reply_tx.send(on_step(done, total)).is_err() {
@@ -513,20 +516,21 @@ impl Pipeline {
 
     fn generate_on_worker(
         &self,
-        batch: &[GenerateParams],
+        plans: &[Plan],
         on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<Generated>> {
-        let Some(first) = batch.first() else {
+        let Some(first) = plans.first() else {
             return Ok(Vec::new());
         };
         let t0 = Instant::now();
-        let key = self.batch_key(first)?;
-        for params in &batch[1..] {
-            let other = self.batch_key(params)?;
-            if other != key {
-                bail!("requests that differ in {key:?} and {other:?} cannot share a batch");
-            }
+        let key = &first.key;
+        if let Some(other) = plans.iter().find(|p| p.key != *key) {
+            bail!(
+                "requests that differ in {key:?} and {:?} cannot share a batch",
+                other.key
+            );
         }
+        let batch: Vec<&GenerateParams> = plans.iter().map(|p| &p.params).collect();
         let mut sched =
             scheduler::build(key.scheduler, &self.scheduler_config, key.steps, key.karras)?;
         let counts: Vec<usize> = batch.iter().map(|p| p.samples).collect();
@@ -536,7 +540,7 @@ impl Pipeline {
         let mut conds = Vec::with_capacity(batch.len());
         let mut latents = Vec::with_capacity(batch.len());
         let mut generators = Vec::new();
-        for params in batch {
+        for &params in &batch {
             conds.push(self.condition(params, params.samples, key.do_cfg)?);
             let mut noise = NoiseSource::new(params.seed, params.samples, &self.device);
             latents.push(self.initial_latents(params, sched.as_ref(), key.begin, &mut noise)?);
@@ -587,6 +591,25 @@ impl Pipeline {
                 scheduler: sched.class_name().to_string(),
             })
             .collect())
+    }
+}
+
+/// A request checked against one loaded model, with everything its run needs decided
+/// ([`Pipeline::plan`]).
+#[derive(Clone, Debug)]
+pub struct Plan {
+    params: GenerateParams,
+    key: BatchKey,
+}
+
+impl Plan {
+    pub fn params(&self) -> &GenerateParams {
+        &self.params
+    }
+
+    /// What the request must share with others to run in one batch with them.
+    pub fn key(&self) -> &BatchKey {
+        &self.key
     }
 }
 

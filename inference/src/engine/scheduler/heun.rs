@@ -81,10 +81,6 @@ impl Scheduler for HeunDiscrete {
         self.schedule.timesteps()
     }
 
-    fn order(&self) -> usize {
-        2
-    }
-
     fn init_noise_sigma(&self) -> f64 {
         self.schedule.init_noise_sigma()
     }

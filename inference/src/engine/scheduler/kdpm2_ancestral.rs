@@ -112,10 +112,6 @@ impl Scheduler for KDpm2AncestralDiscrete {
         self.schedule.timesteps()
     }
 
-    fn order(&self) -> usize {
-        2
-    }
-
     fn init_noise_sigma(&self) -> f64 {
         self.schedule.init_noise_sigma()
     }

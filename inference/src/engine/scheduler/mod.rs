@@ -69,11 +69,6 @@ pub trait Scheduler: Send {
     /// The timesteps passed to the UNet, in order (diffusers' `scheduler.timesteps`: `order()`
     /// entries per step for the second-order schedulers).
     fn timesteps(&self) -> &[f64];
-    /// diffusers' `scheduler.order`: model evaluations per step, which scales img2img's begin
-    /// index (`(steps - int(steps * strength)) * order`).
-    fn order(&self) -> usize {
-        1
-    }
     /// Multiplier of the initial noise for txt2img: 1 for the schedulers that step on
     /// alphas_cumprod (DDIM, DDPM, PNDM, LCM, DPM-Solver, UniPC, DEIS); the sigma schedulers
     /// override it.
@@ -177,6 +172,18 @@ impl SchedulerKind {
                 ("solver_order", "2"),
             ],
             _ => &[],
+        }
+    }
+
+    /// diffusers' `scheduler.order`: model evaluations per step (the second-order
+    /// schedulers list each timestep twice), which scales img2img's begin index
+    /// (`(steps - int(steps * strength)) * order`). A property of the class, so known
+    /// without building a scheduler.
+    pub fn order(self) -> usize {
+        use SchedulerKind::*;
+        match self {
+            Heun | KDpm2 | KDpm2Ancestral => 2,
+            _ => 1,
         }
     }
 
