@@ -19,14 +19,19 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidRequest(msg.into())
 }
 
-/// A checked request whose unset settings are filled in once its model is loaded
-/// ([`Draft::resolve`]): the catalog's defaults are already applied, the model's own
-/// come from its configs.
+/// A checked request, the catalog's defaults applied, whose settings the request and
+/// the catalog left unset come from the model's own configs once it is loaded
+/// ([`Draft::resolve`]).
 #[derive(Clone, Debug)]
 pub struct Draft {
-    /// width, height, steps and guidance here are placeholders where the fields
-    /// below are None.
-    pub params: GenerateParams,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub seed: u64,
+    pub samples: usize,
+    pub scheduler: Option<String>,
+    pub karras: Option<bool>,
+    pub init_image: Option<(image::DynamicImage, f64)>,
+    /// None: the model's default.
     pub width: Option<usize>,
     pub height: Option<usize>,
     pub steps: Option<usize>,
@@ -36,11 +41,17 @@ pub struct Draft {
 impl Draft {
     pub fn resolve(&self, info: &ModelInfo) -> GenerateParams {
         GenerateParams {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
             width: self.width.unwrap_or(info.default_width),
             height: self.height.unwrap_or(info.default_height),
             steps: self.steps.unwrap_or(info.default_steps),
             guidance: self.guidance.unwrap_or(info.default_guidance),
-            ..self.params.clone()
+            seed: self.seed,
+            samples: self.samples,
+            scheduler: self.scheduler.clone(),
+            karras: self.karras,
+            init_image: self.init_image.clone(),
         }
     }
 }
@@ -87,16 +98,13 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
         Some(init) => Some((decode_image(&init.image)?, decimal(init.strength))),
     };
     Ok(Draft {
-        params: GenerateParams {
-            prompt: req.prompt.clone(),
-            negative_prompt: req.negative_prompt.clone(),
-            seed: req.seed.unwrap_or_else(crate::random_seed),
-            samples: req.samples as usize,
-            scheduler: req.scheduler.clone().or_else(|| defaults.scheduler.clone()),
-            karras: req.karras,
-            init_image,
-            ..GenerateParams::default()
-        },
+        prompt: req.prompt.clone(),
+        negative_prompt: req.negative_prompt.clone(),
+        seed: req.seed.unwrap_or_else(crate::random_seed),
+        samples: req.samples as usize,
+        scheduler: req.scheduler.clone().or_else(|| defaults.scheduler.clone()),
+        karras: req.karras,
+        init_image,
         width: width.map(|v| v as usize),
         height: height.map(|v| v as usize),
         steps: steps.map(|v| v as usize),

@@ -42,7 +42,7 @@ pub struct Job {
 
 impl Job {
     pub fn samples(&self) -> usize {
-        self.draft.params.samples
+        self.draft.samples
     }
 
     /// Whether anyone still waits for this job.

@@ -7,6 +7,7 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::dpm_solver::{first_order_update, second_order_update, third_order_update};
 use super::schedule::{Spacing, TrainSchedule};
 use super::solver_schedule::{
     KarrasRounding, alpha_sigma, clipped_last_timestep, eps_prediction, lambda, solver_sigmas,
@@ -146,28 +147,15 @@ impl DpmSolverMultistep {
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
         let (alpha_s, sigma_s) = alpha_sigma(self.sigmas[i]);
         let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
-        Ok(match self.algorithm {
-            Algorithm::DpmSolverPP => {
-                (mul_scalar(sample, sigma_t / sigma_s)?
-                    - mul_scalar(m, alpha_t * ((-h).exp() - 1.0))?)?
-            }
-            Algorithm::DpmSolver => {
-                (mul_scalar(sample, alpha_t / alpha_s)?
-                    - mul_scalar(m, sigma_t * (h.exp() - 1.0))?)?
-            }
-            Algorithm::SdeDpmSolverPP => {
-                let noise = noise.expect("sde noise");
-                ((mul_scalar(sample, sigma_t / sigma_s * (-h).exp())?
-                    + mul_scalar(m, alpha_t * (1.0 - (-2.0 * h).exp()))?)?
-                    + mul_scalar(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
-            }
-            Algorithm::SdeDpmSolver => {
-                let noise = noise.expect("sde noise");
-                ((mul_scalar(sample, alpha_t / alpha_s)?
-                    - mul_scalar(m, 2.0 * (sigma_t * (h.exp() - 1.0)))?)?
-                    + mul_scalar(noise, sigma_t * ((2.0 * h).exp() - 1.0).sqrt())?)?
-            }
-        })
+        first_order_update(
+            self.algorithm,
+            sample,
+            (alpha_t, sigma_t),
+            (alpha_s, sigma_s),
+            h,
+            m,
+            noise,
+        )
     }
 
     fn second_order(&self, i: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
@@ -220,34 +208,15 @@ impl DpmSolverMultistep {
         let diff = (&d1_0 - &d1_1)?;
         let d1 = (&d1_0 + mul_scalar(&diff, r0 / (r0 + r1))?)?;
         let d2 = mul_scalar(&diff, 1.0 / (r0 + r1))?;
-        Ok(match self.algorithm {
-            Algorithm::DpmSolverPP => {
-                let em = (-h).exp() - 1.0;
-                (((mul_scalar(sample, sigma_t / sigma_s0)? - mul_scalar(d0, alpha_t * em)?)?
-                    + mul_scalar(&d1, alpha_t * (em / h + 1.0))?)?
-                    - mul_scalar(&d2, alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5))?)?
-            }
-            Algorithm::DpmSolver => {
-                let ep = h.exp() - 1.0;
-                (((mul_scalar(sample, alpha_t / alpha_s0)? - mul_scalar(d0, sigma_t * ep)?)?
-                    - mul_scalar(&d1, sigma_t * (ep / h - 1.0))?)?
-                    - mul_scalar(&d2, sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5))?)?
-            }
-            Algorithm::SdeDpmSolverPP => {
-                let noise = noise.expect("sde noise");
-                let e2 = 1.0 - (-2.0 * h).exp();
-                let two_h = 2.0 * h;
-                ((((mul_scalar(sample, sigma_t / sigma_s0 * (-h).exp())?
-                    + mul_scalar(d0, alpha_t * e2)?)?
-                    + mul_scalar(&d1, alpha_t * (e2 / (-2.0 * h) + 1.0))?)?
-                    + mul_scalar(
-                        &d2,
-                        alpha_t * ((1.0 - (-2.0 * h).exp() - 2.0 * h) / (two_h * two_h) - 0.5),
-                    )?)?
-                    + mul_scalar(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
-            }
-            Algorithm::SdeDpmSolver => unreachable!("rejected in new"),
-        })
+        third_order_update(
+            self.algorithm,
+            sample,
+            (alpha_t, sigma_t),
+            (alpha_s0, sigma_s0),
+            h,
+            (d0, &d1, &d2),
+            noise,
+        )
     }
 }
 
@@ -303,61 +272,4 @@ impl Scheduler for DpmSolverMultistep {
     fn sigmas(&self) -> Option<&[f32]> {
         Some(&self.sigmas)
     }
-}
-
-/// DPM-Solver(++)'s second-order update from the point `s` (alpha_s, sigma_s) to `t` over the
-/// log-SNR step `h`, with the first-order term `d0` and the scaled difference `d1`: shared by
-/// the multistep (s = the current point) and singlestep (s = the start of the group) solvers.
-pub(crate) fn second_order_update(
-    (algorithm, midpoint): (Algorithm, bool),
-    x: &Tensor,
-    (alpha_t, sigma_t): (f32, f32),
-    (alpha_s, sigma_s): (f32, f32),
-    h: f32,
-    (d0, d1): (&Tensor, &Tensor),
-    noise: Option<&Tensor>,
-) -> Result<Tensor> {
-    let em = (-h).exp() - 1.0;
-    let ep = h.exp() - 1.0;
-    let e2 = 1.0 - (-2.0 * h).exp();
-    Ok(match (algorithm, midpoint) {
-        (Algorithm::DpmSolverPP, true) => {
-            ((mul_scalar(x, sigma_t / sigma_s)? - mul_scalar(d0, alpha_t * em)?)?
-                - mul_scalar(d1, 0.5 * (alpha_t * em))?)?
-        }
-        (Algorithm::DpmSolverPP, false) => {
-            ((mul_scalar(x, sigma_t / sigma_s)? - mul_scalar(d0, alpha_t * em)?)?
-                + mul_scalar(d1, alpha_t * (em / h + 1.0))?)?
-        }
-        (Algorithm::DpmSolver, true) => {
-            ((mul_scalar(x, alpha_t / alpha_s)? - mul_scalar(d0, sigma_t * ep)?)?
-                - mul_scalar(d1, 0.5 * (sigma_t * ep))?)?
-        }
-        (Algorithm::DpmSolver, false) => {
-            ((mul_scalar(x, alpha_t / alpha_s)? - mul_scalar(d0, sigma_t * ep)?)?
-                - mul_scalar(d1, sigma_t * (ep / h - 1.0))?)?
-        }
-        (Algorithm::SdeDpmSolverPP, midpoint) => {
-            let noise = noise.expect("sde noise");
-            let c1 = if midpoint {
-                0.5 * (alpha_t * e2)
-            } else {
-                alpha_t * (e2 / (-2.0 * h) + 1.0)
-            };
-            (((mul_scalar(x, sigma_t / sigma_s * (-h).exp())? + mul_scalar(d0, alpha_t * e2)?)?
-                + mul_scalar(d1, c1)?)?
-                + mul_scalar(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
-        }
-        (Algorithm::SdeDpmSolver, midpoint) => {
-            let noise = noise.expect("sde noise");
-            let c1 = if midpoint {
-                sigma_t * ep
-            } else {
-                2.0 * (sigma_t * (ep / h - 1.0))
-            };
-            (((mul_scalar(x, alpha_t / alpha_s)? - mul_scalar(d0, 2.0 * (sigma_t * ep))?)?
-                - mul_scalar(d1, c1)?)?
-                + mul_scalar(noise, sigma_t * ((2.0 * h).exp() - 1.0).sqrt())?)?
-        }
-    })
 }

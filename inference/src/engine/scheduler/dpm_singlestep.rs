@@ -6,7 +6,8 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
-use super::dpm_multistep::{Algorithm, parse_midpoint, second_order_update};
+use super::dpm_multistep::{Algorithm, parse_midpoint};
+use super::dpm_solver::{first_order_update, second_order_update, third_order_update};
 use super::schedule::{Spacing, TrainSchedule};
 use super::solver_schedule::{
     KarrasRounding, alpha_sigma, clipped_last_timestep, eps_prediction, lambda, solver_sigmas,
@@ -138,21 +139,15 @@ impl DpmSolverSinglestep {
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
         let (alpha_s, sigma_s) = alpha_sigma(self.sigmas[i]);
         let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
-        Ok(match self.algorithm {
-            Algorithm::DpmSolverPP => {
-                (mul_scalar(x, sigma_t / sigma_s)? - mul_scalar(m, alpha_t * ((-h).exp() - 1.0))?)?
-            }
-            Algorithm::DpmSolver => {
-                (mul_scalar(x, alpha_t / alpha_s)? - mul_scalar(m, sigma_t * (h.exp() - 1.0))?)?
-            }
-            Algorithm::SdeDpmSolverPP => {
-                let noise = noise.expect("sde noise");
-                ((mul_scalar(x, sigma_t / sigma_s * (-h).exp())?
-                    + mul_scalar(m, alpha_t * (1.0 - (-2.0 * h).exp()))?)?
-                    + mul_scalar(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
-            }
-            Algorithm::SdeDpmSolver => unreachable!("not a singlestep algorithm"),
-        })
+        first_order_update(
+            self.algorithm,
+            x,
+            (alpha_t, sigma_t),
+            (alpha_s, sigma_s),
+            h,
+            m,
+            noise,
+        )
     }
 
     fn second_order(&self, i: usize, x: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
@@ -205,49 +200,38 @@ impl DpmSolverSinglestep {
         // D1 = (r0 * D1_0 - r1 * D1_1) / (r0 - r1); D2 = 2 * (D1_1 - D1_0) / (r0 - r1)
         let d1 = super::div_scalar(&(mul_scalar(&d1_0, r0)? - mul_scalar(&d1_1, r1)?)?, r0 - r1)?;
         let d2 = super::div_scalar(&mul_scalar(&(&d1_1 - &d1_0)?, 2.0)?, r0 - r1)?;
+        if !self.midpoint {
+            return third_order_update(
+                self.algorithm,
+                x,
+                (alpha_t, sigma_t),
+                (alpha_s2, sigma_s2),
+                h,
+                (d0, &d1, &d2),
+                noise,
+            );
+        }
+        // diffusers' singlestep-only "midpoint" third order: the first-order term and D1_1.
         let em = (-h).exp() - 1.0;
         let ep = h.exp() - 1.0;
-        Ok(match (self.algorithm, self.midpoint) {
-            (Algorithm::DpmSolverPP, true) => {
+        Ok(match self.algorithm {
+            Algorithm::DpmSolverPP => {
                 ((mul_scalar(x, sigma_t / sigma_s2)? - mul_scalar(d0, alpha_t * em)?)?
                     + mul_scalar(&d1_1, alpha_t * (em / h + 1.0))?)?
             }
-            (Algorithm::DpmSolverPP, false) => {
-                (((mul_scalar(x, sigma_t / sigma_s2)? - mul_scalar(d0, alpha_t * em)?)?
-                    + mul_scalar(&d1, alpha_t * (em / h + 1.0))?)?
-                    - mul_scalar(&d2, alpha_t * (((-h).exp() - 1.0 + h) / (h * h) - 0.5))?)?
-            }
-            (Algorithm::DpmSolver, true) => {
+            Algorithm::DpmSolver => {
                 ((mul_scalar(x, alpha_t / alpha_s2)? - mul_scalar(d0, sigma_t * ep)?)?
                     - mul_scalar(&d1_1, sigma_t * (ep / h - 1.0))?)?
             }
-            (Algorithm::DpmSolver, false) => {
-                (((mul_scalar(x, alpha_t / alpha_s2)? - mul_scalar(d0, sigma_t * ep)?)?
-                    - mul_scalar(&d1, sigma_t * (ep / h - 1.0))?)?
-                    - mul_scalar(&d2, sigma_t * ((h.exp() - 1.0 - h) / (h * h) - 0.5))?)?
-            }
-            (Algorithm::SdeDpmSolverPP, midpoint) => {
+            Algorithm::SdeDpmSolverPP => {
                 let noise = noise.expect("sde noise");
                 let e2 = 1.0 - (-2.0 * h).exp();
-                let base = ((mul_scalar(x, sigma_t / sigma_s2 * (-h).exp())?
+                (((mul_scalar(x, sigma_t / sigma_s2 * (-h).exp())?
                     + mul_scalar(d0, alpha_t * e2)?)?
-                    + mul_scalar(
-                        if midpoint { &d1_1 } else { &d1 },
-                        alpha_t * (e2 / (-2.0 * h) + 1.0),
-                    )?)?;
-                let base = if midpoint {
-                    base
-                } else {
-                    let m2h = -2.0 * h;
-                    (base
-                        + mul_scalar(
-                            &d2,
-                            alpha_t * ((1.0 - (-2.0 * h).exp() + -2.0 * h) / (m2h * m2h) - 0.5),
-                        )?)?
-                };
-                (base + mul_scalar(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
+                    + mul_scalar(&d1_1, alpha_t * (e2 / (-2.0 * h) + 1.0))?)?
+                    + mul_scalar(noise, sigma_t * (1.0 - (-2.0 * h).exp()).sqrt())?)?
             }
-            (Algorithm::SdeDpmSolver, _) => unreachable!("not a singlestep algorithm"),
+            Algorithm::SdeDpmSolver => unreachable!("not a singlestep algorithm"),
         })
     }
 }

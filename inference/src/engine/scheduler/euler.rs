@@ -3,12 +3,13 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::Prediction;
 use super::schedule::{TrainSchedule, torch_linspace_f32};
 use super::sigma_schedule::{
-    SigmaSchedule, SigmaSpacing, beta_sigmas, euler_update, exponential_sigmas, interp_sigmas,
-    karras_sigmas, log_sigmas, pred_original, sigma_bounds, sigma_to_t, spaced_timesteps,
+    SigmaSchedule, SigmaScheduler, SigmaSpacing, beta_sigmas, euler_update, exponential_sigmas,
+    interp_sigmas, karras_sigmas, log_sigmas, pred_original, sigma_bounds, sigma_to_t,
+    spaced_timesteps,
 };
-use super::{Prediction, Scheduler};
 use crate::engine::config::SchedulerConfig;
 use crate::engine::noise::NoiseSource;
 
@@ -85,24 +86,14 @@ impl EulerDiscrete {
     }
 }
 
-impl Scheduler for EulerDiscrete {
-    fn class_name(&self) -> &'static str {
-        CLASS
+impl SigmaScheduler for EulerDiscrete {
+    const CLASS: &'static str = CLASS;
+
+    fn schedule(&self) -> &SigmaSchedule {
+        &self.schedule
     }
 
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.schedule.init_noise_sigma()
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
-        self.schedule.scale_model_input(sample, i)
-    }
-
-    fn step(
+    fn sigma_step(
         &mut self,
         model_output: &Tensor,
         i: usize,
@@ -113,13 +104,5 @@ impl Scheduler for EulerDiscrete {
         let sigmas = self.schedule.sigmas();
         let pred = pred_original(self.prediction, model_output, sample, sigmas[i])?;
         euler_update(sample, &pred, sigmas[i], sigmas[i + 1])
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
-        self.schedule.add_noise(original, noise, i)
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(self.schedule.sigmas())
     }
 }

@@ -6,9 +6,9 @@ use candle_core::Tensor;
 
 use super::schedule::TrainSchedule;
 use super::sigma_schedule::{
-    SigmaSchedule, euler_update, interp_sigmas, pred_original, spaced_timesteps,
+    SigmaSchedule, SigmaScheduler, euler_update, interp_sigmas, pred_original, spaced_timesteps,
 };
-use super::{Prediction, Scheduler, mul_scalar};
+use super::{Prediction, mul_scalar};
 use crate::engine::config::SchedulerConfig;
 use crate::engine::noise::NoiseSource;
 
@@ -39,24 +39,14 @@ impl EulerAncestralDiscrete {
     }
 }
 
-impl Scheduler for EulerAncestralDiscrete {
-    fn class_name(&self) -> &'static str {
-        CLASS
+impl SigmaScheduler for EulerAncestralDiscrete {
+    const CLASS: &'static str = CLASS;
+
+    fn schedule(&self) -> &SigmaSchedule {
+        &self.schedule
     }
 
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.schedule.init_noise_sigma()
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
-        self.schedule.scale_model_input(sample, i)
-    }
-
-    fn step(
+    fn sigma_step(
         &mut self,
         model_output: &Tensor,
         i: usize,
@@ -75,13 +65,5 @@ impl Scheduler for EulerAncestralDiscrete {
             .randn_like(model_output)?
             .to_dtype(model_output.dtype())?;
         Ok((prev + mul_scalar(&eps, sigma_up)?)?)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
-        self.schedule.add_noise(original, noise, i)
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(self.schedule.sigmas())
     }
 }

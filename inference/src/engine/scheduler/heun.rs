@@ -6,8 +6,8 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::schedule::TrainSchedule;
-use super::sigma_schedule::{KOptions, SigmaSchedule, k_schedule, pred_original};
-use super::{Prediction, Scheduler, clip_sample, div_scalar, mul_scalar};
+use super::sigma_schedule::{KOptions, SigmaSchedule, SigmaScheduler, k_schedule, pred_original};
+use super::{Prediction, clip_sample, div_scalar, mul_scalar};
 use crate::engine::config::SchedulerConfig;
 use crate::engine::noise::NoiseSource;
 
@@ -72,24 +72,14 @@ impl HeunDiscrete {
     }
 }
 
-impl Scheduler for HeunDiscrete {
-    fn class_name(&self) -> &'static str {
-        CLASS
+impl SigmaScheduler for HeunDiscrete {
+    const CLASS: &'static str = CLASS;
+
+    fn schedule(&self) -> &SigmaSchedule {
+        &self.schedule
     }
 
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.schedule.init_noise_sigma()
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
-        self.schedule.scale_model_input(sample, i)
-    }
-
-    fn step(
+    fn sigma_step(
         &mut self,
         model_output: &Tensor,
         i: usize,
@@ -124,13 +114,5 @@ impl Scheduler for HeunDiscrete {
                 Ok((first_sample + mul_scalar(&derivative, dt)?)?)
             }
         }
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
-        self.schedule.add_noise(original, noise, i)
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(self.schedule.sigmas())
     }
 }

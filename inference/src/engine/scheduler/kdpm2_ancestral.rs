@@ -8,8 +8,10 @@ use candle_core::Tensor;
 use super::heun::interleave_repeat_last;
 use super::kdpm2::log_midpoint;
 use super::schedule::TrainSchedule;
-use super::sigma_schedule::{KOptions, SigmaSchedule, k_schedule, pred_original, sigma_to_t};
-use super::{Prediction, Scheduler, div_scalar, mul_scalar};
+use super::sigma_schedule::{
+    KOptions, SigmaSchedule, SigmaScheduler, k_schedule, pred_original, sigma_to_t,
+};
+use super::{Prediction, div_scalar, mul_scalar};
 use crate::engine::config::SchedulerConfig;
 use crate::engine::noise::NoiseSource;
 
@@ -103,20 +105,14 @@ impl KDpm2AncestralDiscrete {
     }
 }
 
-impl Scheduler for KDpm2AncestralDiscrete {
-    fn class_name(&self) -> &'static str {
-        CLASS
+impl SigmaScheduler for KDpm2AncestralDiscrete {
+    const CLASS: &'static str = CLASS;
+
+    fn schedule(&self) -> &SigmaSchedule {
+        &self.schedule
     }
 
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.schedule.init_noise_sigma()
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
+    fn sigma_scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
         let sigma = if self.sample.is_none() {
             self.schedule.sigmas()[i]
         } else {
@@ -125,7 +121,7 @@ impl Scheduler for KDpm2AncestralDiscrete {
         div_scalar(sample, (sigma * sigma + 1.0).sqrt())
     }
 
-    fn step(
+    fn sigma_step(
         &mut self,
         model_output: &Tensor,
         i: usize,
@@ -157,13 +153,5 @@ impl Scheduler for KDpm2AncestralDiscrete {
                 Ok((prev + mul_scalar(&eps, sigma_up)?)?)
             }
         }
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
-        self.schedule.add_noise(original, noise, i)
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(self.schedule.sigmas())
     }
 }

@@ -8,8 +8,8 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::schedule::TrainSchedule;
-use super::sigma_schedule::{KOptions, SigmaSchedule, k_schedule, pred_original};
-use super::{Prediction, Scheduler, div_scalar, mul_scalar};
+use super::sigma_schedule::{KOptions, SigmaSchedule, SigmaScheduler, k_schedule, pred_original};
+use super::{Prediction, div_scalar, mul_scalar};
 use crate::engine::config::SchedulerConfig;
 use crate::engine::noise::NoiseSource;
 
@@ -85,24 +85,14 @@ impl LmsDiscrete {
     }
 }
 
-impl Scheduler for LmsDiscrete {
-    fn class_name(&self) -> &'static str {
-        CLASS
+impl SigmaScheduler for LmsDiscrete {
+    const CLASS: &'static str = CLASS;
+
+    fn schedule(&self) -> &SigmaSchedule {
+        &self.schedule
     }
 
-    fn timesteps(&self) -> &[f64] {
-        self.schedule.timesteps()
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.schedule.init_noise_sigma()
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
-        self.schedule.scale_model_input(sample, i)
-    }
-
-    fn step(
+    fn sigma_step(
         &mut self,
         model_output: &Tensor,
         i: usize,
@@ -131,13 +121,5 @@ impl Scheduler for LmsDiscrete {
             prev = (prev + a)?;
         }
         Ok(prev)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
-        self.schedule.add_noise(original, noise, i)
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(self.schedule.sigmas())
     }
 }

@@ -26,6 +26,7 @@ mod ddpm;
 mod deis;
 mod dpm_multistep;
 mod dpm_singlestep;
+mod dpm_solver;
 mod euler;
 mod euler_ancestral;
 mod heun;

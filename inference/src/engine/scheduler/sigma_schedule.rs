@@ -9,8 +9,69 @@ use candle_core::Tensor;
 use anyhow::bail;
 
 use super::schedule::{Spacing, TrainSchedule, euler_timesteps, np_interp_index, np_linspace};
-use super::{Prediction, div_scalar, mul_scalar};
+use super::{Prediction, Scheduler, div_scalar, mul_scalar};
 use crate::engine::config::SchedulerConfig;
+use crate::engine::noise::NoiseSource;
+
+/// The schedulers that step on a [`SigmaSchedule`] (Euler, Euler a, Heun, LMS, KDPM2,
+/// KDPM2 a): each gives its class, its schedule and its step; the rest of [`Scheduler`]
+/// is the schedule's, written once here.
+pub(super) trait SigmaScheduler: Send {
+    const CLASS: &'static str;
+
+    fn schedule(&self) -> &SigmaSchedule;
+
+    /// [`Scheduler::step`].
+    fn sigma_step(
+        &mut self,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        noise: &mut NoiseSource,
+    ) -> Result<Tensor>;
+
+    /// [`Scheduler::scale_model_input`]: the schedule's, unless the scheduler
+    /// interpolates sigmas between its steps (KDPM2).
+    fn sigma_scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
+        self.schedule().scale_model_input(sample, i)
+    }
+}
+
+impl<T: SigmaScheduler> Scheduler for T {
+    fn class_name(&self) -> &'static str {
+        T::CLASS
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        self.schedule().timesteps()
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.schedule().init_noise_sigma()
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
+        self.sigma_scale_model_input(sample, i)
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        noise: &mut NoiseSource,
+    ) -> Result<Tensor> {
+        self.sigma_step(model_output, i, sample, noise)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        self.schedule().add_noise(original, noise, i)
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(self.schedule().sigmas())
+    }
+}
 
 /// Timesteps, sigmas and `init_noise_sigma` of one sigma-based scheduler instance.
 pub struct SigmaSchedule {
