@@ -1,14 +1,14 @@
-//! Input images, however they arrived (URL, base64, upload): recognised by content,
-//! size-checked from the header before any pixel is decoded, turned upright by
-//! their EXIF orientation, flattened onto white, fitted to the requested size and
-//! re-encoded as PNG for the inference server.
+//! Input images, however they arrived (URL, base64, upload): recognised by content and
+//! size-checked from the header, without decoding a pixel, then forwarded as the
+//! client sent them. The inference server decodes them once (EXIF orientation,
+//! transparency, fitting to the size: inference/src/server/init_image.rs); what the
+//! edge needs of the image is its upright size, for the dialects' size rules.
 
 use std::io::Cursor;
 
 use base64::Engine as _;
-use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
-use image::imageops::{self, FilterType};
-use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageFormat, ImageReader, RgbImage};
+use image::metadata::Orientation;
+use image::{ImageDecoder, ImageFormat, ImageReader};
 
 use crate::api_error::{ApiError, human_bytes};
 
@@ -48,13 +48,14 @@ impl Provenance {
     }
 }
 
-/// Decodes an encoded image into upright RGB, within `limits`.
-pub fn decode(
+/// Checks an encoded image within `limits` from its header alone and returns its
+/// upright size (width and height swapped when its EXIF orientation turns it).
+pub fn inspect(
     bytes: &[u8],
     limits: ImageLimits,
     field: &str,
     from: Provenance,
-) -> Result<RgbImage, ApiError> {
+) -> Result<(u32, u32), ApiError> {
     if bytes.len() > limits.max_bytes {
         return Err(ApiError::field(
             field,
@@ -75,14 +76,10 @@ pub fn decode(
     };
     let broken =
         |e: image::ImageError| from.not_an_image(field, format!("a broken {format:?} image ({e})"));
-
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut caps = image::Limits::default();
-    // Belt and braces behind the header check below: the decoder itself refuses to
-    // allocate more than the pixel cap allows (RGBA8, plus slack for its buffers).
-    caps.max_alloc = Some(limits.max_pixels.saturating_mul(4).saturating_add(64 << 20));
-    reader.limits(caps);
-    let mut decoder = reader.into_decoder().map_err(broken)?;
+    // Creating the decoder reads the headers (and JPEG's EXIF); no pixels.
+    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_decoder()
+        .map_err(broken)?;
     let (w, h) = decoder.dimensions();
     let pixels = u64::from(w) * u64::from(h);
     if pixels > limits.max_pixels {
@@ -98,76 +95,19 @@ pub fn decode(
     if pixels == 0 {
         return Err(from.not_an_image(field, "an empty (0-pixel) image"));
     }
-    let orientation = decoder.orientation().map_err(broken)?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(broken)?;
-    img.apply_orientation(orientation);
-    Ok(flatten_onto_white(img))
+    Ok(match decoder.orientation().map_err(broken)? {
+        Orientation::Rotate90
+        | Orientation::Rotate270
+        | Orientation::Rotate90FlipH
+        | Orientation::Rotate270FlipH => (h, w),
+        _ => (w, h),
+    })
 }
 
-/// Transparent pixels become white, as they look on a page, rather than whatever
-/// colour happens to sit under alpha 0 (often black).
-fn flatten_onto_white(img: DynamicImage) -> RgbImage {
-    if !img.color().has_alpha() {
-        return img.into_rgb8();
-    }
-    let rgba = img.into_rgba8();
-    let (w, h) = rgba.dimensions();
-    let mut out = RgbImage::new(w, h);
-    for (dst, src) in out.pixels_mut().zip(rgba.pixels()) {
-        let a = u32::from(src[3]);
-        for c in 0..3 {
-            dst[c] = ((u32::from(src[c]) * a + 255 * (255 - a) + 127) / 255) as u8;
-        }
-    }
-    out
-}
-
-/// Fits `img` to exactly `width` x `height`: scaled to cover the target, the
-/// overflow cropped evenly from both sides, so nothing is stretched.
-pub fn fit(img: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (w, h) = img.dimensions();
-    if (w, h) == (width, height) {
-        return img.clone();
-    }
-    // The largest centred crop with the target's aspect ratio.
-    let (cw, ch) = if u64::from(w) * u64::from(height) > u64::from(h) * u64::from(width) {
-        (
-            ((u64::from(h) * u64::from(width)) / u64::from(height)).max(1) as u32,
-            h,
-        )
-    } else {
-        (
-            w,
-            ((u64::from(w) * u64::from(height)) / u64::from(width)).max(1) as u32,
-        )
-    };
-    let cropped = imageops::crop_imm(img, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
-    imageops::resize(&cropped, width, height, FilterType::Lanczos3)
-}
-
-/// PNG bytes of `img`; fast compression, since these travel over a LAN once.
-pub fn encode_png(img: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::with_capacity(img.as_raw().len() / 2);
-    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, PngFilter::Adaptive)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .expect("encoding PNG into memory cannot fail");
-    out
-}
-
-/// A decoded image fitted to `width` x `height`, as the contract's init image.
-pub fn init_image(
-    img: &RgbImage,
-    (width, height): (u32, u32),
-    strength: f32,
-) -> contract::InitImage {
-    let img = fit(img, width, height);
+/// The image as the contract's init image: the client's bytes, in base64.
+pub fn init_image(bytes: &[u8], strength: f32) -> contract::InitImage {
     contract::InitImage {
-        image: base64::engine::general_purpose::STANDARD.encode(encode_png(&img)),
+        image: base64::engine::general_purpose::STANDARD.encode(bytes),
         strength,
     }
 }
@@ -206,34 +146,66 @@ pub fn base64_decoded_len(b64: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{GenericImageView, Rgb, Rgba, RgbaImage};
+    use image::{DynamicImage, Rgb, RgbImage};
 
-    fn png_of(img: &DynamicImage) -> Vec<u8> {
+    fn encoded(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
-        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        img.write_to(&mut out, format).unwrap();
         out.into_inner()
     }
 
+    fn png_of(img: &DynamicImage) -> Vec<u8> {
+        encoded(img, ImageFormat::Png)
+    }
+
     #[test]
-    fn decodes_png_jpeg_and_webp_by_content() {
+    fn png_jpeg_and_webp_are_recognised_by_content_and_measured() {
         let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(8, 4, Rgb([200, 10, 10])));
-        for fmt in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP] {
-            let mut out = Cursor::new(Vec::new());
-            img.write_to(&mut out, fmt).unwrap();
-            let got = decode(
-                &out.into_inner(),
+        for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP] {
+            let got = inspect(
+                &encoded(&img, format),
                 ImageLimits::default(),
                 "f",
                 Provenance::ClientBytes,
             )
             .unwrap();
-            assert_eq!(got.dimensions(), (8, 4), "{fmt:?}");
+            assert_eq!(got, (8, 4), "{format:?}");
         }
     }
 
     #[test]
+    fn exif_rotation_turns_the_size() {
+        // A JPEG 8 wide, 4 high, whose EXIF says "rotate 90": upright it is 4 x 8.
+        let jpeg = encoded(
+            &DynamicImage::ImageRgb8(RgbImage::new(8, 4)),
+            ImageFormat::Jpeg,
+        );
+        // APP1 Exif, big-endian TIFF, one IFD entry: Orientation (0x0112) = 6.
+        let tiff: &[u8] = &[
+            b'M', b'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0,
+            0,
+        ];
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(tiff);
+        let len = (app1.len() + 2) as u16;
+        let mut with_exif = jpeg[..2].to_vec(); // SOI
+        with_exif.extend_from_slice(&[0xFF, 0xE1]);
+        with_exif.extend_from_slice(&len.to_be_bytes());
+        with_exif.extend_from_slice(&app1);
+        with_exif.extend_from_slice(&jpeg[2..]);
+        let got = inspect(
+            &with_exif,
+            ImageLimits::default(),
+            "f",
+            Provenance::ClientBytes,
+        )
+        .unwrap();
+        assert_eq!(got, (4, 8));
+    }
+
+    #[test]
     fn non_images_are_refused_with_provenance() {
-        let e = decode(
+        let e = inspect(
             b"<html>nope</html>",
             ImageLimits::default(),
             "inputImage",
@@ -247,18 +219,17 @@ mod tests {
             "{}",
             e.message
         );
-        let e = decode(
+        let e = inspect(
             b"GIF89a......",
             ImageLimits::default(),
             "image",
             Provenance::ClientBytes,
         )
         .unwrap_err();
-        assert_eq!(e.status, 400);
         assert!(e.message.contains("Gif"), "{}", e.message);
         let mut truncated = png_of(&DynamicImage::ImageRgb8(RgbImage::new(64, 64)));
-        truncated.truncate(60);
-        let e = decode(
+        truncated.truncate(20);
+        let e = inspect(
             &truncated,
             ImageLimits::default(),
             "image",
@@ -269,14 +240,14 @@ mod tests {
     }
 
     #[test]
-    fn caps_bytes_and_pixels_before_decoding() {
+    fn caps_bytes_and_pixels_from_the_header() {
         let png = png_of(&DynamicImage::ImageRgb8(RgbImage::new(100, 100)));
         let small = ImageLimits {
             max_bytes: 10,
             max_pixels: 16_000_000,
         };
         assert!(
-            decode(&png, small, "f", Provenance::ClientBytes)
+            inspect(&png, small, "f", Provenance::ClientBytes)
                 .unwrap_err()
                 .message
                 .contains("larger than")
@@ -285,7 +256,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_pixels: 9_999,
         };
-        let e = decode(&png, few, "f", Provenance::ClientBytes).unwrap_err();
+        let e = inspect(&png, few, "f", Provenance::ClientBytes).unwrap_err();
         assert!(
             e.message.contains("100x100 is 0.0 megapixels"),
             "{}",
@@ -294,64 +265,15 @@ mod tests {
     }
 
     #[test]
-    fn alpha_is_flattened_onto_white() {
-        let mut rgba = RgbaImage::from_pixel(2, 1, Rgba([0, 0, 0, 0]));
-        rgba.put_pixel(1, 0, Rgba([255, 0, 0, 255]));
-        let got = decode(
-            &png_of(&DynamicImage::ImageRgba8(rgba)),
-            ImageLimits::default(),
-            "f",
-            Provenance::ClientBytes,
-        )
-        .unwrap();
-        assert_eq!(got.get_pixel(0, 0), &Rgb([255, 255, 255]));
-        assert_eq!(got.get_pixel(1, 0), &Rgb([255, 0, 0]));
-    }
-
-    #[test]
-    fn fit_crops_to_aspect_then_resizes() {
-        // A wide image, left half red, right half blue, middle strip green.
-        let mut img = RgbImage::from_pixel(300, 100, Rgb([255, 0, 0]));
-        for x in 150..300 {
-            for y in 0..100 {
-                img.put_pixel(x, y, Rgb([0, 0, 255]));
-            }
-        }
-        let out = fit(&img, 64, 64);
-        assert_eq!(out.dimensions(), (64, 64));
-        // The centre square (x 100..200) keeps both colours, unstretched.
-        assert!(out.get_pixel(5, 32)[0] > 200 && out.get_pixel(58, 32)[2] > 200);
-        assert_eq!(fit(&img, 300, 100), img);
-    }
-
-    #[test]
-    fn png_round_trip() {
-        let img = RgbImage::from_fn(16, 8, |x, y| Rgb([x as u8 * 10, y as u8 * 20, 7]));
-        let back = image::load_from_memory(&encode_png(&img))
-            .unwrap()
-            .into_rgb8();
-        assert_eq!(back, img);
-    }
-
-    #[test]
-    fn init_images_are_fitted_png_base64() {
-        let jpeg = {
-            let mut out = Cursor::new(Vec::new());
-            DynamicImage::ImageRgb8(RgbImage::new(40, 30))
-                .write_to(&mut out, ImageFormat::Jpeg)
-                .unwrap();
-            out.into_inner()
-        };
-        let img = decode(&jpeg, ImageLimits::default(), "f", Provenance::ClientBytes).unwrap();
-        let init = init_image(&img, (16, 24), 0.5);
+    fn init_images_are_the_clients_bytes() {
+        let png = png_of(&DynamicImage::ImageRgb8(RgbImage::new(3, 2)));
+        let init = init_image(&png, 0.5);
         assert_eq!(init.strength, 0.5);
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(init.image)
-            .unwrap();
-        assert_eq!(image::guess_format(&png).unwrap(), ImageFormat::Png);
         assert_eq!(
-            image::load_from_memory(&png).unwrap().dimensions(),
-            (16, 24)
+            base64::engine::general_purpose::STANDARD
+                .decode(init.image)
+                .unwrap(),
+            png
         );
     }
 

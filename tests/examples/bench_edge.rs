@@ -1,7 +1,10 @@
 //! Timings for `scripts/bench-edge`: what the edge itself costs for one img2img
-//! request, without inference. Prints one JSON line per measurement, then a summary.
+//! request, without inference; what the inference server's decode + fit of that
+//! input costs; and how many text-to-image requests the edge validates and passes
+//! on per second. Prints one JSON line per measurement, then a summary.
 //!
-//!   bench_edge [--runs N]      (default 20, after 2 warm-ups)
+//!   bench_edge [--runs N] [--clients C] [--seconds S]
+//!              (default 20 runs after 2 warm-ups; 8 clients for 5 s)
 //!
 //! In one run, on loopback:
 //! - an image server (the harness's) serves photo-like PNGs;
@@ -11,8 +14,10 @@
 //!
 //! "via edge" is one Appypie img2img request from the client's side: the edge
 //! parses and validates it, checks the key, fetches the image from loopback,
-//! decodes it, fits it to 1024x1024, encodes it as PNG, base64s it into the
-//! contract's JSON, calls the backend, reads its answer and renders Appypie's.
+//! reads its size from the header, base64s the bytes into the contract's JSON,
+//! calls the backend, reads its answer and renders Appypie's. (The inference
+//! server decodes and fits the image: "server decode + fit", timed in-process with
+//! the server's own code.)
 //! "direct" is the same client doing the transport alone: fetching the same image
 //! from the image server, then POSTing the very JSON the edge sent to the backend
 //! and reading the answer. The difference is the edge's work plus its runtime.
@@ -27,6 +32,7 @@ use base64::Engine as _;
 use e2e::images::{ImageServer, Route};
 use e2e::{EdgeConfig, Process, arg, start_edge};
 use image::{ImageFormat, Rgb, RgbImage};
+use inference::server::init_image as server_init_image;
 
 const KEY: &str = "bench";
 const IMG2IMG: &str = "/img2img/getImage/v1/getSDXLImage";
@@ -229,25 +235,25 @@ impl Drop for InstantBackend {
 }
 
 /// What every request must be for the bench to count: a generate-request (parsed
-/// with the contract's own type) for one 1024x1024 image to image, with a PNG.
+/// with the contract's own type) for one image of a given size; with an init image,
+/// a PNG.
 fn check_request(body: &[u8]) -> Result<(), String> {
     let req: contract::GenerateRequest =
         serde_json::from_slice(body).map_err(|e| format!("not a generate-request: {e}"))?;
-    let init = req.init_image.as_ref().ok_or("init_image is missing")?;
-    if (req.width, req.height, req.samples) != (Some(OUT), Some(OUT), 1) {
+    if req.width.is_none() || req.height.is_none() || req.samples != 1 {
         return Err(format!(
-            "asked for {} image(s) of {:?}x{:?}, not one of {OUT}x{OUT}",
+            "asked for {} image(s) of {:?}x{:?}",
             req.samples, req.width, req.height
         ));
     }
-    if req.prompt.is_empty()
-        || req.steps == Some(0)
-        || !(init.strength > 0.0 && init.strength <= 1.0)
-    {
-        return Err(format!(
-            "prompt {:?}, steps {:?}, strength {}",
-            req.prompt, req.steps, init.strength
-        ));
+    if req.prompt.is_empty() || req.steps == Some(0) {
+        return Err(format!("prompt {:?}, steps {:?}", req.prompt, req.steps));
+    }
+    let Some(init) = req.init_image.as_ref() else {
+        return Ok(());
+    };
+    if !(init.strength > 0.0 && init.strength <= 1.0) {
+        return Err(format!("strength {}", init.strength));
     }
     if !init.image.starts_with(PNG_B64_MAGIC) || init.image.len() < 4096 {
         return Err(format!(
@@ -258,16 +264,13 @@ fn check_request(body: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// The init image inside a captured request, decoded (outside the timed part).
-fn init_image_of(body: &[u8]) -> RgbImage {
+/// The init image's bytes inside a captured request (outside the timed part).
+fn init_image_of(body: &[u8]) -> Vec<u8> {
     let req: contract::GenerateRequest = serde_json::from_slice(body).expect("checked before");
     let b64 = req.init_image.expect("checked before").image;
-    let bytes = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .expect("init_image.image is base64");
-    image::load_from_memory_with_format(&bytes, ImageFormat::Png)
-        .expect("init_image.image is a PNG")
-        .to_rgb8()
+        .expect("init_image.image is base64")
 }
 
 struct Reply {
@@ -380,7 +383,7 @@ impl Bench<'_> {
         Some(json["ms"].as_f64()? / 1000.0)
     }
 
-    fn scenario(&mut self, path: &str, source: &RgbImage, source_png: &[u8]) -> Timed {
+    fn scenario(&mut self, path: &str, source_png: &[u8]) -> Timed {
         let image_url = self.images.url(path);
         let body = serde_json::json!({
             "prompt": "a lighthouse at dusk, oil painting",
@@ -396,14 +399,12 @@ impl Bench<'_> {
             self.check_edge_reply(&reply);
         }
         // The JSON the edge sent, checked in full here (the backend's per-request
-        // check is cheaper): it carries the image fitted to 1024x1024, and for a
-        // 1024x1024 source exactly its pixels.
+        // check is cheaper): it carries the source's own bytes, for 1024x1024.
         let request = self.backend.last_request();
-        let init = init_image_of(&request);
-        assert_eq!(init.dimensions(), (OUT, OUT), "the init image's size");
-        if source.dimensions() == (OUT, OUT) {
-            assert!(init == *source, "the init image is not the source's pixels");
-        }
+        assert!(
+            init_image_of(&request) == source_png,
+            "the init image is not the source's bytes"
+        );
         for _ in 0..WARMUPS {
             self.direct(&image_url, &request);
         }
@@ -460,6 +461,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runs: usize = arg(&args, "--runs", 20);
     assert!(runs > 0, "--runs must be at least 1");
+    let clients: usize = arg(&args, "--clients", 8);
+    let seconds: f64 = arg(&args, "--seconds", 5.0);
     let load_before = loadavg();
 
     // (what, route, source width, source height)
@@ -477,19 +480,15 @@ fn main() {
             1200,
         ),
     ];
-    let sources: Vec<(RgbImage, Vec<u8>)> = cases
+    let sources: Vec<Vec<u8>> = cases
         .iter()
         .enumerate()
-        .map(|(i, &(_, _, w, h))| {
-            let img = photo(w, h, i as u64 + 1);
-            let bytes = png(&img);
-            (img, bytes)
-        })
+        .map(|(i, &(_, _, w, h))| png(&photo(w, h, i as u64 + 1)))
         .collect();
     let routes: HashMap<String, Route> = cases
         .iter()
         .zip(&sources)
-        .map(|(&(_, path, _, _), (_, bytes))| {
+        .map(|(&(_, path, _, _), bytes)| {
             let route = Route::Ok {
                 content_type: "image/png",
                 body: bytes.clone(),
@@ -522,8 +521,8 @@ fn main() {
     };
 
     let mut summary = Vec::new();
-    for (&(what, path, w, h), (img, bytes)) in cases.iter().zip(&sources) {
-        let t = bench.scenario(path, img, bytes);
+    for (&(what, path, w, h), bytes) in cases.iter().zip(&sources) {
+        let t = bench.scenario(path, bytes);
         let (e, d) = (median(t.edge_s.clone()), median(t.direct_s.clone()));
         let c = (!t.component_s.is_empty()).then(|| median(t.component_s.clone()));
         let sizes = format!(
@@ -544,13 +543,8 @@ fn main() {
                 t.component_s
             );
         }
-        let fit = if (w, h) == (OUT, OUT) {
-            "fit: a copy"
-        } else {
-            "fit: crop + Lanczos3"
-        };
         let label = format!(
-            "{w}x{h} PNG ({:.1} MB) -> {OUT}x{OUT}, {fit}",
+            "{w}x{h} PNG ({:.1} MB) -> {OUT}x{OUT}",
             t.input_bytes as f64 / 1e6
         );
         let own = c.map_or(String::new(), |c| {
@@ -566,6 +560,37 @@ fn main() {
     }
     drop(bench);
 
+    // The inference server's own work on the same inputs: decode (PNG) + fit.
+    for (&(what, _, w, h), bytes) in cases.iter().zip(&sources) {
+        let mut times = Vec::new();
+        for i in 0..WARMUPS + runs {
+            let t = Instant::now();
+            let img = server_init_image::decode(bytes, 64_000_000).expect("decoding");
+            let fitted = server_init_image::fit(img, OUT, OUT);
+            let secs = t.elapsed().as_secs_f64();
+            assert_eq!(fitted.dimensions(), (OUT, OUT));
+            if i >= WARMUPS {
+                times.push(secs);
+            }
+        }
+        let m = median(times.clone());
+        println!(
+            r#"{{"bench":"edge","what":"{what}","path":"server_decode_fit","median_s":{m:.4},"runs_s":{times:?}}}"#
+        );
+        let fit = if (w, h) == (OUT, OUT) {
+            "a copy"
+        } else {
+            "crop + Lanczos3"
+        };
+        summary.push(format!(
+            "{:54} server decode + fit ({fit}) {:6.1} ms (median of {runs})",
+            format!("{w}x{h} PNG -> {OUT}x{OUT}"),
+            m * 1000.0
+        ));
+    }
+
+    summary.push(throughput(&edge_origin_for_txt2img(), clients, seconds));
+
     println!();
     println!(
         "Appypie img2img to {OUT}x{OUT}, inference answered instantly; load average {load_before} before, {} after",
@@ -574,4 +599,82 @@ fn main() {
     for line in summary {
         println!("{line}");
     }
+}
+
+/// An edge whose backend answers instantly with a small image: only the edge's
+/// own work for a text-to-image request is left to time. (origin)
+fn edge_origin_for_txt2img() -> String {
+    let backend = Box::leak(Box::new(InstantBackend::start(&png(&photo(64, 64, 7)))));
+    let (edge, origin) = start_edge(&EdgeConfig {
+        inference_url: &backend.origin,
+        api_keys: KEY,
+        image_hosts: "",
+        variables: vec![],
+        runtime_allows_image_hosts: false,
+    });
+    // Lives as long as the bench.
+    Box::leak(Box::new(edge));
+    origin
+}
+
+/// Validated Appypie text-to-image requests per second through the edge, from
+/// `clients` keep-alive clients for `seconds`, with p50 and p99 latency.
+fn throughput(edge_origin: &str, clients: usize, seconds: f64) -> String {
+    let url = format!("{edge_origin}/getImage/v1/getSDXLImage");
+    let body = r#"{"prompt":"a lighthouse at dusk, oil painting","size":"64x64","seed":3}"#;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let latencies: Vec<f64> = thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let url = url.clone();
+                s.spawn(move || {
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout(Duration::from_secs(30))
+                        .build();
+                    let mut times = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        let reply = read(
+                            agent
+                                .post(&url)
+                                .set("Content-Type", "application/json")
+                                .set("Ocp-Apim-Subscription-Key", KEY)
+                                .send_string(body),
+                            "POST to the edge",
+                        );
+                        assert_eq!(
+                            reply.status,
+                            200,
+                            "{}",
+                            String::from_utf8_lossy(&reply.body)
+                        );
+                        times.push(t.elapsed().as_secs_f64());
+                    }
+                    times
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a client thread"))
+            .collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut sorted = latencies.clone();
+    sorted.sort_by(f64::total_cmp);
+    let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    let rate = latencies.len() as f64 / elapsed;
+    println!(
+        r#"{{"bench":"edge","what":"txt2img_64_throughput","clients":{clients},"seconds":{elapsed:.2},"requests":{},"per_s":{rate:.1},"p50_s":{:.4},"p99_s":{:.4}}}"#,
+        latencies.len(),
+        pct(0.5),
+        pct(0.99)
+    );
+    format!(
+        "{:54} {rate:6.0} req/s   p50 {:5.1} ms   p99 {:5.1} ms   ({clients} clients, {elapsed:.0} s)",
+        "txt2img through the edge, instant backend",
+        pct(0.5) * 1000.0,
+        pct(0.99) * 1000.0
+    )
 }

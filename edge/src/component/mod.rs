@@ -95,15 +95,15 @@ async fn serve(dialect: &dyn Dialect, req: Request, trace_id: &str) -> Result<Ou
             ),
             ImageSource::Bytes(bytes) => (bytes, Provenance::ClientBytes),
         };
-        let img = input_image::decode(&bytes, settings.image_limits, init.field, from)?;
-        drop(bytes);
+        let upright = input_image::inspect(&bytes, settings.image_limits, init.field, from)?;
         let size = match (job.request.width, job.request.height, job.size_from_init) {
             (Some(w), Some(h), None) => (w, h),
             // No size given: the image's aspect, by the dialect's rule or the default one.
-            (_, _, rule) => rule.unwrap_or(SizeRule::DEFAULT).size_for(img.dimensions()),
+            (_, _, rule) => rule.unwrap_or(SizeRule::DEFAULT).size_for(upright),
         };
         (job.request.width, job.request.height) = (Some(size.0), Some(size.1));
-        job.request.init_image = Some(input_image::init_image(&img, size, init.strength));
+        // The server decodes and fits it (once, natively).
+        job.request.init_image = Some(input_image::init_image(&bytes, init.strength));
     }
     let result = outbound::generate(&settings, &job.request, trace_id)
         .await

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use contract::{Error, GenerateRequest, GeneratedImage, Timings};
 
 use super::catalog::Defaults;
+use super::init_image;
 use crate::engine::pipeline::{MAX_SAMPLES, MAX_SIDE};
 use crate::engine::{EngineError, GenerateParams, ModelInfo, StageTimings};
 
@@ -95,7 +96,15 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
     let init_image = match &req.init_image {
         None => None,
         // The strength's range is the engine's to check (Pipeline::plan), once.
-        Some(init) => Some((decode_image(&init.image)?, decimal(init.strength))),
+        Some(init) => {
+            let mut img = decode_init_image(&init.image)?;
+            // Fitted to the size asked for; without one, the model's default size
+            // comes later and the engine resizes (diffusers' own preprocessing).
+            if let (Some(w), Some(h)) = (width, height) {
+                img = init_image::fit(img, w, h);
+            }
+            Some((image::DynamicImage::ImageRgb8(img), decimal(init.strength)))
+        }
     };
     Ok(Draft {
         prompt: req.prompt.clone(),
@@ -120,21 +129,11 @@ fn decimal(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(f64::from(v))
 }
 
-fn decode_image(b64: &str) -> Result<image::DynamicImage, Error> {
+fn decode_init_image(b64: &str) -> Result<image::RgbImage, Error> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| invalid(format!("init_image.image: not valid base64 ({e})")))?;
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| invalid(format!("init_image.image: unreadable ({e})")))?;
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_INIT_PIXELS * 4);
-    reader.limits(limits);
-    reader.decode().map_err(|e| {
-        invalid(format!(
-            "init_image.image: not a PNG, JPEG or WebP image ({e})"
-        ))
-    })
+    init_image::decode(&bytes, MAX_INIT_PIXELS)
 }
 
 /// The message of an engine's invalid-parameter error, in the contract's terms
