@@ -13,15 +13,20 @@ pub struct Process {
     output: Arc<Mutex<Vec<String>>>,
     /// A folder the process uses (a runtime's state), removed after it is stopped.
     scratch: Option<tempfile::TempDir>,
+    /// Whether it was stopped and reaped (its pid, and group id, may be reused since).
+    stopped: bool,
 }
 
 impl Process {
     pub fn start(name: &str, cmd: &mut Command) -> Process {
-        // If the test binary dies without dropping us, take the child down too.
+        // If the test binary dies without dropping us, take the child down too. The
+        // child leads its own process group, so that stopping it also stops what it
+        // started (`spin up` runs the app in a `spin trigger` child process).
         #[cfg(target_os = "linux")]
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(|| {
+                libc::setpgid(0, 0);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
@@ -41,6 +46,7 @@ impl Process {
             child,
             output,
             scratch: None,
+            stopped: false,
         }
     }
 
@@ -101,8 +107,18 @@ impl Process {
         self.scratch = Some(dir);
     }
 
-    /// Stops the process (SIGKILL) and waits for it.
+    /// Stops the process and everything it started (SIGKILL to its process group)
+    /// and waits for it.
     pub fn kill(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a negative pid signals that process group; the child
+            // made itself a group leader before exec, so the group is its own.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
