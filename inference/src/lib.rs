@@ -1,10 +1,11 @@
 #![recursion_limit = "256"]
-//! The inference side: the engine (models, schedulers, pipelines on candle), where
-//! models come from, the HTTP server that carries the contract of wit/, and the runner of
-//! the diffusers parity fixtures.
+//! The inference side on top of the engine crate (models, schedulers, pipelines on
+//! candle): where models come from, the HTTP server that carries the contract of wit/,
+//! the command line, and the runner of the diffusers parity fixtures.
 
 pub mod device;
-pub mod engine;
+/// The engine crate (engine/), here under the name the server, CLI and tests use.
+pub use engine;
 pub mod model_source;
 pub mod parity;
 pub mod server;

@@ -1,5 +1,5 @@
 """Writes inference/tests/fixtures/torch_randn_<capability>.json: torch.randn values the
-Rust noise module (inference/src/engine/noise.rs) must reproduce bit for bit.
+Rust noise module (engine/src/noise.rs) must reproduce bit for bit.
 
 torch picks its CPU kernel by CPU capability (x86 AVX2 / AVX-512: the avx_mathfun Box-Muller;
 DEFAULT: libm). Run it once per capability (ATEN_CPU_CAPABILITY can only lower it):

@@ -34,7 +34,7 @@ OUT = os.path.join(HERE, "..", "..", "inference", "tests", "fixtures", "schedule
 TINY_SEED = 0
 
 # Engine name -> (diffusers class, the config options the name fixes). Mirrors
-# inference/src/engine/scheduler/mod.rs (SchedulerKind::overrides).
+# engine/src/scheduler/mod.rs (SchedulerKind::overrides).
 NAMES = {
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),

@@ -1,4 +1,4 @@
-"""Writes the tiny CLIP vocabulary committed under inference/src/engine/tiny_vocab/.
+"""Writes the tiny CLIP vocabulary committed under engine/src/tiny_vocab/.
 
 It is the real CLIP BPE vocabulary cut down to VOCAB_SIZE entries, built the way CLIP builds
 its own (open_clip's SimpleTokenizer / OpenAI CLIP): the 256 byte-level symbols, the same with
@@ -16,7 +16,7 @@ import os
 import open_clip.tokenizer as oct
 
 VOCAB_SIZE = 1000
-OUT = os.path.join(os.path.dirname(__file__), "..", "..", "inference", "src", "engine", "tiny_vocab")
+OUT = os.path.join(os.path.dirname(__file__), "..", "..", "engine", "src", "tiny_vocab")
 
 
 def bytes_to_unicode():

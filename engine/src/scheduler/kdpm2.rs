@@ -12,8 +12,8 @@ use super::sigma_schedule::{
     KOptions, SigmaSchedule, SigmaScheduler, k_schedule, pred_original, sigma_to_t,
 };
 use super::{Prediction, div_scalar, mul_scalar};
-use crate::engine::config::SchedulerConfig;
-use crate::engine::noise::NoiseSource;
+use crate::config::SchedulerConfig;
+use crate::noise::NoiseSource;
 
 const CLASS: &str = "KDPM2DiscreteScheduler";
 

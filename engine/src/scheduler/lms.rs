@@ -10,8 +10,8 @@ use candle_core::Tensor;
 use super::schedule::TrainSchedule;
 use super::sigma_schedule::{KOptions, SigmaSchedule, SigmaScheduler, k_schedule, pred_original};
 use super::{Prediction, div_scalar, mul_scalar};
-use crate::engine::config::SchedulerConfig;
-use crate::engine::noise::NoiseSource;
+use crate::config::SchedulerConfig;
+use crate::noise::NoiseSource;
 
 const CLASS: &str = "LMSDiscreteScheduler";
 const ORDER: usize = 4;

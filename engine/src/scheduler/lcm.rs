@@ -8,9 +8,9 @@ use candle_core::Tensor;
 
 use super::schedule::TrainSchedule;
 use super::{Prediction, Scheduler, clip_sample, div_scalar, mul_scalar};
-use crate::engine::config::SchedulerConfig;
-use crate::engine::error::EngineError;
-use crate::engine::noise::NoiseSource;
+use crate::config::SchedulerConfig;
+use crate::error::EngineError;
+use crate::noise::NoiseSource;
 
 const CLASS: &str = "LCMScheduler";
 

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(feature = "random-weights")]
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use candle_core::safetensors::MmapedSafetensors;
@@ -71,11 +73,13 @@ enum Backend {
         files: Arc<Vec<PathBuf>>,
         st: Arc<MmapedSafetensors>,
     },
+    #[cfg(feature = "random-weights")]
     Random(Arc<Mutex<RandomInit>>),
 }
 
 /// Deterministic random initialisation: every requested tensor is drawn, in request order,
 /// from one torch-compatible generator, and recorded with its full name.
+#[cfg(feature = "random-weights")]
 pub struct RandomInit {
     generator: super::noise::TorchGenerator,
     pub tensors: Vec<(String, Tensor)>,
@@ -113,6 +117,7 @@ impl Weights {
     }
 
     /// Random weights drawn from a generator seeded with `seed` (f32, CPU).
+    #[cfg(feature = "random-weights")]
     pub fn random(seed: u64) -> Self {
         Weights {
             backend: Backend::Random(Arc::new(Mutex::new(RandomInit {
@@ -126,6 +131,7 @@ impl Weights {
     }
 
     /// The tensors drawn so far by a [`Weights::random`] view (empty for files).
+    #[cfg(feature = "random-weights")]
     pub fn drawn(&self) -> Vec<(String, Tensor)> {
         match &self.backend {
             Backend::Random(r) => r.lock().map(|r| r.tensors.clone()).unwrap_or_default(),
@@ -160,6 +166,7 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         match &self.backend {
             Backend::Files { st, .. } => st.get(&self.full(name)).is_ok(),
+            #[cfg(feature = "random-weights")]
             Backend::Random(_) => true,
         }
     }
@@ -170,6 +177,7 @@ impl Weights {
         let expected: Shape = shape.into();
         let (files, st) = match &self.backend {
             Backend::Files { files, st } => (files, st),
+            #[cfg(feature = "random-weights")]
             Backend::Random(r) => {
                 let mut r = r
                     .lock()
@@ -203,6 +211,7 @@ impl Weights {
 /// The initialisation rule of the tiny random models, chosen from the tensor's name/shape:
 /// norm scales `1 + 0.1 n`, norm shifts and biases `0.1 n` / `0.02 n`, CLIP embeddings
 /// `0.02 n`, other weights `n / sqrt(fan_in)` (`n` standard normal).
+#[cfg(feature = "random-weights")]
 fn random_tensor(
     g: &mut super::noise::TorchGenerator,
     name: &str,

@@ -10,7 +10,7 @@
 use anyhow::{Result, bail};
 use serde_json::Value;
 
-use crate::engine::config::SchedulerConfig;
+use crate::config::SchedulerConfig;
 
 /// (class, [(parameter, default as JSON)]).
 const CLASS_PARAMS: &[(&str, &[(&str, &str)])] = &[

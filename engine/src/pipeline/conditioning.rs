@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
 use super::Pipeline;
-use crate::engine::GenerateParams;
-use crate::engine::clip::ClipTextEncoder;
-use crate::engine::tokenizer::ClipTokenizer;
+use crate::GenerateParams;
+use crate::clip::ClipTextEncoder;
+use crate::tokenizer::ClipTokenizer;
 
 pub(super) struct TextEncoderSlot {
     pub tokenizer: ClipTokenizer,
@@ -33,7 +33,7 @@ pub(super) struct UnetConditioning {
     /// SDXL `text_embeds`, `(batch, projection_dim)`; SD 1.x / 2.x: `(batch, 0)`, unused
     /// (their UNet has no added conditioning and ignores it).
     pub text_embeds: Tensor,
-    /// SDXL `time_ids`, `batch` rows of 6 (on the host, see [`crate::engine::unet::AddedCond`]);
+    /// SDXL `time_ids`, `batch` rows of 6 (on the host, see [`crate::unet::AddedCond`]);
     /// SD 1.x / 2.x: empty, unused.
     pub time_ids: Vec<f32>,
     /// LCM's guidance embedding, `(batch, time_cond_proj_dim)`.
@@ -193,7 +193,7 @@ impl Pipeline {
             }
         };
         let batch = context.dim(0)?;
-        let time_ids = crate::engine::unet::sdxl_time_ids(w, h, batch);
+        let time_ids = crate::unet::sdxl_time_ids(w, h, batch);
         Ok(UnetConditioning {
             context,
             text_embeds,

@@ -5,10 +5,10 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::Pipeline;
-use crate::engine::GenerateParams;
-use crate::engine::image_io::image_to_tensor;
-use crate::engine::noise::NoiseSource;
-use crate::engine::scheduler::{self, Scheduler, mul_scalar};
+use crate::GenerateParams;
+use crate::image_io::image_to_tensor;
+use crate::noise::NoiseSource;
+use crate::scheduler::{self, Scheduler, mul_scalar};
 
 impl Pipeline {
     /// The latents the denoising loop starts from; `begin` is the index of the first

@@ -14,7 +14,7 @@ use super::sigma_schedule::{
     sigma_bounds, sigma_to_t,
 };
 use super::{Prediction, div_scalar, mul_scalar};
-use crate::engine::config::SchedulerConfig;
+use crate::config::SchedulerConfig;
 
 /// `alpha_t, sigma_t` of a sigma (`_sigma_to_alpha_sigma_t`, float32).
 pub fn alpha_sigma(sigma: f32) -> (f32, f32) {

@@ -1,9 +1,10 @@
+#![recursion_limit = "256"]
 //! The inference engine: diffusers-format Stable Diffusion models on candle.
 //!
 //! # Public API
 //!
 //! ```no_run
-//! use inference::engine::{GenerateParams, Pipeline};
+//! use engine::{GenerateParams, Pipeline};
 //! # fn main() -> anyhow::Result<()> {
 //! let device = candle_core::Device::Cpu;
 //! let pipeline = Pipeline::load(std::path::Path::new("models/sdxl"), &device)?; // once
@@ -60,6 +61,7 @@ pub mod nn;
 pub mod noise;
 pub mod pipeline;
 pub mod scheduler;
+#[cfg(feature = "random-weights")]
 pub mod tiny;
 pub mod tokenizer;
 pub mod unet;

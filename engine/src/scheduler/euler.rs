@@ -10,8 +10,8 @@ use super::sigma_schedule::{
     interp_sigmas, karras_sigmas, log_sigmas, pred_original, sigma_bounds, sigma_to_t,
     spaced_timesteps,
 };
-use crate::engine::config::SchedulerConfig;
-use crate::engine::noise::NoiseSource;
+use crate::config::SchedulerConfig;
+use crate::noise::NoiseSource;
 
 const CLASS: &str = "EulerDiscreteScheduler";
 

@@ -5,8 +5,8 @@ use candle_core::Tensor;
 
 use super::schedule::{Spacing, TrainSchedule, np_arange, np_linspace, np_round};
 use super::{Prediction, Scheduler, div_scalar, mul_scalar, reject_flag};
-use crate::engine::config::SchedulerConfig;
-use crate::engine::noise::NoiseSource;
+use crate::config::SchedulerConfig;
+use crate::noise::NoiseSource;
 
 const CLASS: &str = "DDIMScheduler";
 

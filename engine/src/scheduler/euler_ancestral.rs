@@ -9,8 +9,8 @@ use super::sigma_schedule::{
     SigmaSchedule, SigmaScheduler, euler_update, interp_sigmas, pred_original, spaced_timesteps,
 };
 use super::{Prediction, mul_scalar};
-use crate::engine::config::SchedulerConfig;
-use crate::engine::noise::NoiseSource;
+use crate::config::SchedulerConfig;
+use crate::noise::NoiseSource;
 
 const CLASS: &str = "EulerAncestralDiscreteScheduler";
 

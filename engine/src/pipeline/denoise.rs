@@ -8,10 +8,10 @@ use candle_core::Tensor;
 
 use super::Pipeline;
 use super::conditioning::UnetConditioning;
-use crate::engine::error::EngineError;
-use crate::engine::noise::NoiseSource;
-use crate::engine::scheduler::{Scheduler, mul_scalar};
-use crate::engine::unet::AddedCond;
+use crate::error::EngineError;
+use crate::noise::NoiseSource;
+use crate::scheduler::{Scheduler, mul_scalar};
+use crate::unet::AddedCond;
 
 /// Index of the first timestep that runs: 0 for text-to-image; for image-to-image
 /// with `strength`, the schedule's last `int(steps * strength)` steps run, as in

@@ -4,7 +4,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::engine::config::SchedulerConfig;
+use crate::config::SchedulerConfig;
 
 /// `betas` and `alphas_cumprod` as float32, like the torch tensors of a diffusers scheduler.
 #[derive(Clone, Debug)]

@@ -12,8 +12,8 @@ use super::solver_schedule::{
     train_sigma_min, vp_add_noise, x0_prediction,
 };
 use super::{Prediction, Scheduler, mul_scalar};
-use crate::engine::config::SchedulerConfig;
-use crate::engine::noise::NoiseSource;
+use crate::config::SchedulerConfig;
+use crate::noise::NoiseSource;
 
 const CLASS: &str = "UniPCMultistepScheduler";
 

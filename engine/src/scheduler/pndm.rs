@@ -9,8 +9,8 @@ use candle_core::Tensor;
 
 use super::schedule::{Spacing, TrainSchedule, alpha_at, np_arange, np_linspace, np_round};
 use super::{Prediction, Scheduler, div_scalar, mul_scalar};
-use crate::engine::config::SchedulerConfig;
-use crate::engine::noise::NoiseSource;
+use crate::config::SchedulerConfig;
+use crate::noise::NoiseSource;
 
 const CLASS: &str = "PNDMScheduler";
 

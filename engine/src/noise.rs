@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn matches_torch_randn_avx512_capability() {
         run_fixture(
-            include_str!("../../tests/fixtures/torch_randn_avx512.json"),
+            include_str!("../../inference/tests/fixtures/torch_randn_avx512.json"),
             BoxMullerFlavor::AvxMathfun,
         );
     }
@@ -466,7 +466,7 @@ mod tests {
     #[test]
     fn matches_torch_randn_avx2_capability() {
         run_fixture(
-            include_str!("../../tests/fixtures/torch_randn_avx2.json"),
+            include_str!("../../inference/tests/fixtures/torch_randn_avx2.json"),
             BoxMullerFlavor::AvxMathfun,
         );
     }
@@ -474,7 +474,7 @@ mod tests {
     #[test]
     fn matches_torch_randn_default_capability() {
         run_fixture(
-            include_str!("../../tests/fixtures/torch_randn_default.json"),
+            include_str!("../../inference/tests/fixtures/torch_randn_default.json"),
             BoxMullerFlavor::Libm,
         );
     }

@@ -25,7 +25,7 @@ macro_rules! multiversion {
         pub fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                if $crate::engine::cpu_kernels::has_avx2_fma() {
+                if $crate::cpu_kernels::has_avx2_fma() {
                     // SAFETY: the CPU supports the enabled features.
                     return unsafe { avx2($($arg),*) };
                 }

@@ -10,8 +10,8 @@ use anyhow::bail;
 
 use super::schedule::{Spacing, TrainSchedule, euler_timesteps, np_interp_index, np_linspace};
 use super::{Prediction, Scheduler, div_scalar, mul_scalar};
-use crate::engine::config::SchedulerConfig;
-use crate::engine::noise::NoiseSource;
+use crate::config::SchedulerConfig;
+use crate::noise::NoiseSource;
 
 /// The schedulers that step on a [`SigmaSchedule`] (Euler, Euler a, Heun, LMS, KDPM2,
 /// KDPM2 a): each gives its class, its schedule and its step; the rest of [`Scheduler`]

@@ -7,8 +7,8 @@ use candle_core::Tensor;
 
 use super::schedule::{Spacing, TrainSchedule, alpha_at, discrete_timesteps};
 use super::{Prediction, Scheduler, clip_sample, div_scalar, mul_scalar};
-use crate::engine::config::SchedulerConfig;
-use crate::engine::noise::NoiseSource;
+use crate::config::SchedulerConfig;
+use crate::noise::NoiseSource;
 
 const CLASS: &str = "DDPMScheduler";
 

@@ -10,8 +10,8 @@ use super::solver_schedule::{
     vp_add_noise, x0_prediction,
 };
 use super::{Prediction, Scheduler, div_scalar, mul_scalar};
-use crate::engine::config::SchedulerConfig;
-use crate::engine::noise::NoiseSource;
+use crate::config::SchedulerConfig;
+use crate::noise::NoiseSource;
 
 const CLASS: &str = "DEISMultistepScheduler";
 
