@@ -1,10 +1,12 @@
 //! Timings for `scripts/bench-edge`: what the edge itself costs for one img2img
-//! request, without inference; what the inference server's decode + fit of that
-//! input costs; and how many text-to-image requests the edge validates and passes
-//! on per second. Prints one JSON line per measurement, then a summary.
+//! request, without inference, and how many text-to-image requests the edge
+//! validates and passes on per second. Prints one JSON line per measurement, then a
+//! summary.
 //!
-//!   bench_edge [--runs N] [--clients C] [--seconds S]
-//!              (default 20 runs after 2 warm-ups; 8 clients for 5 s)
+//!   bench_edge [--runs N] [--clients C] [--seconds S] [--save-inputs DIR]
+//!              (default 20 runs after 2 warm-ups; 8 clients for 5 s; DIR gets the
+//!              input PNGs, for the server's own decode + fit timing:
+//!              inference/examples/bench_init_image.rs)
 //!
 //! In one run, on loopback:
 //! - an image server (the harness's) serves photo-like PNGs;
@@ -16,8 +18,7 @@
 //! parses and validates it, checks the key, fetches the image from loopback,
 //! reads its size from the header, base64s the bytes into the contract's JSON,
 //! calls the backend, reads its answer and renders Appypie's. (The inference
-//! server decodes and fits the image: "server decode + fit", timed in-process with
-//! the server's own code.)
+//! server decodes and fits the image; bench_init_image times that.)
 //! "direct" is the same client doing the transport alone: fetching the same image
 //! from the image server, then POSTing the very JSON the edge sent to the backend
 //! and reading the answer. The difference is the edge's work plus its runtime.
@@ -32,7 +33,6 @@ use base64::Engine as _;
 use e2e::images::{ImageServer, Route};
 use e2e::{EdgeConfig, Process, arg, start_edge};
 use image::{ImageFormat, Rgb, RgbImage};
-use inference::server::init_image as server_init_image;
 
 const KEY: &str = "bench";
 const IMG2IMG: &str = "/img2img/getImage/v1/getSDXLImage";
@@ -463,6 +463,11 @@ fn main() {
     assert!(runs > 0, "--runs must be at least 1");
     let clients: usize = arg(&args, "--clients", 8);
     let seconds: f64 = arg(&args, "--seconds", 5.0);
+    let save_inputs: Option<String> = args.iter().position(|a| a == "--save-inputs").map(|i| {
+        args.get(i + 1)
+            .expect("--save-inputs needs a folder")
+            .clone()
+    });
     let load_before = loadavg();
 
     // (what, route, source width, source height)
@@ -560,33 +565,11 @@ fn main() {
     }
     drop(bench);
 
-    // The inference server's own work on the same inputs: decode (PNG) + fit.
-    for (&(what, _, w, h), bytes) in cases.iter().zip(&sources) {
-        let mut times = Vec::new();
-        for i in 0..WARMUPS + runs {
-            let t = Instant::now();
-            let img = server_init_image::decode(bytes, 64_000_000).expect("decoding");
-            let fitted = server_init_image::fit(img, OUT, OUT);
-            let secs = t.elapsed().as_secs_f64();
-            assert_eq!(fitted.dimensions(), (OUT, OUT));
-            if i >= WARMUPS {
-                times.push(secs);
-            }
+    if let Some(dir) = &save_inputs {
+        std::fs::create_dir_all(dir).expect("creating the --save-inputs folder");
+        for (&(what, ..), bytes) in cases.iter().zip(&sources) {
+            std::fs::write(format!("{dir}/{what}.png"), bytes).expect("saving an input");
         }
-        let m = median(times.clone());
-        println!(
-            r#"{{"bench":"edge","what":"{what}","path":"server_decode_fit","median_s":{m:.4},"runs_s":{times:?}}}"#
-        );
-        let fit = if (w, h) == (OUT, OUT) {
-            "a copy"
-        } else {
-            "crop + Lanczos3"
-        };
-        summary.push(format!(
-            "{:54} server decode + fit ({fit}) {:6.1} ms (median of {runs})",
-            format!("{w}x{h} PNG -> {OUT}x{OUT}"),
-            m * 1000.0
-        ));
     }
 
     summary.push(throughput(&edge_origin_for_txt2img(), clients, seconds));
