@@ -137,27 +137,6 @@ impl DpmSolverMultistep {
         }
     }
 
-    fn first_order(
-        &self,
-        m: &Tensor,
-        i: usize,
-        sample: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
-        let (alpha_s, sigma_s) = alpha_sigma(self.sigmas[i]);
-        let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
-        first_order_update(
-            self.algorithm,
-            sample,
-            (alpha_t, sigma_t),
-            (alpha_s, sigma_s),
-            h,
-            m,
-            noise,
-        )
-    }
-
     fn second_order(&self, i: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
         let m0 = self.model_outputs[self.solver_order - 1]
             .as_ref()
@@ -253,7 +232,14 @@ impl Scheduler for DpmSolverMultistep {
             None
         };
         let prev = if self.solver_order == 1 || self.lower_order_nums < 1 || lower_order_final {
-            self.first_order(&converted, i, sample, eps.as_ref())?
+            first_order_update(
+                self.algorithm,
+                sample,
+                self.sigmas[i],
+                self.sigmas[i + 1],
+                &converted,
+                eps.as_ref(),
+            )?
         } else if self.solver_order == 2 || self.lower_order_nums < 2 || lower_order_second {
             self.second_order(i, sample, eps.as_ref())?
         } else {

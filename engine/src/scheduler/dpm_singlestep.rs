@@ -129,27 +129,6 @@ impl DpmSolverSinglestep {
         })
     }
 
-    fn first_order(
-        &self,
-        m: &Tensor,
-        i: usize,
-        x: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
-        let (alpha_s, sigma_s) = alpha_sigma(self.sigmas[i]);
-        let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
-        first_order_update(
-            self.algorithm,
-            x,
-            (alpha_t, sigma_t),
-            (alpha_s, sigma_s),
-            h,
-            m,
-            noise,
-        )
-    }
-
     fn second_order(&self, i: usize, x: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
         let k = self.solver_order;
         let m0 = self.model_outputs[k - 1].as_ref().expect("m0");
@@ -278,7 +257,14 @@ impl Scheduler for DpmSolverSinglestep {
         }
         let x = self.sample.clone().expect("group start sample");
         match order {
-            1 => self.first_order(&converted, i, &x, eps.as_ref()),
+            1 => first_order_update(
+                self.algorithm,
+                &x,
+                self.sigmas[i],
+                self.sigmas[i + 1],
+                &converted,
+                eps.as_ref(),
+            ),
             2 => self.second_order(i, &x, eps.as_ref()),
             _ => self.third_order(i, &x, eps.as_ref()),
         }

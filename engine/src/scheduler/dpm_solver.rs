@@ -8,17 +8,21 @@ use candle_core::Tensor;
 
 use super::dpm_multistep::Algorithm;
 use super::mul_scalar;
+use super::solver_schedule::{alpha_sigma, lambda};
 
-/// The first-order (DDIM-like) update with model output `m`.
+/// The first-order (DDIM-like) update with model output `m` from the point of sigma
+/// `from` to that of sigma `to` (both solvers: step `i`'s sigma to step `i + 1`'s).
 pub(crate) fn first_order_update(
     algorithm: Algorithm,
     x: &Tensor,
-    (alpha_t, sigma_t): (f32, f32),
-    (alpha_s, sigma_s): (f32, f32),
-    h: f32,
+    from: f32,
+    to: f32,
     m: &Tensor,
     noise: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let (alpha_t, sigma_t) = alpha_sigma(to);
+    let (alpha_s, sigma_s) = alpha_sigma(from);
+    let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
     Ok(match algorithm {
         Algorithm::DpmSolverPP => {
             (mul_scalar(x, sigma_t / sigma_s)? - mul_scalar(m, alpha_t * ((-h).exp() - 1.0))?)?
