@@ -12,6 +12,8 @@ use crate::device::Precision;
 use crate::engine::pipeline::MAX_SIDE;
 use crate::engine::scheduler;
 
+use super::convert;
+
 /// The catalog built into the binary (inference/catalog.toml).
 pub const BUILT_IN: &str = include_str!("../../catalog.toml");
 
@@ -102,26 +104,20 @@ impl Catalog {
             }
             // Each default is checked here, once, as a request's value would be: a bad one
             // stops the start naming its entry instead of failing requests that never set it.
-            if let Some(s) = defaults
-                .steps
-                .filter(|&s| s == 0 || s > super::convert::MAX_STEPS)
-            {
+            if let Some(s) = defaults.steps.filter(|&s| !convert::steps_ok(s)) {
                 bail!(
                     "models.{name}: steps must be from 1 to {} (got {s})",
-                    super::convert::MAX_STEPS
+                    convert::MAX_STEPS
                 );
             }
             for side in [defaults.width, defaults.height].into_iter().flatten() {
-                if !(64..=MAX_SIDE as u32).contains(&side) || side % 8 != 0 {
+                if !convert::side_ok(side) {
                     bail!(
                         "models.{name}: width and height must be multiples of 8 from 64 to {MAX_SIDE} (got {side})"
                     );
                 }
             }
-            if let Some(g) = defaults
-                .guidance
-                .filter(|g| !g.is_finite() || !(0.0..=100.0).contains(g))
-            {
+            if let Some(g) = defaults.guidance.filter(|&g| !convert::guidance_ok(g)) {
                 bail!("models.{name}: guidance must be from 0 to 100 (got {g})");
             }
             if let Some(sched) = &defaults.scheduler

@@ -13,6 +13,20 @@ use crate::engine::pipeline::{MAX_SAMPLES, MAX_SIDE};
 use crate::engine::{EngineError, GenerateParams, ModelInfo, StageTimings};
 
 pub const MAX_STEPS: u32 = 1000;
+
+/// The sides, steps and guidance a request (or a catalog default) may ask for, in one
+/// place for both: the engine then checks the model's own VAE factor and schedule.
+pub fn side_ok(v: u32) -> bool {
+    (64..=MAX_SIDE as u32).contains(&v) && v.is_multiple_of(8)
+}
+
+pub fn steps_ok(steps: u32) -> bool {
+    (1..=MAX_STEPS).contains(&steps)
+}
+
+pub fn guidance_ok(g: f32) -> bool {
+    g.is_finite() && (0.0..=100.0).contains(&g)
+}
 /// Init images are resized to the target size by the engine; this only bounds the decode.
 const MAX_INIT_PIXELS: u64 = 64_000_000;
 
@@ -64,7 +78,7 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
     let height = req.height.or(defaults.height);
     for (name, v) in [("width", width), ("height", height)] {
         if let Some(v) = v
-            && (!(64..=MAX_SIDE as u32).contains(&v) || !v.is_multiple_of(8))
+            && !side_ok(v)
         {
             return Err(invalid(format!(
                 "{name}: must be a multiple of 8 from 64 to {MAX_SIDE} (got {v})"
@@ -73,7 +87,7 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
     }
     let steps = req.steps.or(defaults.steps);
     if let Some(steps) = steps
-        && (steps == 0 || steps > MAX_STEPS)
+        && !steps_ok(steps)
     {
         return Err(invalid(format!(
             "steps: must be from 1 to {MAX_STEPS} (got {steps})"
@@ -81,7 +95,7 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
     }
     let guidance = req.guidance.or(defaults.guidance);
     if let Some(g) = guidance
-        && (!g.is_finite() || !(0.0..=100.0).contains(&g))
+        && !guidance_ok(g)
     {
         return Err(invalid(format!(
             "guidance: must be from 0 to 100 (got {g})"
