@@ -4,11 +4,8 @@
 //! transparency, fitting to the size: inference/src/server/init_image.rs); what the
 //! edge needs of the image is its upright size, for the dialects' size rules.
 
-use std::io::Cursor;
-
 use base64::Engine as _;
-use image::metadata::Orientation;
-use image::{ImageDecoder, ImageFormat, ImageReader};
+use contract::image_header::{HeaderError, read_header};
 
 use crate::api_error::{ApiError, human_bytes};
 
@@ -62,46 +59,15 @@ pub fn inspect(
             format!("larger than the {} limit", human_bytes(limits.max_bytes)),
         ));
     }
-    let format = match image::guess_format(bytes) {
-        Ok(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP)) => f,
-        Ok(other) => {
-            return Err(from.not_an_image(
-                field,
-                format!("a {other:?} image; PNG, JPEG and WebP are accepted"),
-            ));
+    match read_header(bytes, limits.max_pixels) {
+        Ok(header) => Ok(header.upright_size()),
+        // Its size is the client's choice of image, whoever served it.
+        Err(e @ HeaderError::TooManyPixels { .. }) => Err(ApiError::field(field, e)),
+        Err(HeaderError::NotAnImage) => {
+            Err(from.not_an_image(field, "something that is not a PNG, JPEG or WebP image"))
         }
-        Err(_) => {
-            return Err(from.not_an_image(field, "something that is not a PNG, JPEG or WebP image"));
-        }
-    };
-    let broken =
-        |e: image::ImageError| from.not_an_image(field, format!("a broken {format:?} image ({e})"));
-    // Creating the decoder reads the headers (and JPEG's EXIF); no pixels.
-    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_decoder()
-        .map_err(broken)?;
-    let (w, h) = decoder.dimensions();
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > limits.max_pixels {
-        return Err(ApiError::field(
-            field,
-            format!(
-                "{w}x{h} is {:.1} megapixels; at most {:.1} are accepted",
-                pixels as f64 / 1e6,
-                limits.max_pixels as f64 / 1e6
-            ),
-        ));
+        Err(e) => Err(from.not_an_image(field, e)),
     }
-    if pixels == 0 {
-        return Err(from.not_an_image(field, "an empty (0-pixel) image"));
-    }
-    Ok(match decoder.orientation().map_err(broken)? {
-        Orientation::Rotate90
-        | Orientation::Rotate270
-        | Orientation::Rotate90FlipH
-        | Orientation::Rotate270FlipH => (h, w),
-        _ => (w, h),
-    })
 }
 
 /// The image as the contract's init image: the client's bytes, in base64.
@@ -146,7 +112,8 @@ pub fn base64_decoded_len(b64: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{DynamicImage, Rgb, RgbImage};
+    use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+    use std::io::Cursor;
 
     fn encoded(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());

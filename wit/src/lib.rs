@@ -1,6 +1,9 @@
 //! The edge-inference contract. The types are generated from `inference.wit`
 //! (never written by hand); this file adds only what HTTP.md says about carrying
-//! them: the route, the headers and the status of each error case.
+//! them: the route, the headers and the status of each error case; and
+//! `image_header`, what an image in the contract may be, checked from its header.
+
+pub mod image_header;
 
 wit_bindgen::generate!({
     path: ".",

@@ -4,12 +4,11 @@
 //! EXIF orientation, transparency flattened onto white, and fitted to the requested
 //! size: scaled to cover it and the overflow cropped evenly, so nothing is stretched.
 
-use std::io::Cursor;
-
 use contract::Error;
+use contract::image_header::{HeaderError, read_header};
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use image::{DynamicImage, RgbImage};
 
 /// The field every message here names.
 const FIELD: &str = "init_image.image";
@@ -20,37 +19,10 @@ fn invalid(detail: impl std::fmt::Display) -> Error {
 
 /// Decodes `bytes` into upright RGB of at most `max_pixels`.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Error> {
-    let format = match image::guess_format(bytes) {
-        Ok(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP)) => f,
-        Ok(other) => {
-            return Err(invalid(format!(
-                "a {other:?} image; PNG, JPEG and WebP are accepted"
-            )));
-        }
-        Err(_) => return Err(invalid("not a PNG, JPEG or WebP image")),
-    };
-    let broken = |e: image::ImageError| invalid(format!("a broken {format:?} image ({e})"));
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut caps = image::Limits::default();
-    // Behind the header check below: the decoder itself allocates no more than the
-    // pixel cap allows (RGBA8, plus slack for its buffers).
-    caps.max_alloc = Some(max_pixels.saturating_mul(4).saturating_add(64 << 20));
-    reader.limits(caps);
-    let mut decoder = reader.into_decoder().map_err(broken)?;
-    let (w, h) = decoder.dimensions();
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > max_pixels {
-        return Err(invalid(format!(
-            "{w}x{h} is {:.1} megapixels; at most {:.1} are accepted",
-            pixels as f64 / 1e6,
-            max_pixels as f64 / 1e6
-        )));
-    }
-    if pixels == 0 {
-        return Err(invalid("an empty (0-pixel) image"));
-    }
-    let orientation = decoder.orientation().map_err(broken)?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(broken)?;
+    let header = read_header(bytes, max_pixels).map_err(invalid)?;
+    let (format, orientation) = (header.format, header.orientation);
+    let mut img = DynamicImage::from_decoder(header.decoder)
+        .map_err(|e| invalid(HeaderError::Broken(format, e)))?;
     img.apply_orientation(orientation);
     Ok(flatten_onto_white(img))
 }
@@ -111,7 +83,8 @@ pub fn fit(img: RgbImage, width: u32, height: u32) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{Rgb, Rgba, RgbaImage};
+    use image::{ImageFormat, Rgb, Rgba, RgbaImage};
+    use std::io::Cursor;
 
     fn encoded(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
