@@ -599,7 +599,8 @@ pub fn token_content(v: &Option<Value>) -> Option<String> {
 
 /// `scheduler/scheduler_config.json`: kept as the raw key/value map, because diffusers'
 /// `Scheduler.from_config` lets any scheduler class read the keys it knows from any other
-/// class's config (missing keys take the *target* class's defaults).
+/// class's config (missing keys take the *target* class's defaults): each class's typed
+/// config is made from it (`scheduler::class_config`).
 #[derive(Clone, Debug, Default)]
 pub struct SchedulerConfig {
     pub map: serde_json::Map<String, Value>,
@@ -620,25 +621,6 @@ impl SchedulerConfig {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
-        match self.present(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .with_context(|| format!("scheduler config `{key}` must be a number, got {v}")),
-        }
-    }
-
-    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        match self.present(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .with_context(|| format!("scheduler config `{key}` must be a number, got {v}")),
-        }
-    }
-
     pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
         match self.present(key) {
             None => Ok(default),
@@ -649,15 +631,6 @@ impl SchedulerConfig {
         }
     }
 
-    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
-        match self.present(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .with_context(|| format!("scheduler config `{key}` must be a boolean, got {v}")),
-        }
-    }
-
     pub fn str_or(&self, key: &str, default: &str) -> Result<String> {
         match self.present(key) {
             None => Ok(default.to_string()),
@@ -665,21 +638,6 @@ impl SchedulerConfig {
                 .as_str()
                 .map(str::to_string)
                 .with_context(|| format!("scheduler config `{key}` must be a string, got {v}")),
-        }
-    }
-
-    pub fn opt_f64_list(&self, key: &str) -> Result<Option<Vec<f64>>> {
-        match self.present(key) {
-            None => Ok(None),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| {
-                    x.as_f64()
-                        .with_context(|| format!("scheduler config `{key}` must hold numbers"))
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-            Some(v) => bail!("scheduler config `{key}` must be a list of numbers, got {v}"),
         }
     }
 }

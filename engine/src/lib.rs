@@ -97,6 +97,8 @@ pub struct GenerateParams {
     pub scheduler: Option<String>,
     /// Karras sigmas; `None` = the scheduler config's `use_karras_sigmas`.
     pub karras: Option<bool>,
+    /// DPM-Solver's / DEIS' `algorithm_type`; `None` = the scheduler's (config or name).
+    pub algorithm_type: Option<String>,
     /// img2img: the init image (any size; resized to width x height with Lanczos3) and the
     /// strength in (0, 1].
     pub init_image: Option<(image::DynamicImage, f64)>,
@@ -107,6 +109,7 @@ impl Default for GenerateParams {
         GenerateParams {
             prompt: String::new(),
             negative_prompt: None,
+            algorithm_type: None,
             width: 1024,
             height: 1024,
             steps: 20,

@@ -139,6 +139,10 @@ pub fn params_of(case: &Value, dir: &Path) -> Result<GenerateParams> {
         samples: u("samples").unwrap_or(1) as usize,
         scheduler: s("scheduler"),
         karras: case.get("karras").and_then(|v| v.as_bool()),
+        algorithm_type: case
+            .get("algorithm_type")
+            .and_then(|v| v.as_str())
+            .map(String::from),
         init_image,
     })
 }

@@ -183,6 +183,43 @@ fn scheduler_names() {
 }
 
 #[test]
+fn algorithm_type_is_its_own_option() {
+    let (_d, p) = tiny_pipeline();
+    let with = |scheduler: &str, algorithm: Option<&str>| GenerateParams {
+        scheduler: Some(scheduler.into()),
+        algorithm_type: algorithm.map(String::from),
+        seed: 7,
+        ..small()
+    };
+    let image = |params: GenerateParams| {
+        p.generate(&params, &mut |_, _| true).unwrap().images[0]
+            .0
+            .clone()
+    };
+    // The class with the option over the config is the A1111 name that fixes it (the tiny
+    // model's config leaves solver_order at its default, 2).
+    let sde = image(with("DPMSolverMultistepScheduler", Some("sde-dpmsolver++")));
+    assert_eq!(sde, image(with("DPM++ 2M SDE", None)));
+    assert_ne!(sde, image(with("DPMSolverMultistepScheduler", None)));
+    assert_eq!(sde, image(with("DPM++ 2M SDE", Some("sde-dpmsolver++"))));
+
+    let msg = invalid(&p, with("DDIM", Some("dpmsolver++")), "algorithm_type");
+    assert!(msg.contains("DDIMScheduler has no algorithm_type"), "{msg}");
+    let msg = invalid(
+        &p,
+        with("DPMSolverMultistepScheduler", Some("x")),
+        "algorithm_type",
+    );
+    assert!(msg.contains("sde-dpmsolver++"), "{msg}");
+    let msg = invalid(
+        &p,
+        with("DPM++ 2M", Some("sde-dpmsolver++")),
+        "algorithm_type",
+    );
+    assert!(msg.contains("does not agree"), "{msg}");
+}
+
+#[test]
 fn cancellation_is_distinguishable() {
     let (_tmp, p) = tiny_pipeline();
     let mut calls = Vec::new();

@@ -79,6 +79,7 @@ mod tests {
             samples: 1,
             scheduler: Some("Euler a".into()),
             karras: None,
+            algorithm_type: None,
             init_image: Some(InitImage {
                 image: "iVBORw0KGgo=".into(),
                 strength: 0.5,

@@ -106,6 +106,7 @@ impl Dialect for Appypie {
                 samples: 1,
                 scheduler: None,
                 karras: None,
+                algorithm_type: None,
                 init_image: None,
             },
             init,

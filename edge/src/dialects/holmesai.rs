@@ -137,6 +137,7 @@ fn common(f: &Fields, (width, height): (u32, u32)) -> Result<GenerateRequest, Ap
         samples: 1,
         scheduler: None,
         karras: None,
+        algorithm_type: None,
         init_image: None,
     })
 }

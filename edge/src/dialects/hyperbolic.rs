@@ -123,6 +123,7 @@ impl Dialect for Hyperbolic {
                 samples: 1,
                 scheduler,
                 karras: None,
+                algorithm_type: None,
                 init_image: None,
             },
             init,

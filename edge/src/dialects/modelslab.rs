@@ -128,29 +128,27 @@ impl Dialect for ModelsLab {
             .string("scheduler")?
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
-        let scheduler = match f
+        // DPMSolverMultistepScheduler's algorithm_type, as at ModelsLab: for another
+        // scheduler it is ignored; the server checks it against the model.
+        let algorithm_type = match f
             .string("algorithm_type")?
             .map(|a| a.trim().to_ascii_lowercase())
         {
-            Some(algo) if algo.is_empty() || algo == "none" => scheduler,
-            Some(algo) => match (scheduler.as_deref(), algo.as_str()) {
-                (Some("DPMSolverMultistepScheduler"), "dpmsolver++") => Some("DPM++ 2M".into()),
-                (Some("DPMSolverMultistepScheduler"), "sde-dpmsolver++") => {
-                    Some("DPM++ 2M SDE".into())
-                }
-                (Some("DPMSolverMultistepScheduler"), _) => {
+            Some(algo) if algo.is_empty() || algo == "none" => None,
+            Some(algo) if scheduler.as_deref() == Some("DPMSolverMultistepScheduler") => {
+                if !matches!(algo.as_str(), "dpmsolver++" | "sde-dpmsolver++") {
                     return Err(ApiError::field(
                         "algorithm_type",
                         format!("must be dpmsolver++ or sde-dpmsolver++ (got {algo:?})"),
                     ));
                 }
-                _ => {
-                    // Only DPMSolverMultistepScheduler reads it, as at ModelsLab.
-                    ignored.push("algorithm_type".into());
-                    scheduler
-                }
-            },
-            None => scheduler,
+                Some(algo)
+            }
+            Some(_) => {
+                ignored.push("algorithm_type".into());
+                None
+            }
+            None => None,
         };
         let (init, init_shown) = if img2img {
             let strength = f
@@ -197,6 +195,7 @@ impl Dialect for ModelsLab {
                 samples,
                 scheduler: scheduler.clone(),
                 karras,
+                algorithm_type,
                 init_image: None,
             },
             init,
@@ -332,7 +331,13 @@ mod tests {
         let job = parse("/api/v1/enterprise/text2img", r#"{"prompt":"p","samples":3,"strength":0.5,"scheduler":"DPMSolverMultistepScheduler","algorithm_type":"sde-dpmsolver++","base64":"yes","track_id":12}"#).unwrap();
         assert!(job.init.is_none());
         assert_eq!(job.request.samples, 3);
-        assert_eq!(job.request.scheduler.as_deref(), Some("DPM++ 2M SDE"));
+        assert_eq!(
+            (
+                job.request.scheduler.as_deref(),
+                job.request.algorithm_type.as_deref()
+            ),
+            (Some("DPMSolverMultistepScheduler"), Some("sde-dpmsolver++"))
+        );
         assert_eq!(job.echo["meta"]["ignored"], json!(["strength"]));
         let out = ModelsLab
             .render(&job, result(3), &mut Stash::new("http://e", 0))

@@ -446,10 +446,21 @@ impl Pipeline {
         // The `karras` option asks for Karras sigmas where the scheduler has them (the
         // contract's meaning; ModelsLab sends use_karras_sigmas=yes with any scheduler);
         // a name that asks for them ("DDIM Karras") was refused by `resolve` already.
-        let karras = params
-            .karras
-            .filter(|_| scheduler.supports_karras())
-            .or(name_karras);
+        let options = scheduler::Options {
+            karras: params
+                .karras
+                .filter(|_| scheduler.supports_karras())
+                .or(name_karras),
+            algorithm_type: params.algorithm_type.clone(),
+        };
+        // Built once here to check the options against this model's config (microseconds);
+        // the batch builds its own when it runs.
+        scheduler::build(scheduler, &self.scheduler_config, params.steps, &options).map_err(
+            |e| match e.downcast::<EngineError>() {
+                Ok(e) => e.into(),
+                Err(e) => EngineError::invalid("scheduler", format!("{e:#}")),
+            },
+        )?;
         let has_time_cond = self.unet.config.time_cond_proj_dim.is_some();
         let strength = params.init_image.as_ref().map(|(_, s)| *s);
         let key = BatchKey {
@@ -457,7 +468,7 @@ impl Pipeline {
             height: params.height,
             steps: params.steps,
             scheduler,
-            karras,
+            options,
             do_cfg: params.guidance > 1.0 && !has_time_cond,
             img2img: strength.is_some(),
             begin: denoise::first_step(params.steps, strength, scheduler.order()),
@@ -531,8 +542,12 @@ impl Pipeline {
             );
         }
         let batch: Vec<&GenerateParams> = plans.iter().map(|p| &p.params).collect();
-        let mut sched =
-            scheduler::build(key.scheduler, &self.scheduler_config, key.steps, key.karras)?;
+        let mut sched = scheduler::build(
+            key.scheduler,
+            &self.scheduler_config,
+            key.steps,
+            &key.options,
+        )?;
         let counts: Vec<usize> = batch.iter().map(|p| p.samples).collect();
 
         // 1-3. Per request: prompt conditioning and initial latents, each image from its own
@@ -622,7 +637,7 @@ pub struct BatchKey {
     pub height: usize,
     pub steps: usize,
     pub scheduler: SchedulerKind,
-    pub karras: Option<bool>,
+    pub options: scheduler::Options,
     pub do_cfg: bool,
     pub img2img: bool,
     /// The first timestep that runs (image-to-image skips the early ones).

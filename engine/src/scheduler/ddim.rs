@@ -3,12 +3,29 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::class_config::{Betas, ClassConfig, Thresholding, TimestepSpacing, class_config};
 use super::schedule::{Spacing, TrainSchedule, np_arange, np_linspace, np_round};
-use super::{Prediction, Scheduler, div_scalar, mul_scalar, reject_flag};
-use crate::config::SchedulerConfig;
+use super::{Prediction, Scheduler, div_scalar, mul_scalar};
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "DDIMScheduler";
+class_config! {
+    /// `DDIMScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    DdimConfig = "DDIMScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::linear(),
+        clip_sample: bool = true,
+        set_alpha_to_one: bool = true,
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("leading"),
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        thresholding: Thresholding = Thresholding::default(),
+        clip_sample_range: f64 = 1.0,
+        rescale_betas_zero_snr: bool = false,
+    }
+}
+
+const CLASS: &str = DdimConfig::CLASS;
 
 pub struct Ddim {
     timesteps: Vec<f64>,
@@ -21,16 +38,15 @@ pub struct Ddim {
 }
 
 impl Ddim {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
+    pub fn new(cfg: &DdimConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, cfg.rescale_betas_zero_snr, CLASS)?;
         let n = sched.num_train_timesteps;
         if steps > n {
             bail!("{CLASS}: {steps} steps exceed num_train_timesteps ({n})");
         }
-        reject_flag(cfg, "thresholding", CLASS)?;
-        let prediction = Prediction::from_config(cfg)?;
-        let spacing = Spacing::parse(&cfg.str_or("timestep_spacing", "leading")?, CLASS)?;
-        let offset = cfg.usize_or("steps_offset", 0)?;
+        let prediction = cfg.prediction_type;
+        let spacing = Spacing::parse(&cfg.spacing.timestep_spacing, CLASS)?;
+        let offset = cfg.spacing.steps_offset;
         let ts: Vec<usize> = match spacing {
             Spacing::Linspace => np_linspace(0.0, (n - 1) as f64, steps)
                 .into_iter()
@@ -49,14 +65,14 @@ impl Ddim {
         if let Some(&t) = ts.iter().find(|&&t| t >= n) {
             bail!("{CLASS}: timestep {t} out of range (steps_offset too large?)");
         }
-        let set_alpha_to_one = cfg.bool_or("set_alpha_to_one", true)?;
+        let set_alpha_to_one = cfg.set_alpha_to_one;
         let final_alpha_cumprod = if set_alpha_to_one {
             1.0
         } else {
             sched.alphas_cumprod[0]
         };
-        let clip_sample = if cfg.bool_or("clip_sample", true)? {
-            Some(cfg.f64_or("clip_sample_range", 1.0)? as f32)
+        let clip_sample = if cfg.clip_sample {
+            Some(cfg.clip_sample_range as f32)
         } else {
             None
         };

@@ -5,12 +5,29 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::class_config::{Betas, ClassConfig, Thresholding, TimestepSpacing, class_config};
 use super::schedule::{Spacing, TrainSchedule, alpha_at, discrete_timesteps};
 use super::{Prediction, Scheduler, clip_sample, div_scalar, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "DDPMScheduler";
+class_config! {
+    /// `DDPMScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    DdpmConfig = "DDPMScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::linear(),
+        variance_type: String = "fixed_small".into(),
+        clip_sample: bool = true,
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        thresholding: Thresholding = Thresholding::default(),
+        clip_sample_range: f64 = 1.0,
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("leading"),
+        rescale_betas_zero_snr: bool = false,
+    }
+}
+
+const CLASS: &str = DdpmConfig::CLASS;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Variance {
@@ -29,14 +46,14 @@ pub struct Ddpm {
 }
 
 impl Ddpm {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
+    pub fn new(cfg: &DdpmConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, cfg.rescale_betas_zero_snr, CLASS)?;
         let n = sched.num_train_timesteps;
         if steps > n {
             bail!("{CLASS}: {steps} steps exceed num_train_timesteps ({n})");
         }
-        let prediction = Prediction::from_config(cfg)?;
-        let variance = match cfg.str_or("variance_type", "fixed_small")?.as_str() {
+        let prediction = cfg.prediction_type;
+        let variance = match cfg.variance_type.as_str() {
             "fixed_small" => Variance::Small,
             "fixed_small_log" => Variance::SmallLog,
             "fixed_large" => Variance::Large,
@@ -44,8 +61,8 @@ impl Ddpm {
                 "{CLASS}: `variance_type` = {other} is not supported (fixed_small, fixed_small_log, fixed_large; learned variances need a model that predicts them, and diffusers' fixed_large_log gives NaN)"
             ),
         };
-        let spacing = Spacing::parse(&cfg.str_or("timestep_spacing", "leading")?, CLASS)?;
-        let offset = cfg.usize_or("steps_offset", 0)?;
+        let spacing = Spacing::parse(&cfg.spacing.timestep_spacing, CLASS)?;
+        let offset = cfg.spacing.steps_offset;
         let ts = discrete_timesteps(spacing, n, steps, offset);
         for &t in &ts {
             alpha_at(&sched.alphas_cumprod, t, CLASS)?;
@@ -55,7 +72,7 @@ impl Ddpm {
             ts,
             alphas_cumprod: sched.alphas_cumprod,
             prediction,
-            clip: clip_sample(cfg)?,
+            clip: clip_sample(cfg.clip_sample, cfg.clip_sample_range),
             variance,
         })
     }

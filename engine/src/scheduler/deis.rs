@@ -4,16 +4,39 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::class_config::{
+    Betas, ClassConfig, FlowOptions, SigmaOptions, Thresholding, TimestepSpacing, class_config,
+};
 use super::schedule::{Spacing, TrainSchedule};
 use super::solver_schedule::{
-    KarrasRounding, alpha_sigma, lambda, solver_sigmas, solver_timesteps, train_sigma_min,
+    KarrasRounding, Point, alpha_sigma, lambda, solver_sigmas, solver_timesteps, train_sigma_min,
     vp_add_noise, x0_prediction,
 };
 use super::{Prediction, Scheduler, div_scalar, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "DEISMultistepScheduler";
+class_config! {
+    /// `DEISMultistepScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    DeisConfig = "DEISMultistepScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::linear(),
+        solver_order: usize = 2,
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        thresholding: Thresholding = Thresholding::default(),
+        algorithm_type: String = "deis".into(),
+        solver_type: String = "logrho".into(),
+        lower_order_final: bool = true,
+        #[serde(flatten)]
+        sigmas: SigmaOptions = SigmaOptions::default(),
+        #[serde(flatten)]
+        flow: FlowOptions = FlowOptions::default(),
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("linspace"),
+    }
+}
+
+const CLASS: &str = DeisConfig::CLASS;
 
 pub struct DeisMultistep {
     timesteps: Vec<f64>,
@@ -38,27 +61,42 @@ fn ind3(t: f32, b: f32, c: f32, d: f32) -> f32 {
     numerator / denominator
 }
 
+/// The `algorithm_type`s DEIS takes (diffusers registers the DPM-Solver ones as deis).
+pub(crate) fn check_algorithm(algorithm_type: &str) -> Result<()> {
+    match algorithm_type {
+        "deis" | "dpmsolver" | "dpmsolver++" => Ok(()),
+        other => bail!(
+            "{CLASS}: `algorithm_type` = {other} is not implemented (deis, dpmsolver, dpmsolver++)"
+        ),
+    }
+}
+
 impl DeisMultistep {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
-        let prediction = Prediction::from_config(cfg)?;
-        match cfg.str_or("algorithm_type", "deis")?.as_str() {
-            "deis" | "dpmsolver" | "dpmsolver++" => {}
-            other => bail!("{CLASS}: `algorithm_type` = {other} is not implemented"),
-        }
-        match cfg.str_or("solver_type", "logrho")?.as_str() {
+    pub fn new(cfg: &DeisConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, false, CLASS)?;
+        let prediction = cfg.prediction_type;
+        check_algorithm(&cfg.algorithm_type)?;
+        match cfg.solver_type.as_str() {
             "logrho" | "midpoint" | "heun" | "bh1" | "bh2" => {}
             other => bail!("{CLASS}: solver type {other} is not implemented"),
         }
-        let solver_order = cfg.usize_or("solver_order", 2)?;
+        let solver_order = cfg.solver_order;
         if !(1..=3).contains(&solver_order) {
             bail!("{CLASS}: `solver_order` = {solver_order} is not supported (1, 2, 3)");
         }
-        let spacing = Spacing::parse(&cfg.str_or("timestep_spacing", "linspace")?, CLASS)?;
+        let spacing = Spacing::parse(&cfg.spacing.timestep_spacing, CLASS)?;
         let n = sched.num_train_timesteps;
-        let offset = cfg.usize_or("steps_offset", 0)?;
+        let offset = cfg.spacing.steps_offset;
         let timesteps = solver_timesteps(spacing, n, n, steps, offset);
-        let s = solver_sigmas(cfg, &sched, CLASS, timesteps, steps, KarrasRounding::Round)?;
+        let s = solver_sigmas(
+            &cfg.sigmas,
+            false,
+            &sched,
+            CLASS,
+            timesteps,
+            steps,
+            KarrasRounding::Round,
+        )?;
         let mut sigmas: Vec<f32> = s.sigmas.iter().map(|&v| v as f32).collect();
         let final_sigma = if s.converted {
             *sigmas.last().unwrap_or(&0.0)
@@ -71,7 +109,7 @@ impl DeisMultistep {
             sigmas,
             prediction,
             solver_order,
-            lower_order_final: cfg.bool_or("lower_order_final", true)?,
+            lower_order_final: cfg.lower_order_final,
             model_outputs: vec![None; solver_order],
             lower_order_nums: 0,
         })
@@ -88,10 +126,9 @@ impl DeisMultistep {
         let k = self.solver_order;
         let m0 = self.model_outputs[k - 1].as_ref().expect("m0");
         let m1 = self.model_outputs[k - 2].as_ref().expect("m1");
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
-        let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
-        let (rho_t, rho_s0, rho_s1) = (sigma_t / alpha_t, sigma_s0 / alpha_s0, sigma_s1 / alpha_s1);
+        let [t, s0, s1] = Point::around(&self.sigmas, i);
+        let (alpha_t, alpha_s0) = (t.alpha, s0.alpha);
+        let (rho_t, rho_s0, rho_s1) = (t.sigma / t.alpha, s0.sigma / s0.alpha, s1.sigma / s1.alpha);
         let coef1 = ind2(rho_t, rho_s0, rho_s1) - ind2(rho_s0, rho_s0, rho_s1);
         let coef2 = ind2(rho_t, rho_s1, rho_s0) - ind2(rho_s0, rho_s1, rho_s0);
         let inner =
@@ -103,14 +140,9 @@ impl DeisMultistep {
         let m0 = self.model_outputs[2].as_ref().expect("m0");
         let m1 = self.model_outputs[1].as_ref().expect("m1");
         let m2 = self.model_outputs[0].as_ref().expect("m2");
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
-        let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
-        let (alpha_s2, sigma_s2) = alpha_sigma(self.sigmas[i - 2]);
-        let rho_t = sigma_t / alpha_t;
-        let rho_s0 = sigma_s0 / alpha_s0;
-        let rho_s1 = sigma_s1 / alpha_s1;
-        let rho_s2 = sigma_s2 / alpha_s2;
+        let [t, s0, s1, s2] = Point::around(&self.sigmas, i);
+        let (alpha_t, alpha_s0) = (t.alpha, s0.alpha);
+        let [rho_t, rho_s0, rho_s1, rho_s2] = [t, s0, s1, s2].map(|p| p.sigma / p.alpha);
         let coef1 = ind3(rho_t, rho_s0, rho_s1, rho_s2) - ind3(rho_s0, rho_s0, rho_s1, rho_s2);
         let coef2 = ind3(rho_t, rho_s1, rho_s2, rho_s0) - ind3(rho_s0, rho_s1, rho_s2, rho_s0);
         let coef3 = ind3(rho_t, rho_s2, rho_s0, rho_s1) - ind3(rho_s0, rho_s2, rho_s0, rho_s1);

@@ -7,17 +7,46 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::class_config::{
+    Betas, ClassConfig, FlowOptions, SigmaOptions, Thresholding, TimestepSpacing, class_config,
+};
 use super::dpm_solver::{first_order_update, second_order_update, third_order_update};
 use super::schedule::{Spacing, TrainSchedule};
 use super::solver_schedule::{
-    KarrasRounding, alpha_sigma, clipped_last_timestep, eps_prediction, lambda, solver_sigmas,
-    solver_timesteps, train_sigma_min, vp_add_noise, x0_prediction,
+    KarrasRounding, Point, clipped_last_timestep, eps_prediction, solver_sigmas, solver_timesteps,
+    train_sigma_min, vp_add_noise, x0_prediction,
 };
 use super::{Prediction, Scheduler, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "DPMSolverMultistepScheduler";
+class_config! {
+    /// `DPMSolverMultistepScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    DpmMultistepConfig = "DPMSolverMultistepScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::linear(),
+        solver_order: usize = 2,
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        thresholding: Thresholding = Thresholding::default(),
+        algorithm_type: String = "dpmsolver++".into(),
+        solver_type: String = "midpoint".into(),
+        lower_order_final: bool = true,
+        euler_at_final: bool = false,
+        #[serde(flatten)]
+        sigmas: SigmaOptions = SigmaOptions::default(),
+        use_lu_lambdas: bool = false,
+        #[serde(flatten)]
+        flow: FlowOptions = FlowOptions::default(),
+        final_sigmas_type: String = "zero".into(),
+        lambda_min_clipped: Option<f64> = None,
+        variance_type: Option<String> = None,
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("linspace"),
+        rescale_betas_zero_snr: bool = false,
+    }
+}
+
+const CLASS: &str = DpmMultistepConfig::CLASS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Algorithm {
@@ -34,7 +63,14 @@ impl Algorithm {
             "dpmsolver++" | "deis" => Algorithm::DpmSolverPP,
             "sde-dpmsolver" if class == CLASS => Algorithm::SdeDpmSolver,
             "sde-dpmsolver++" => Algorithm::SdeDpmSolverPP,
-            other => bail!("{class}: `algorithm_type` = {other} is not implemented"),
+            other => bail!(
+                "{class}: `algorithm_type` = {other} is not implemented ({})",
+                if class == CLASS {
+                    "dpmsolver, dpmsolver++, sde-dpmsolver, sde-dpmsolver++"
+                } else {
+                    "dpmsolver, dpmsolver++, sde-dpmsolver++"
+                }
+            ),
         })
     }
 
@@ -50,8 +86,8 @@ impl Algorithm {
 
 /// `solver_type`: midpoint or heun (bh1 / bh2 / logrho are mapped to midpoint, as diffusers
 /// does).
-pub(crate) fn parse_midpoint(cfg: &SchedulerConfig, class: &str) -> Result<bool> {
-    match cfg.str_or("solver_type", "midpoint")?.as_str() {
+pub(crate) fn parse_midpoint(solver_type: &str, class: &str) -> Result<bool> {
+    match solver_type {
         "midpoint" | "logrho" | "bh1" | "bh2" => Ok(true),
         "heun" => Ok(false),
         other => bail!("{class}: `solver_type` = {other} is not implemented"),
@@ -73,20 +109,20 @@ pub struct DpmSolverMultistep {
 }
 
 impl DpmSolverMultistep {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
-        let prediction = Prediction::from_config(cfg)?;
-        let algorithm = Algorithm::parse(&cfg.str_or("algorithm_type", "dpmsolver++")?, CLASS)?;
-        let midpoint = parse_midpoint(cfg, CLASS)?;
-        let solver_order = cfg.usize_or("solver_order", 2)?;
+    pub fn new(cfg: &DpmMultistepConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, cfg.rescale_betas_zero_snr, CLASS)?;
+        let prediction = cfg.prediction_type;
+        let algorithm = Algorithm::parse(&cfg.algorithm_type, CLASS)?;
+        let midpoint = parse_midpoint(&cfg.solver_type, CLASS)?;
+        let solver_order = cfg.solver_order;
         if !(1..=3).contains(&solver_order) {
             bail!("{CLASS}: `solver_order` = {solver_order} is not supported (1, 2, 3)");
         }
         if solver_order == 3 && algorithm == Algorithm::SdeDpmSolver {
             bail!("{CLASS}: third order is not implemented for algorithm_type sde-dpmsolver");
         }
-        let final_type = cfg.str_or("final_sigmas_type", "zero")?;
-        let final_sigma = match final_type.as_str() {
+        let final_type = cfg.final_sigmas_type.as_str();
+        let final_sigma = match final_type {
             "zero" => 0.0,
             "sigma_min" => train_sigma_min(&sched),
             other => bail!(
@@ -96,21 +132,26 @@ impl DpmSolverMultistep {
         if !algorithm.data_prediction() && final_type == "zero" {
             bail!(
                 "{CLASS}: `final_sigmas_type` zero is not supported for `algorithm_type` {}; choose sigma_min",
-                cfg.str_or("algorithm_type", "")?
+                cfg.algorithm_type
             );
         }
-        let spacing = Spacing::parse(&cfg.str_or("timestep_spacing", "linspace")?, CLASS)?;
-        let last = clipped_last_timestep(&sched, cfg)?;
+        let spacing = Spacing::parse(&cfg.spacing.timestep_spacing, CLASS)?;
+        let last = clipped_last_timestep(&sched, cfg.lambda_min_clipped);
         let n = sched.num_train_timesteps;
-        let offset = cfg.usize_or("steps_offset", 0)?;
+        let offset = cfg.spacing.steps_offset;
         let timesteps = solver_timesteps(spacing, last, n, steps, offset);
         let s = solver_sigmas(
-            cfg,
+            &cfg.sigmas,
+            cfg.use_lu_lambdas,
             &sched,
             CLASS,
             timesteps,
             steps,
-            KarrasRounding::RoundUnlessCosine,
+            if cfg.betas.beta_schedule == "squaredcos_cap_v2" {
+                KarrasRounding::Truncate
+            } else {
+                KarrasRounding::Round
+            },
         )?;
         let mut sigmas: Vec<f32> = s.sigmas.iter().map(|&v| v as f32).collect();
         sigmas.push(final_sigma);
@@ -121,8 +162,8 @@ impl DpmSolverMultistep {
             algorithm,
             midpoint,
             solver_order,
-            lower_order_final: cfg.bool_or("lower_order_final", true)?,
-            euler_at_final: cfg.bool_or("euler_at_final", false)?,
+            lower_order_final: cfg.lower_order_final,
+            euler_at_final: cfg.euler_at_final,
             final_zero: final_type == "zero",
             model_outputs: vec![None; solver_order],
             lower_order_nums: 0,
@@ -144,21 +185,15 @@ impl DpmSolverMultistep {
         let m1 = self.model_outputs[self.solver_order - 2]
             .as_ref()
             .expect("m1");
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
-        let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
-        let lambda_t = lambda(alpha_t, sigma_t);
-        let lambda_s0 = lambda(alpha_s0, sigma_s0);
-        let lambda_s1 = lambda(alpha_s1, sigma_s1);
-        let h = lambda_t - lambda_s0;
-        let h_0 = lambda_s0 - lambda_s1;
-        let r0 = h_0 / h;
+        let [t, s0, s1] = Point::around(&self.sigmas, i);
+        let h = t.lambda - s0.lambda;
+        let r0 = (s0.lambda - s1.lambda) / h;
         let d1 = mul_scalar(&(m0 - m1)?, 1.0 / r0)?;
         second_order_update(
             (self.algorithm, self.midpoint),
             sample,
-            (alpha_t, sigma_t),
-            (alpha_s0, sigma_s0),
+            t,
+            s0,
             h,
             (m0, &d1),
             noise,
@@ -169,33 +204,16 @@ impl DpmSolverMultistep {
         let m0 = self.model_outputs[2].as_ref().expect("m0");
         let m1 = self.model_outputs[1].as_ref().expect("m1");
         let m2 = self.model_outputs[0].as_ref().expect("m2");
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
-        let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
-        let (alpha_s2, sigma_s2) = alpha_sigma(self.sigmas[i - 2]);
-        let lambda_t = lambda(alpha_t, sigma_t);
-        let lambda_s0 = lambda(alpha_s0, sigma_s0);
-        let lambda_s1 = lambda(alpha_s1, sigma_s1);
-        let lambda_s2 = lambda(alpha_s2, sigma_s2);
-        let h = lambda_t - lambda_s0;
-        let h_0 = lambda_s0 - lambda_s1;
-        let h_1 = lambda_s1 - lambda_s2;
-        let (r0, r1) = (h_0 / h, h_1 / h);
+        let [t, s0, s1, s2] = Point::around(&self.sigmas, i);
+        let h = t.lambda - s0.lambda;
+        let (r0, r1) = ((s0.lambda - s1.lambda) / h, (s1.lambda - s2.lambda) / h);
         let d0 = m0;
         let d1_0 = mul_scalar(&(m0 - m1)?, 1.0 / r0)?;
         let d1_1 = mul_scalar(&(m1 - m2)?, 1.0 / r1)?;
         let diff = (&d1_0 - &d1_1)?;
         let d1 = (&d1_0 + mul_scalar(&diff, r0 / (r0 + r1))?)?;
         let d2 = mul_scalar(&diff, 1.0 / (r0 + r1))?;
-        third_order_update(
-            self.algorithm,
-            sample,
-            (alpha_t, sigma_t),
-            (alpha_s0, sigma_s0),
-            h,
-            (d0, &d1, &d2),
-            noise,
-        )
+        third_order_update(self.algorithm, sample, t, s0, h, (d0, &d1, &d2), noise)
     }
 }
 

@@ -6,18 +6,42 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::class_config::{
+    Betas, ClassConfig, FlowOptions, SigmaOptions, Thresholding, class_config,
+};
 use super::dpm_multistep::{Algorithm, parse_midpoint};
 use super::dpm_solver::{first_order_update, second_order_update, third_order_update};
 use super::schedule::{Spacing, TrainSchedule};
 use super::solver_schedule::{
-    KarrasRounding, alpha_sigma, clipped_last_timestep, eps_prediction, lambda, solver_sigmas,
-    solver_timesteps, train_sigma_min, vp_add_noise, x0_prediction,
+    KarrasRounding, Point, clipped_last_timestep, eps_prediction, solver_sigmas, solver_timesteps,
+    train_sigma_min, vp_add_noise, x0_prediction,
 };
 use super::{Prediction, Scheduler, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "DPMSolverSinglestepScheduler";
+class_config! {
+    /// `DPMSolverSinglestepScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    DpmSinglestepConfig = "DPMSolverSinglestepScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::linear(),
+        solver_order: usize = 2,
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        thresholding: Thresholding = Thresholding::default(),
+        algorithm_type: String = "dpmsolver++".into(),
+        solver_type: String = "midpoint".into(),
+        lower_order_final: bool = false,
+        #[serde(flatten)]
+        sigmas: SigmaOptions = SigmaOptions::default(),
+        #[serde(flatten)]
+        flow: FlowOptions = FlowOptions::default(),
+        final_sigmas_type: String = "zero".into(),
+        lambda_min_clipped: Option<f64> = None,
+        variance_type: Option<String> = None,
+    }
+}
+
+const CLASS: &str = DpmSinglestepConfig::CLASS;
 
 pub struct DpmSolverSinglestep {
     timesteps: Vec<f64>,
@@ -81,17 +105,17 @@ fn order_list(steps: usize, order: usize, lower_order_final: bool, final_zero: b
 }
 
 impl DpmSolverSinglestep {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
-        let prediction = Prediction::from_config(cfg)?;
-        let algorithm = Algorithm::parse(&cfg.str_or("algorithm_type", "dpmsolver++")?, CLASS)?;
-        let midpoint = parse_midpoint(cfg, CLASS)?;
-        let solver_order = cfg.usize_or("solver_order", 2)?;
+    pub fn new(cfg: &DpmSinglestepConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, false, CLASS)?;
+        let prediction = cfg.prediction_type;
+        let algorithm = Algorithm::parse(&cfg.algorithm_type, CLASS)?;
+        let midpoint = parse_midpoint(&cfg.solver_type, CLASS)?;
+        let solver_order = cfg.solver_order;
         if !(1..=3).contains(&solver_order) {
             bail!("{CLASS}: `solver_order` = {solver_order} is not supported (1, 2, 3)");
         }
-        let final_type = cfg.str_or("final_sigmas_type", "zero")?;
-        let final_sigma = match final_type.as_str() {
+        let final_type = cfg.final_sigmas_type.as_str();
+        let final_sigma = match final_type {
             "zero" => 0.0,
             "sigma_min" => train_sigma_min(&sched),
             other => bail!(
@@ -104,15 +128,23 @@ impl DpmSolverSinglestep {
                 "{CLASS}: `final_sigmas_type` zero is not supported for `algorithm_type` dpmsolver; choose sigma_min"
             );
         }
-        let last = clipped_last_timestep(&sched, cfg)?;
+        let last = clipped_last_timestep(&sched, cfg.lambda_min_clipped);
         let n = sched.num_train_timesteps;
         let timesteps = solver_timesteps(Spacing::Linspace, last, n, steps, 0);
-        let s = solver_sigmas(cfg, &sched, CLASS, timesteps, steps, KarrasRounding::Round)?;
+        let s = solver_sigmas(
+            &cfg.sigmas,
+            false,
+            &sched,
+            CLASS,
+            timesteps,
+            steps,
+            KarrasRounding::Round,
+        )?;
         let mut sigmas: Vec<f32> = s.sigmas.iter().map(|&v| v as f32).collect();
         sigmas.push(final_sigma);
         // set_timesteps turns lower_order_final on for an uneven number of steps, or with a
         // zero final sigma.
-        let mut lower_order_final = cfg.bool_or("lower_order_final", false)?;
+        let mut lower_order_final = cfg.lower_order_final;
         if !lower_order_final && (!steps.is_multiple_of(solver_order) || final_zero) {
             lower_order_final = true;
         }
@@ -133,15 +165,9 @@ impl DpmSolverSinglestep {
         let k = self.solver_order;
         let m0 = self.model_outputs[k - 1].as_ref().expect("m0");
         let m1 = self.model_outputs[k - 2].as_ref().expect("m1");
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
-        let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
-        let lambda_t = lambda(alpha_t, sigma_t);
-        let lambda_s0 = lambda(alpha_s0, sigma_s0);
-        let lambda_s1 = lambda(alpha_s1, sigma_s1);
-        let h = lambda_t - lambda_s1;
-        let h_0 = lambda_s0 - lambda_s1;
-        let r0 = h_0 / h;
+        let [t, s0, s1] = Point::around(&self.sigmas, i);
+        let h = t.lambda - s1.lambda;
+        let r0 = (s0.lambda - s1.lambda) / h;
         let d1 = mul_scalar(&(m0 - m1)?, 1.0 / r0)?;
         if self.algorithm == Algorithm::SdeDpmSolver {
             unreachable!("not a singlestep algorithm")
@@ -149,8 +175,8 @@ impl DpmSolverSinglestep {
         second_order_update(
             (self.algorithm, self.midpoint),
             x,
-            (alpha_t, sigma_t),
-            (alpha_s1, sigma_s1),
+            t,
+            s1,
             h,
             (m1, &d1),
             noise,
@@ -161,18 +187,10 @@ impl DpmSolverSinglestep {
         let m0 = self.model_outputs[2].as_ref().expect("m0");
         let m1 = self.model_outputs[1].as_ref().expect("m1");
         let m2 = self.model_outputs[0].as_ref().expect("m2");
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
-        let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
-        let (alpha_s2, sigma_s2) = alpha_sigma(self.sigmas[i - 2]);
-        let lambda_t = lambda(alpha_t, sigma_t);
-        let lambda_s0 = lambda(alpha_s0, sigma_s0);
-        let lambda_s1 = lambda(alpha_s1, sigma_s1);
-        let lambda_s2 = lambda(alpha_s2, sigma_s2);
-        let h = lambda_t - lambda_s2;
-        let h_0 = lambda_s0 - lambda_s2;
-        let h_1 = lambda_s1 - lambda_s2;
-        let (r0, r1) = (h_0 / h, h_1 / h);
+        let [t, s0, s1, s2] = Point::around(&self.sigmas, i);
+        let h = t.lambda - s2.lambda;
+        let (r0, r1) = ((s0.lambda - s2.lambda) / h, (s1.lambda - s2.lambda) / h);
+        let (alpha_t, sigma_t, alpha_s2, sigma_s2) = (t.alpha, t.sigma, s2.alpha, s2.sigma);
         let d0 = m2;
         let d1_0 = mul_scalar(&(m1 - m2)?, 1.0 / r1)?;
         let d1_1 = mul_scalar(&(m0 - m2)?, 1.0 / r0)?;
@@ -180,15 +198,7 @@ impl DpmSolverSinglestep {
         let d1 = super::div_scalar(&(mul_scalar(&d1_0, r0)? - mul_scalar(&d1_1, r1)?)?, r0 - r1)?;
         let d2 = super::div_scalar(&mul_scalar(&(&d1_1 - &d1_0)?, 2.0)?, r0 - r1)?;
         if !self.midpoint {
-            return third_order_update(
-                self.algorithm,
-                x,
-                (alpha_t, sigma_t),
-                (alpha_s2, sigma_s2),
-                h,
-                (d0, &d1, &d2),
-                noise,
-            );
+            return third_order_update(self.algorithm, x, t, s2, h, (d0, &d1, &d2), noise);
         }
         // diffusers' singlestep-only "midpoint" third order: the first-order term and D1_1.
         let em = (-h).exp() - 1.0;

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 
 use super::dpm_multistep::Algorithm;
 use super::mul_scalar;
-use super::solver_schedule::{alpha_sigma, lambda};
+use super::solver_schedule::Point;
 
 /// The first-order (DDIM-like) update with model output `m` from the point of sigma
 /// `from` to that of sigma `to` (both solvers: step `i`'s sigma to step `i + 1`'s).
@@ -20,9 +20,9 @@ pub(crate) fn first_order_update(
     m: &Tensor,
     noise: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let (alpha_t, sigma_t) = alpha_sigma(to);
-    let (alpha_s, sigma_s) = alpha_sigma(from);
-    let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
+    let (t, s) = (Point::at(to), Point::at(from));
+    let (alpha_t, sigma_t, alpha_s, sigma_s) = (t.alpha, t.sigma, s.alpha, s.sigma);
+    let h = t.lambda - s.lambda;
     Ok(match algorithm {
         Algorithm::DpmSolverPP => {
             (mul_scalar(x, sigma_t / sigma_s)? - mul_scalar(m, alpha_t * ((-h).exp() - 1.0))?)?
@@ -50,12 +50,13 @@ pub(crate) fn first_order_update(
 pub(crate) fn second_order_update(
     (algorithm, midpoint): (Algorithm, bool),
     x: &Tensor,
-    (alpha_t, sigma_t): (f32, f32),
-    (alpha_s, sigma_s): (f32, f32),
+    t: Point,
+    s: Point,
     h: f32,
     (d0, d1): (&Tensor, &Tensor),
     noise: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let (alpha_t, sigma_t, alpha_s, sigma_s) = (t.alpha, t.sigma, s.alpha, s.sigma);
     let em = (-h).exp() - 1.0;
     let ep = h.exp() - 1.0;
     let e2 = 1.0 - (-2.0 * h).exp();
@@ -106,12 +107,13 @@ pub(crate) fn second_order_update(
 pub(crate) fn third_order_update(
     algorithm: Algorithm,
     x: &Tensor,
-    (alpha_t, sigma_t): (f32, f32),
-    (alpha_s, sigma_s): (f32, f32),
+    t: Point,
+    s: Point,
     h: f32,
     (d0, d1, d2): (&Tensor, &Tensor, &Tensor),
     noise: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let (alpha_t, sigma_t, alpha_s, sigma_s) = (t.alpha, t.sigma, s.alpha, s.sigma);
     Ok(match algorithm {
         Algorithm::DpmSolverPP => {
             let em = (-h).exp() - 1.0;

@@ -4,16 +4,33 @@ use anyhow::{Result, bail};
 use candle_core::Tensor;
 
 use super::Prediction;
+use super::class_config::{Betas, ClassConfig, SigmaOptions, TimestepSpacing, class_config};
 use super::schedule::{TrainSchedule, torch_linspace_f32};
 use super::sigma_schedule::{
     SigmaSchedule, SigmaScheduler, SigmaSpacing, beta_sigmas, euler_update, exponential_sigmas,
     interp_sigmas, karras_sigmas, log_sigmas, pred_original, sigma_bounds, sigma_to_t,
     spaced_timesteps,
 };
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "EulerDiscreteScheduler";
+class_config! {
+    /// `EulerDiscreteScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    EulerConfig = "EulerDiscreteScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::linear(),
+        prediction_type: Prediction = Prediction::Epsilon,
+        interpolation_type: String = "linear".into(),
+        #[serde(flatten)]
+        sigmas: SigmaOptions = SigmaOptions::default(),
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("linspace"),
+        timestep_type: String = "discrete".into(),
+        rescale_betas_zero_snr: bool = false,
+        final_sigmas_type: String = "zero".into(),
+    }
+}
+
+const CLASS: &str = EulerConfig::CLASS;
 
 pub struct EulerDiscrete {
     schedule: SigmaSchedule,
@@ -22,18 +39,18 @@ pub struct EulerDiscrete {
 
 impl EulerDiscrete {
     /// `cfg` is the class's effective config (see `class_config::effective`).
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
-        let conversion = SigmaSpacing::from_config(cfg, CLASS)?;
-        let prediction = Prediction::from_config(cfg)?;
-        let (spacing, mut timesteps) = spaced_timesteps(cfg, &sched, steps, CLASS)?;
-        let interpolation = cfg.str_or("interpolation_type", "linear")?;
-        let final_type = cfg.str_or("final_sigmas_type", "zero")?;
-        let timestep_type = cfg.str_or("timestep_type", "discrete")?;
+    pub fn new(cfg: &EulerConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, cfg.rescale_betas_zero_snr, CLASS)?;
+        let conversion = SigmaSpacing::from_options(&cfg.sigmas, CLASS)?;
+        let prediction = cfg.prediction_type;
+        let (spacing, mut timesteps) = spaced_timesteps(&cfg.spacing, &sched, steps, CLASS)?;
+        let interpolation = cfg.interpolation_type.as_str();
+        let final_type = cfg.final_sigmas_type.as_str();
+        let timestep_type = cfg.timestep_type.as_str();
         let n_train = sched.num_train_timesteps;
 
         let base: Vec<f32> = sched.sigmas();
-        let mut sigmas: Vec<f64> = match interpolation.as_str() {
+        let mut sigmas: Vec<f64> = match interpolation {
             "linear" => interp_sigmas(&timesteps, &base),
             "log_linear" => {
                 let lo = base[n_train - 1].ln() as f64;
@@ -49,7 +66,7 @@ impl EulerDiscrete {
         };
         if conversion != SigmaSpacing::Interpolated {
             let (sigma_min, sigma_max) =
-                sigma_bounds(cfg, sigmas[0], *sigmas.last().unwrap_or(&0.0))?;
+                sigma_bounds(&cfg.sigmas, sigmas[0], *sigmas.last().unwrap_or(&0.0));
             sigmas = match conversion {
                 SigmaSpacing::Karras => karras_sigmas(sigma_min, sigma_max, steps),
                 SigmaSpacing::Beta => beta_sigmas(sigma_min, sigma_max, steps),
@@ -61,7 +78,7 @@ impl EulerDiscrete {
                 .map(|&s| sigma_to_t(s, &log_sigmas) as f32 as f64)
                 .collect();
         }
-        let last = match final_type.as_str() {
+        let last = match final_type {
             "zero" => 0.0,
             "sigma_min" => {
                 let a = sched.alphas_cumprod[0];

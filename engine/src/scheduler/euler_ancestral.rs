@@ -4,15 +4,27 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
+use super::class_config::{Betas, ClassConfig, TimestepSpacing, class_config};
 use super::schedule::TrainSchedule;
 use super::sigma_schedule::{
     SigmaSchedule, SigmaScheduler, euler_update, interp_sigmas, pred_original, spaced_timesteps,
 };
 use super::{Prediction, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "EulerAncestralDiscreteScheduler";
+class_config! {
+    /// `EulerAncestralDiscreteScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    EulerAncestralConfig = "EulerAncestralDiscreteScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::linear(),
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("linspace"),
+        rescale_betas_zero_snr: bool = false,
+    }
+}
+
+const CLASS: &str = EulerAncestralConfig::CLASS;
 
 pub struct EulerAncestralDiscrete {
     schedule: SigmaSchedule,
@@ -20,13 +32,13 @@ pub struct EulerAncestralDiscrete {
 }
 
 impl EulerAncestralDiscrete {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
-        let prediction = Prediction::from_config(cfg)?;
+    pub fn new(cfg: &EulerAncestralConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, cfg.rescale_betas_zero_snr, CLASS)?;
+        let prediction = cfg.prediction_type;
         if prediction == Prediction::Sample {
             anyhow::bail!("{CLASS} does not implement prediction_type \"sample\"");
         }
-        let (spacing, timesteps) = spaced_timesteps(cfg, &sched, steps, CLASS)?;
+        let (spacing, timesteps) = spaced_timesteps(&cfg.spacing, &sched, steps, CLASS)?;
         let mut sigmas: Vec<f32> = interp_sigmas(&timesteps, &sched.sigmas())
             .into_iter()
             .map(|s| s as f32)

@@ -5,13 +5,28 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
+use super::class_config::{Betas, ClassConfig, SigmaOptions, TimestepSpacing, class_config};
 use super::schedule::TrainSchedule;
 use super::sigma_schedule::{KOptions, SigmaSchedule, SigmaScheduler, k_schedule, pred_original};
 use super::{Prediction, clip_sample, div_scalar, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "HeunDiscreteScheduler";
+class_config! {
+    /// `HeunDiscreteScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    HeunConfig = "HeunDiscreteScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::new(0.00085, 0.012, "linear"),
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        sigmas: SigmaOptions = SigmaOptions::default(),
+        clip_sample: bool = false,
+        clip_sample_range: f64 = 1.0,
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("linspace"),
+    }
+}
+
+const CLASS: &str = HeunConfig::CLASS;
 
 pub struct HeunDiscrete {
     schedule: SigmaSchedule,
@@ -43,11 +58,12 @@ pub(crate) fn interleave_repeat_last<T: Copy>(v: &[T]) -> Vec<T> {
 }
 
 impl HeunDiscrete {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
-        let prediction = Prediction::from_config(cfg)?;
+    pub fn new(cfg: &HeunConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, false, CLASS)?;
+        let prediction = cfg.prediction_type;
         let k = k_schedule(
-            cfg,
+            &cfg.spacing,
+            &cfg.sigmas,
             &sched,
             steps,
             CLASS,
@@ -66,7 +82,7 @@ impl HeunDiscrete {
         Ok(HeunDiscrete {
             schedule: SigmaSchedule::new(timesteps, sigmas, k.spacing),
             prediction,
-            clip: clip_sample(cfg)?,
+            clip: clip_sample(cfg.clip_sample, cfg.clip_sample_range),
             state: None,
         })
     }

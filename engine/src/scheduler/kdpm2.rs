@@ -6,16 +6,29 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::class_config::{Betas, ClassConfig, SigmaOptions, TimestepSpacing, class_config};
 use super::heun::interleave_repeat_last;
 use super::schedule::TrainSchedule;
 use super::sigma_schedule::{
     KOptions, SigmaSchedule, SigmaScheduler, k_schedule, pred_original, sigma_to_t,
 };
 use super::{Prediction, div_scalar, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "KDPM2DiscreteScheduler";
+class_config! {
+    /// `KDPM2DiscreteScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    KDpm2Config = "KDPM2DiscreteScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::new(0.00085, 0.012, "linear"),
+        #[serde(flatten)]
+        sigmas: SigmaOptions = SigmaOptions::default(),
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("linspace"),
+    }
+}
+
+const CLASS: &str = KDpm2Config::CLASS;
 
 pub struct KDpm2Discrete {
     schedule: SigmaSchedule,
@@ -33,14 +46,15 @@ pub(crate) fn log_midpoint(a: f32, b: f32) -> f32 {
 }
 
 impl KDpm2Discrete {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
-        let prediction = Prediction::from_config(cfg)?;
+    pub fn new(cfg: &KDpm2Config, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, false, CLASS)?;
+        let prediction = cfg.prediction_type;
         if prediction == Prediction::Sample {
             bail!("{CLASS}: prediction_type not implemented yet: sample");
         }
         let k = k_schedule(
-            cfg,
+            &cfg.spacing,
+            &cfg.sigmas,
             &sched,
             steps,
             CLASS,
@@ -62,9 +76,9 @@ impl KDpm2Discrete {
             .map(|&s| sigma_to_t(s as f64, &k.log_sigmas))
             .collect();
         // Karras (rounded) / exponential timesteps stay float64, the spaced ones float32.
-        let float64 = cfg.bool_or("use_karras_sigmas", false)?
-            || cfg.bool_or("use_exponential_sigmas", false)?
-            || cfg.bool_or("use_beta_sigmas", false)?;
+        let float64 = cfg.sigmas.use_karras_sigmas
+            || cfg.sigmas.use_exponential_sigmas
+            || cfg.sigmas.use_beta_sigmas;
         let cast = |t: f64| if float64 { t } else { t as f32 as f64 };
         let base_t: Vec<f64> = k.timesteps.iter().map(|&t| cast(t)).collect();
         // cat([timesteps[:1], stack(interpol[1:-1], timesteps[1:]).flatten()])

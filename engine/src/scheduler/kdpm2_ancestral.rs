@@ -5,6 +5,7 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::class_config::{Betas, ClassConfig, SigmaOptions, TimestepSpacing, class_config};
 use super::heun::interleave_repeat_last;
 use super::kdpm2::log_midpoint;
 use super::schedule::TrainSchedule;
@@ -12,10 +13,22 @@ use super::sigma_schedule::{
     KOptions, SigmaSchedule, SigmaScheduler, k_schedule, pred_original, sigma_to_t,
 };
 use super::{Prediction, div_scalar, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "KDPM2AncestralDiscreteScheduler";
+class_config! {
+    /// `KDPM2AncestralDiscreteScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    KDpm2AncestralConfig = "KDPM2AncestralDiscreteScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::new(0.00085, 0.012, "linear"),
+        #[serde(flatten)]
+        sigmas: SigmaOptions = SigmaOptions::default(),
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("linspace"),
+    }
+}
+
+const CLASS: &str = KDpm2AncestralConfig::CLASS;
 
 pub struct KDpm2AncestralDiscrete {
     schedule: SigmaSchedule,
@@ -27,14 +40,15 @@ pub struct KDpm2AncestralDiscrete {
 }
 
 impl KDpm2AncestralDiscrete {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
-        let prediction = Prediction::from_config(cfg)?;
+    pub fn new(cfg: &KDpm2AncestralConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, false, CLASS)?;
+        let prediction = cfg.prediction_type;
         if prediction == Prediction::Sample {
             bail!("{CLASS}: prediction_type not implemented yet: sample");
         }
         let k = k_schedule(
-            cfg,
+            &cfg.spacing,
+            &cfg.sigmas,
             &sched,
             steps,
             CLASS,
@@ -65,9 +79,8 @@ impl KDpm2AncestralDiscrete {
         if n >= 2 {
             interp[n - 2] = 0.0;
         }
-        let karras = cfg.bool_or("use_karras_sigmas", false)?;
-        let exponential = cfg.bool_or("use_exponential_sigmas", false)?
-            || cfg.bool_or("use_beta_sigmas", false)?;
+        let karras = cfg.sigmas.use_karras_sigmas;
+        let exponential = cfg.sigmas.use_exponential_sigmas || cfg.sigmas.use_beta_sigmas;
         // Karras / exponential timesteps stay float64, the spaced ones float32.
         let cast = |t: f64| {
             if karras || exponential {

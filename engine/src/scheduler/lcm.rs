@@ -6,13 +6,32 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::class_config::{Betas, ClassConfig, Thresholding, TimestepSpacing, class_config};
 use super::schedule::TrainSchedule;
 use super::{Prediction, Scheduler, clip_sample, div_scalar, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::error::EngineError;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "LCMScheduler";
+class_config! {
+    /// `LCMScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    LcmConfig = "LCMScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::new(0.00085, 0.012, "scaled_linear"),
+        original_inference_steps: usize = 50,
+        clip_sample: bool = false,
+        clip_sample_range: f64 = 1.0,
+        set_alpha_to_one: bool = true,
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("leading"),
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        thresholding: Thresholding = Thresholding::default(),
+        timestep_scaling: f64 = 10.0,
+        rescale_betas_zero_snr: bool = false,
+    }
+}
+
+const CLASS: &str = LcmConfig::CLASS;
 
 pub struct Lcm {
     timesteps: Vec<f64>,
@@ -25,11 +44,11 @@ pub struct Lcm {
 }
 
 impl Lcm {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
+    pub fn new(cfg: &LcmConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, cfg.rescale_betas_zero_snr, CLASS)?;
         let n = sched.num_train_timesteps;
-        let prediction = Prediction::from_config(cfg)?;
-        let original = cfg.usize_or("original_inference_steps", 50)?;
+        let prediction = cfg.prediction_type;
+        let original = cfg.original_inference_steps;
         if original > n || original == 0 {
             bail!(
                 "{CLASS}: `original_inference_steps` = {original} must be between 1 and num_train_timesteps ({n})"
@@ -56,8 +75,8 @@ impl Lcm {
             ts,
             alphas_cumprod: sched.alphas_cumprod,
             prediction,
-            clip: clip_sample(cfg)?,
-            timestep_scaling: cfg.f64_or("timestep_scaling", 10.0)? as f32,
+            clip: clip_sample(cfg.clip_sample, cfg.clip_sample_range),
+            timestep_scaling: cfg.timestep_scaling as f32,
             steps,
         })
     }

@@ -7,13 +7,26 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
+use super::class_config::{Betas, ClassConfig, SigmaOptions, TimestepSpacing, class_config};
 use super::schedule::TrainSchedule;
 use super::sigma_schedule::{KOptions, SigmaSchedule, SigmaScheduler, k_schedule, pred_original};
 use super::{Prediction, div_scalar, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "LMSDiscreteScheduler";
+class_config! {
+    /// `LMSDiscreteScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    LmsConfig = "LMSDiscreteScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::linear(),
+        #[serde(flatten)]
+        sigmas: SigmaOptions = SigmaOptions::default(),
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("linspace"),
+    }
+}
+
+const CLASS: &str = LmsConfig::CLASS;
 const ORDER: usize = 4;
 
 pub struct LmsDiscrete {
@@ -37,11 +50,12 @@ const GL_W: [f64; 4] = [
 ];
 
 impl LmsDiscrete {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
-        let prediction = Prediction::from_config(cfg)?;
+    pub fn new(cfg: &LmsConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, false, CLASS)?;
+        let prediction = cfg.prediction_type;
         let k = k_schedule(
-            cfg,
+            &cfg.spacing,
+            &cfg.sigmas,
             &sched,
             steps,
             CLASS,

@@ -1,6 +1,6 @@
 //! Noise schedulers, built like diffusers' `Scheduler.from_config(scheduler_config.json)`:
-//! the keys of the model's config that the chosen class knows are used, the others take that
-//! class's defaults ([`class_config`]).
+//! each class's configuration is a typed struct beside it, filled from the keys of the model's
+//! config that the class knows, the others taking the class's defaults ([`class_config`]).
 //!
 //! A scheduler is created per request ([`build`]) with its number of steps; the pipeline then
 //! calls, for each index `i` of [`Scheduler::timesteps`] (starting at the begin index for
@@ -43,6 +43,7 @@ mod unipc;
 
 use anyhow::Result;
 use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use ddim::Ddim;
@@ -190,22 +191,83 @@ impl SchedulerKind {
         }
     }
 
+    /// The names of the class's config options (its `__init__` parameters).
+    pub fn params(self) -> Vec<String> {
+        use SchedulerKind::*;
+        use class_config::param_names as p;
+        match self {
+            EulerDiscrete => p::<euler::EulerConfig>(),
+            EulerAncestralDiscrete => p::<euler_ancestral::EulerAncestralConfig>(),
+            Ddim => p::<ddim::DdimConfig>(),
+            Ddpm => p::<ddpm::DdpmConfig>(),
+            Pndm | Plms => p::<pndm::PndmConfig>(),
+            Lms => p::<lms::LmsConfig>(),
+            Heun => p::<heun::HeunConfig>(),
+            KDpm2 => p::<kdpm2::KDpm2Config>(),
+            KDpm2Ancestral => p::<kdpm2_ancestral::KDpm2AncestralConfig>(),
+            DpmSolverMultistep | DpmPlusPlus2M | DpmPlusPlus2MSde => {
+                p::<dpm_multistep::DpmMultistepConfig>()
+            }
+            DpmSolverSinglestep | DpmPlusPlus2S => p::<dpm_singlestep::DpmSinglestepConfig>(),
+            UniPc => p::<unipc::UniPcConfig>(),
+            Deis => p::<deis::DeisConfig>(),
+            Lcm => p::<lcm::LcmConfig>(),
+        }
+    }
+
     /// Whether the class has `use_karras_sigmas`.
     pub fn supports_karras(self) -> bool {
-        class_config::has_param(self.class_name(), "use_karras_sigmas")
+        self.params().iter().any(|p| p == "use_karras_sigmas")
     }
 }
 
-/// Builds a scheduler of `kind` from the model's config for `steps` inference steps.
-/// `karras` overrides the config's `use_karras_sigmas` when given (an error for a class without
-/// Karras sigmas).
+/// What a request may set over the model's scheduler config.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Options {
+    /// Karras sigmas (`use_karras_sigmas`); an error for a class without them.
+    pub karras: Option<bool>,
+    /// `algorithm_type` of DPM-Solver (multistep, singlestep) and DEIS; an error for another
+    /// class, or against a name that fixes it ("DPM++ 2M").
+    pub algorithm_type: Option<String>,
+}
+
+/// Builds a scheduler of `kind` from the model's config for `steps` inference steps, with the
+/// request's `options` over the config.
 pub fn build(
     kind: SchedulerKind,
     cfg: &SchedulerConfig,
     steps: usize,
-    karras: Option<bool>,
+    options: &Options,
 ) -> Result<Box<dyn Scheduler>> {
-    build_with(kind, cfg, steps, karras, &serde_json::Map::new())
+    let mut overrides = serde_json::Map::new();
+    if let Some(algorithm) = &options.algorithm_type {
+        let class = kind.class_name();
+        let invalid = |msg: String| Err(EngineError::invalid("algorithm_type", msg));
+        if !kind.params().iter().any(|p| p == "algorithm_type") {
+            return invalid(format!(
+                "{class} has no algorithm_type (DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler and DEISMultistepScheduler have one)"
+            ));
+        }
+        if let Some((_, fixed)) = kind
+            .overrides()
+            .iter()
+            .find(|(k, _)| *k == "algorithm_type")
+            && serde_json::from_str::<String>(fixed)? != *algorithm
+        {
+            return invalid(format!(
+                "{algorithm} does not agree with the scheduler asked for, which uses {fixed}"
+            ));
+        }
+        let known = match kind {
+            SchedulerKind::Deis => deis::check_algorithm(algorithm),
+            _ => dpm_multistep::Algorithm::parse(algorithm, class).map(|_| ()),
+        };
+        if let Err(e) = known {
+            return invalid(format!("{e:#}"));
+        }
+        overrides.insert("algorithm_type".into(), Value::String(algorithm.clone()));
+    }
+    build_with(kind, cfg, steps, options.karras, &overrides)
 }
 
 /// [`build`] with further config options over the model's (e.g. `{"algorithm_type":
@@ -218,7 +280,6 @@ pub fn build_with(
     karras: Option<bool>,
     overrides: &serde_json::Map<String, Value>,
 ) -> Result<Box<dyn Scheduler>> {
-    let class = kind.class_name();
     if karras == Some(true) && !kind.supports_karras() {
         let with: Vec<&str> = SUPPORTED
             .iter()
@@ -228,7 +289,8 @@ pub fn build_with(
         return Err(EngineError::invalid(
             "karras",
             format!(
-                "{class} does not support Karras sigmas (supported by: {})",
+                "{} does not support Karras sigmas (supported by: {})",
+                kind.class_name(),
                 with.join(", ")
             ),
         ));
@@ -245,70 +307,47 @@ pub fn build_with(
     {
         all.insert("use_karras_sigmas".into(), Value::Bool(k));
     }
-    let cfg = class_config::effective(cfg, class, &all)
-        .map_err(|e| EngineError::invalid("scheduler", format!("{e:#}")))?;
-    reject_unsupported(&cfg, class)?;
+    // The class's typed config, then the scheduler for `steps`.
+    fn make<C: class_config::ClassConfig, S: Scheduler + 'static>(
+        raw: &SchedulerConfig,
+        overrides: &serde_json::Map<String, Value>,
+        new: impl FnOnce(&C) -> Result<S>,
+    ) -> Result<Box<dyn Scheduler>> {
+        let cfg = class_config::from_config::<C>(raw, overrides)
+            .map_err(|e| EngineError::invalid("scheduler", format!("{e:#}")))?;
+        reject_unsupported(&serde_json::to_value(&cfg)?, C::CLASS)?;
+        Ok(Box::new(new(&cfg)?))
+    }
     use SchedulerKind::*;
-    Ok(match kind {
-        EulerDiscrete => Box::new(self::EulerDiscrete::new(&cfg, steps)?),
-        EulerAncestralDiscrete => Box::new(self::EulerAncestralDiscrete::new(&cfg, steps)?),
-        Ddim => Box::new(self::Ddim::new(&cfg, steps)?),
-        Ddpm => Box::new(self::Ddpm::new(&cfg, steps)?),
-        Pndm | Plms => Box::new(self::Pndm::new(&cfg, steps)?),
-        Lms => Box::new(LmsDiscrete::new(&cfg, steps)?),
-        Heun => Box::new(HeunDiscrete::new(&cfg, steps)?),
-        KDpm2 => Box::new(KDpm2Discrete::new(&cfg, steps)?),
-        KDpm2Ancestral => Box::new(KDpm2AncestralDiscrete::new(&cfg, steps)?),
+    match kind {
+        EulerDiscrete => make(cfg, &all, |c| self::EulerDiscrete::new(c, steps)),
+        EulerAncestralDiscrete => make(cfg, &all, |c| self::EulerAncestralDiscrete::new(c, steps)),
+        Ddim => make(cfg, &all, |c| self::Ddim::new(c, steps)),
+        Ddpm => make(cfg, &all, |c| self::Ddpm::new(c, steps)),
+        Pndm | Plms => make(cfg, &all, |c| self::Pndm::new(c, steps)),
+        Lms => make(cfg, &all, |c| LmsDiscrete::new(c, steps)),
+        Heun => make(cfg, &all, |c| HeunDiscrete::new(c, steps)),
+        KDpm2 => make(cfg, &all, |c| KDpm2Discrete::new(c, steps)),
+        KDpm2Ancestral => make(cfg, &all, |c| KDpm2AncestralDiscrete::new(c, steps)),
         DpmSolverMultistep | DpmPlusPlus2M | DpmPlusPlus2MSde => {
-            Box::new(self::DpmSolverMultistep::new(&cfg, steps)?)
+            make(cfg, &all, |c| self::DpmSolverMultistep::new(c, steps))
         }
         DpmSolverSinglestep | DpmPlusPlus2S => {
-            Box::new(self::DpmSolverSinglestep::new(&cfg, steps)?)
+            make(cfg, &all, |c| self::DpmSolverSinglestep::new(c, steps))
         }
-        UniPc => Box::new(UniPcMultistep::new(&cfg, steps)?),
-        Deis => Box::new(DeisMultistep::new(&cfg, steps)?),
-        Lcm => Box::new(self::Lcm::new(&cfg, steps)?),
-    })
-}
-
-/// Options of the effective config that select behaviour this engine does not implement (none
-/// of them is set by SD / SDXL model folders).
-fn reject_unsupported(cfg: &SchedulerConfig, class: &str) -> Result<()> {
-    for key in ["thresholding", "use_flow_sigmas", "use_dynamic_shifting"] {
-        reject_flag(cfg, key, class)?;
+        UniPc => make(cfg, &all, |c| UniPcMultistep::new(c, steps)),
+        Deis => make(cfg, &all, |c| DeisMultistep::new(c, steps)),
+        Lcm => make(cfg, &all, |c| self::Lcm::new(c, steps)),
     }
-    let present = |key: &str| cfg.map.get(key).is_some_and(|v| !v.is_null());
-    if present("solver_p") {
-        anyhow::bail!("scheduler config `solver_p` is not supported for {class} by this engine");
-    }
-    if present("variance_type") && class != "DDPMScheduler" {
-        anyhow::bail!(
-            "scheduler config `variance_type` = {} is not supported for {class} by this engine (learned variance models are not Stable Diffusion models)",
-            cfg.str_or("variance_type", "")?
-        );
-    }
-    Ok(())
 }
 
 /// `prediction_type` of the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Prediction {
     Epsilon,
     VPrediction,
     Sample,
-}
-
-impl Prediction {
-    pub fn from_config(cfg: &SchedulerConfig) -> Result<Self> {
-        match cfg.str_or("prediction_type", "epsilon")?.as_str() {
-            "epsilon" => Ok(Prediction::Epsilon),
-            "v_prediction" => Ok(Prediction::VPrediction),
-            "sample" => Ok(Prediction::Sample),
-            other => anyhow::bail!(
-                "scheduler config `prediction_type` = {other} is not supported (epsilon, v_prediction, sample)"
-            ),
-        }
-    }
 }
 
 /// `x / d` with `d` a float32 scalar (exact IEEE division, as torch divides by a 0-dim tensor).
@@ -322,21 +361,29 @@ pub(crate) fn mul_scalar(x: &Tensor, m: f32) -> Result<Tensor> {
     Ok(x.affine(m as f64, 0.0)?)
 }
 
-/// Rejects config flags that select a behaviour not implemented here.
-pub(crate) fn reject_flag(cfg: &SchedulerConfig, key: &str, class: &str) -> Result<()> {
-    if cfg.bool_or(key, false)? {
+/// Options of a class's config (`cfg`, serialized) that select behaviour this engine does not
+/// implement; none of them is set by SD / SDXL model folders.
+fn reject_unsupported(cfg: &Value, class: &str) -> Result<()> {
+    for key in ["thresholding", "use_flow_sigmas", "use_dynamic_shifting"] {
+        if cfg[key] == Value::Bool(true) {
+            anyhow::bail!(
+                "scheduler config `{key}` = true is not supported for {class} by this engine yet"
+            );
+        }
+    }
+    if !cfg["solver_p"].is_null() {
+        anyhow::bail!("scheduler config `solver_p` is not supported for {class} by this engine");
+    }
+    if !cfg["variance_type"].is_null() && class != "DDPMScheduler" {
         anyhow::bail!(
-            "scheduler config `{key}` = true is not supported for {class} by this engine yet"
+            "scheduler config `variance_type` = {} is not supported for {class} by this engine (learned variance models are not Stable Diffusion models)",
+            cfg["variance_type"]
         );
     }
     Ok(())
 }
 
-/// Applies `clip_sample` / `clip_sample_range` when the config asks for it.
-pub(crate) fn clip_sample(cfg: &SchedulerConfig) -> Result<Option<f32>> {
-    Ok(if cfg.bool_or("clip_sample", false)? {
-        Some(cfg.f64_or("clip_sample_range", 1.0)? as f32)
-    } else {
-        None
-    })
+/// The range samples are clipped to, when the config's `clip_sample` asks for it.
+pub(crate) fn clip_sample(clip_sample: bool, clip_sample_range: f64) -> Option<f32> {
+    clip_sample.then_some(clip_sample_range as f32)
 }

@@ -7,12 +7,25 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::class_config::{Betas, ClassConfig, TimestepSpacing, class_config};
 use super::schedule::{Spacing, TrainSchedule, alpha_at, np_arange, np_linspace, np_round};
 use super::{Prediction, Scheduler, div_scalar, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "PNDMScheduler";
+class_config! {
+    /// `PNDMScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    PndmConfig = "PNDMScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::linear(),
+        skip_prk_steps: bool = false,
+        set_alpha_to_one: bool = false,
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("leading"),
+    }
+}
+
+const CLASS: &str = PndmConfig::CLASS;
 
 pub struct Pndm {
     timesteps: Vec<f64>,
@@ -31,18 +44,18 @@ pub struct Pndm {
 }
 
 impl Pndm {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
+    pub fn new(cfg: &PndmConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, false, CLASS)?;
         let n = sched.num_train_timesteps;
-        let v_prediction = match Prediction::from_config(cfg)? {
+        let v_prediction = match cfg.prediction_type {
             Prediction::Epsilon => false,
             Prediction::VPrediction => true,
             Prediction::Sample => bail!(
                 "{CLASS}: prediction_type given as sample must be one of `epsilon` or `v_prediction`"
             ),
         };
-        let spacing = Spacing::parse(&cfg.str_or("timestep_spacing", "leading")?, CLASS)?;
-        let offset = cfg.usize_or("steps_offset", 0)? as i64;
+        let spacing = Spacing::parse(&cfg.spacing.timestep_spacing, CLASS)?;
+        let offset = cfg.spacing.steps_offset as i64;
         // `_timesteps`, ascending.
         let base: Vec<i64> = match spacing {
             Spacing::Linspace => np_linspace(0.0, (n - 1) as f64, steps)
@@ -62,7 +75,7 @@ impl Pndm {
                 v
             }
         };
-        let skip_prk_steps = cfg.bool_or("skip_prk_steps", false)?;
+        let skip_prk_steps = cfg.skip_prk_steps;
         let ratio = (n / steps) as i64;
         let len = base.len();
         let (prk, plms): (Vec<i64>, Vec<i64>) = if skip_prk_steps {
@@ -97,7 +110,7 @@ impl Pndm {
         for &t in &ts {
             alpha_at(&sched.alphas_cumprod, t, CLASS)?;
         }
-        let set_alpha_to_one = cfg.bool_or("set_alpha_to_one", false)?;
+        let set_alpha_to_one = cfg.set_alpha_to_one;
         let final_alpha_cumprod = if set_alpha_to_one {
             1.0
         } else {

@@ -4,7 +4,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::config::SchedulerConfig;
+use super::class_config::Betas;
 
 /// `betas` and `alphas_cumprod` as float32, like the torch tensors of a diffusers scheduler.
 #[derive(Clone, Debug)]
@@ -101,19 +101,17 @@ fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
 }
 
 impl TrainSchedule {
-    /// Builds the schedule from a scheduler config (keys `num_train_timesteps`, `beta_start`,
-    /// `beta_end`, `beta_schedule`, `trained_betas`, `rescale_betas_zero_snr`) as the diffusers
-    /// class `class` does (which `beta_schedule`s it knows, whether a zero-SNR schedule gets a
+    /// Builds the schedule from a class's [`Betas`] and `rescale_betas_zero_snr` as the
+    /// diffusers class `class` does (which `beta_schedule`s it knows, whether a zero-SNR schedule gets a
     /// finite last sigma).
-    pub fn from_config(cfg: &SchedulerConfig, class: &str) -> Result<Self> {
-        let n = cfg.usize_or("num_train_timesteps", 1000)?;
+    pub fn new(betas_cfg: &Betas, rescale: bool, class: &str) -> Result<Self> {
+        let n = betas_cfg.num_train_timesteps;
         if n < 2 {
             bail!("scheduler config `num_train_timesteps` must be at least 2");
         }
-        let beta_start = cfg.f64_or("beta_start", 0.0001)?;
-        let beta_end = cfg.f64_or("beta_end", 0.02)?;
-        let schedule = cfg.str_or("beta_schedule", "linear")?;
-        let mut betas = if let Some(tb) = cfg.opt_f64_list("trained_betas")? {
+        let (beta_start, beta_end) = (betas_cfg.beta_start, betas_cfg.beta_end);
+        let schedule = &betas_cfg.beta_schedule;
+        let mut betas = if let Some(tb) = &betas_cfg.trained_betas {
             if tb.len() != n {
                 bail!("scheduler config `trained_betas` must have num_train_timesteps entries");
             }
@@ -150,7 +148,6 @@ impl TrainSchedule {
                 ),
             }
         };
-        let rescale = cfg.bool_or("rescale_betas_zero_snr", false)?;
         if rescale {
             betas = rescale_zero_terminal_snr(&betas);
         }

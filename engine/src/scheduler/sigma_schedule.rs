@@ -8,9 +8,9 @@ use candle_core::Tensor;
 
 use anyhow::bail;
 
+use super::class_config::{SigmaOptions, TimestepSpacing};
 use super::schedule::{Spacing, TrainSchedule, euler_timesteps, np_interp_index, np_linspace};
 use super::{Prediction, Scheduler, div_scalar, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
 /// The schedulers that step on a [`SigmaSchedule`] (Euler, Euler a, Heun, LMS, KDPM2,
@@ -131,13 +131,13 @@ pub fn init_noise_sigma(sigmas: &[f32], spacing: Spacing) -> f32 {
 /// The config's `timestep_spacing` (default "linspace") and the inference timesteps it places
 /// (with `steps_offset`), highest first.
 pub fn spaced_timesteps(
-    cfg: &SchedulerConfig,
+    cfg: &TimestepSpacing,
     sched: &TrainSchedule,
     steps: usize,
     class: &str,
 ) -> Result<(Spacing, Vec<f64>)> {
-    let spacing = Spacing::parse(&cfg.str_or("timestep_spacing", "linspace")?, class)?;
-    let offset = cfg.usize_or("steps_offset", 0)?;
+    let spacing = Spacing::parse(&cfg.timestep_spacing, class)?;
+    let offset = cfg.steps_offset;
     let timesteps = euler_timesteps(spacing, sched.num_train_timesteps, steps, offset);
     Ok((spacing, timesteps))
 }
@@ -344,10 +344,12 @@ pub enum SigmaSpacing {
 }
 
 impl SigmaSpacing {
-    pub fn from_config(cfg: &SchedulerConfig, class: &str) -> Result<Self> {
-        let karras = cfg.bool_or("use_karras_sigmas", false)?;
-        let exponential = cfg.bool_or("use_exponential_sigmas", false)?;
-        let beta = cfg.bool_or("use_beta_sigmas", false)?;
+    pub fn from_options(cfg: &SigmaOptions, class: &str) -> Result<Self> {
+        let (karras, exponential, beta) = (
+            cfg.use_karras_sigmas,
+            cfg.use_exponential_sigmas,
+            cfg.use_beta_sigmas,
+        );
         if [karras, exponential, beta].iter().filter(|&&b| b).count() > 1 {
             bail!(
                 "{class}: only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used"
@@ -367,11 +369,11 @@ impl SigmaSpacing {
 
 /// The `sigma_min` / `sigma_max` bounds of the Karras / exponential conversions: the config's
 /// when it has them (`hasattr(self.config, "sigma_min")`), else the given sigmas' ends.
-pub fn sigma_bounds(cfg: &SchedulerConfig, first: f64, last: f64) -> Result<(f64, f64)> {
-    Ok((
-        cfg.opt_f64("sigma_min")?.unwrap_or(last),
-        cfg.opt_f64("sigma_max")?.unwrap_or(first),
-    ))
+pub fn sigma_bounds(cfg: &SigmaOptions, first: f64, last: f64) -> (f64, f64) {
+    (
+        cfg.sigma_min.unwrap_or(last),
+        cfg.sigma_max.unwrap_or(first),
+    )
 }
 
 /// What the k-diffusion style discrete schedulers (LMS, Heun, KDPM2, KDPM2 ancestral) share in
@@ -395,24 +397,25 @@ pub struct KOptions {
 }
 
 pub fn k_schedule(
-    cfg: &SchedulerConfig,
+    spacing: &TimestepSpacing,
+    cfg: &SigmaOptions,
     sched: &TrainSchedule,
     steps: usize,
     class: &str,
     opts: KOptions,
 ) -> Result<KSchedule> {
-    let (spacing, timesteps) = spaced_timesteps(cfg, sched, steps, class)?;
+    let (spacing, timesteps) = spaced_timesteps(spacing, sched, steps, class)?;
     let train = sched.sigmas();
     let log_sigmas = log_sigmas(&train);
     let mut sigmas = interp_sigmas(&timesteps, &train);
     let mut timesteps = timesteps;
-    let conversion = SigmaSpacing::from_config(cfg, class)?;
+    let conversion = SigmaSpacing::from_options(cfg, class)?;
     let (first, last) = (sigmas[0], *sigmas.last().unwrap_or(&0.0));
     match conversion {
         SigmaSpacing::Interpolated => {}
         SigmaSpacing::Karras => {
             let (lo, hi) = if opts.karras_config_bounds {
-                sigma_bounds(cfg, first, last)?
+                sigma_bounds(cfg, first, last)
             } else {
                 (last, first)
             };
@@ -430,7 +433,7 @@ pub fn k_schedule(
                 .collect();
         }
         SigmaSpacing::Exponential | SigmaSpacing::Beta => {
-            let (lo, hi) = sigma_bounds(cfg, first, last)?;
+            let (lo, hi) = sigma_bounds(cfg, first, last);
             sigmas = if conversion == SigmaSpacing::Beta {
                 beta_sigmas(lo, hi, steps)
             } else {

@@ -8,13 +8,13 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
+use super::class_config::SigmaOptions;
 use super::schedule::{Spacing, TrainSchedule, np_arange, np_linspace, np_round};
 use super::sigma_schedule::{
     SigmaSpacing, beta_sigmas, exponential_sigmas, interp_sigmas, karras_sigmas, log_sigmas,
     sigma_bounds, sigma_to_t,
 };
 use super::{Prediction, div_scalar, mul_scalar};
-use crate::config::SchedulerConfig;
 
 /// `alpha_t, sigma_t` of a sigma (`_sigma_to_alpha_sigma_t`, float32).
 pub fn alpha_sigma(sigma: f32) -> (f32, f32) {
@@ -27,12 +27,37 @@ pub fn lambda(alpha: f32, sigma_t: f32) -> f32 {
     alpha.ln() - sigma_t.ln()
 }
 
+/// One point of a solver's path: `alpha_t`, `sigma_t` and the log-SNR `lambda_t` of a sigma.
+#[derive(Clone, Copy, Debug)]
+pub struct Point {
+    pub alpha: f32,
+    pub sigma: f32,
+    pub lambda: f32,
+}
+
+impl Point {
+    pub fn at(sigma: f32) -> Self {
+        let (alpha, sigma) = alpha_sigma(sigma);
+        Point {
+            alpha,
+            sigma,
+            lambda: lambda(alpha, sigma),
+        }
+    }
+
+    /// The points a step from index `i` uses: `t` (`sigmas[i + 1]`), then `s0` (`sigmas[i]`),
+    /// `s1` (`sigmas[i - 1]`), ... back to `N - 1` points before `t`.
+    pub fn around<const N: usize>(sigmas: &[f32], i: usize) -> [Point; N] {
+        std::array::from_fn(|k| Point::at(sigmas[i + 1 - k]))
+    }
+}
+
 /// `num_train_timesteps - searchsorted(flip(lambda_t), lambda_min_clipped)`: the top of the
 /// timestep range once the steps whose log-SNR is below `lambda_min_clipped` are cut.
-pub fn clipped_last_timestep(sched: &TrainSchedule, cfg: &SchedulerConfig) -> Result<usize> {
+pub fn clipped_last_timestep(sched: &TrainSchedule, lambda_min_clipped: Option<f64>) -> usize {
     let n = sched.num_train_timesteps;
-    let Some(clip) = cfg.opt_f64("lambda_min_clipped")? else {
-        return Ok(n);
+    let Some(clip) = lambda_min_clipped else {
+        return n;
     };
     let clip = clip as f32;
     let lambdas: Vec<f32> = sched
@@ -42,7 +67,7 @@ pub fn clipped_last_timestep(sched: &TrainSchedule, cfg: &SchedulerConfig) -> Re
         .collect();
     // flip(lambda_t) ascends; searchsorted (left) counts the entries below `clip`.
     let idx = lambdas.iter().rev().take_while(|&&l| l < clip).count();
-    Ok(n - idx)
+    n - idx
 }
 
 /// The integer timesteps of the solvers: `linspace(0, last - 1, steps + 1)` rounded, reversed,
@@ -84,8 +109,8 @@ pub fn solver_timesteps(
 pub enum KarrasRounding {
     /// `round()` (then `int64`).
     Round,
-    /// `round()` unless `beta_schedule` is `squaredcos_cap_v2` (DPMSolverMultistep).
-    RoundUnlessCosine,
+    /// Truncation only (DPMSolverMultistep with `beta_schedule` `squaredcos_cap_v2`).
+    Truncate,
 }
 
 /// Timesteps and sigmas (one per timestep, float64, before the final sigma) of a solver.
@@ -101,7 +126,8 @@ pub struct SolverSigmas {
 /// the training sigmas' ends, or the config's `sigma_min` / `sigma_max`) with timesteps from
 /// `_sigma_to_t`.
 pub fn solver_sigmas(
-    cfg: &SchedulerConfig,
+    cfg: &SigmaOptions,
+    use_lu_lambdas: bool,
     sched: &TrainSchedule,
     class: &str,
     timesteps: Vec<i64>,
@@ -110,15 +136,13 @@ pub fn solver_sigmas(
 ) -> Result<SolverSigmas> {
     let train = sched.sigmas();
     let logs = log_sigmas(&train);
-    let conversion = SigmaSpacing::from_config(cfg, class)?;
-    let lu = cfg.bool_or("use_lu_lambdas", false)?;
+    let conversion = SigmaSpacing::from_options(cfg, class)?;
+    let lu = use_lu_lambdas;
     // np.flip(sigmas): the largest training sigma first.
     let (first, last) = (train[train.len() - 1] as f64, train[0] as f64);
     let round = match rounding {
         KarrasRounding::Round => true,
-        KarrasRounding::RoundUnlessCosine => {
-            cfg.str_or("beta_schedule", "linear")? != "squaredcos_cap_v2"
-        }
+        KarrasRounding::Truncate => false,
     };
     let to_t = |sigmas: &[f64], round: bool| -> Vec<i64> {
         sigmas
@@ -132,7 +156,7 @@ pub fn solver_sigmas(
     };
     Ok(match conversion {
         SigmaSpacing::Karras => {
-            let (lo, hi) = sigma_bounds(cfg, first, last)?;
+            let (lo, hi) = sigma_bounds(cfg, first, last);
             let sigmas = karras_sigmas(lo, hi, steps);
             SolverSigmas {
                 timesteps: to_t(&sigmas, round),
@@ -141,7 +165,7 @@ pub fn solver_sigmas(
             }
         }
         SigmaSpacing::Exponential | SigmaSpacing::Beta => {
-            let (lo, hi) = sigma_bounds(cfg, first, last)?;
+            let (lo, hi) = sigma_bounds(cfg, first, last);
             let sigmas = if conversion == SigmaSpacing::Beta {
                 beta_sigmas(lo, hi, steps)
             } else {

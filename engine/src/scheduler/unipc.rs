@@ -6,16 +6,44 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
+use super::class_config::{
+    Betas, ClassConfig, FlowOptions, SigmaOptions, Thresholding, TimestepSpacing, class_config,
+};
 use super::schedule::{Spacing, TrainSchedule};
 use super::solver_schedule::{
     KarrasRounding, alpha_sigma, eps_prediction, lambda, solver_sigmas, solver_timesteps,
     train_sigma_min, vp_add_noise, x0_prediction,
 };
 use super::{Prediction, Scheduler, mul_scalar};
-use crate::config::SchedulerConfig;
 use crate::noise::NoiseSource;
 
-const CLASS: &str = "UniPCMultistepScheduler";
+class_config! {
+    /// `UniPCMultistepScheduler.__init__`'s parameters and defaults (diffusers 0.42).
+    UniPcConfig = "UniPCMultistepScheduler" {
+        #[serde(flatten)]
+        betas: Betas = Betas::linear(),
+        solver_order: usize = 2,
+        prediction_type: Prediction = Prediction::Epsilon,
+        #[serde(flatten)]
+        thresholding: Thresholding = Thresholding::default(),
+        predict_x0: bool = true,
+        solver_type: String = "bh2".into(),
+        lower_order_final: bool = true,
+        disable_corrector: Vec<usize> = Vec::new(),
+        solver_p: Option<serde_json::Value> = None,
+        #[serde(flatten)]
+        sigmas: SigmaOptions = SigmaOptions::default(),
+        #[serde(flatten)]
+        flow: FlowOptions = FlowOptions::default(),
+        #[serde(flatten)]
+        spacing: TimestepSpacing = TimestepSpacing::new("linspace"),
+        final_sigmas_type: String = "zero".into(),
+        rescale_betas_zero_snr: bool = false,
+        shift_terminal: Option<f64> = None,
+    }
+}
+
+const CLASS: &str = UniPcConfig::CLASS;
 
 pub struct UniPcMultistep {
     timesteps: Vec<f64>,
@@ -69,24 +97,32 @@ struct Coeffs {
 }
 
 impl UniPcMultistep {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::from_config(cfg, CLASS)?;
-        let prediction = Prediction::from_config(cfg)?;
-        let bh1 = match cfg.str_or("solver_type", "bh2")?.as_str() {
+    pub fn new(cfg: &UniPcConfig, steps: usize) -> Result<Self> {
+        let sched = TrainSchedule::new(&cfg.betas, cfg.rescale_betas_zero_snr, CLASS)?;
+        let prediction = cfg.prediction_type;
+        let bh1 = match cfg.solver_type.as_str() {
             "bh1" => true,
             "bh2" | "midpoint" | "heun" | "logrho" => false,
             other => bail!("{CLASS}: `solver_type` = {other} is not implemented"),
         };
-        let solver_order = cfg.usize_or("solver_order", 2)?;
+        let solver_order = cfg.solver_order;
         if solver_order == 0 {
             bail!("{CLASS}: `solver_order` must be at least 1");
         }
-        let spacing = Spacing::parse(&cfg.str_or("timestep_spacing", "linspace")?, CLASS)?;
+        let spacing = Spacing::parse(&cfg.spacing.timestep_spacing, CLASS)?;
         let n = sched.num_train_timesteps;
-        let offset = cfg.usize_or("steps_offset", 0)?;
+        let offset = cfg.spacing.steps_offset;
         let timesteps = solver_timesteps(spacing, n, n, steps, offset);
-        let s = solver_sigmas(cfg, &sched, CLASS, timesteps, steps, KarrasRounding::Round)?;
-        let final_sigma = match cfg.str_or("final_sigmas_type", "zero")?.as_str() {
+        let s = solver_sigmas(
+            &cfg.sigmas,
+            false,
+            &sched,
+            CLASS,
+            timesteps,
+            steps,
+            KarrasRounding::Round,
+        )?;
+        let final_sigma = match cfg.final_sigmas_type.as_str() {
             "zero" => 0.0,
             // The last converted sigma for Karras / exponential sigmas, else the training one.
             "sigma_min" if s.converted => *s.sigmas.last().unwrap_or(&0.0) as f32,
@@ -95,7 +131,7 @@ impl UniPcMultistep {
                 "{CLASS}: `final_sigmas_type` must be one of 'zero', or 'sigma_min', but got {other}"
             ),
         };
-        let predict_x0 = cfg.bool_or("predict_x0", true)?;
+        let predict_x0 = cfg.predict_x0;
         if (bh1 || !predict_x0) && final_sigma == 0.0 {
             // At a zero final sigma h = inf: diffusers computes `alpha_t * B_h * 0` with
             // B_h = -inf (bh1), or `sigma_t * expm1(h)` = 0 * inf (noise prediction): NaN images.
@@ -105,16 +141,7 @@ impl UniPcMultistep {
         }
         let mut sigmas: Vec<f32> = s.sigmas.iter().map(|&v| v as f32).collect();
         sigmas.push(final_sigma);
-        let disable_corrector = match cfg.map.get("disable_corrector") {
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .map(|v| v.as_u64().map(|x| x as usize))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    anyhow::anyhow!("{CLASS}: `disable_corrector` must hold integers")
-                })?,
-            _ => vec![],
-        };
+        let disable_corrector = cfg.disable_corrector.clone();
         Ok(UniPcMultistep {
             timesteps: s.timesteps.iter().map(|&t| t as f64).collect(),
             sigmas,
@@ -122,7 +149,7 @@ impl UniPcMultistep {
             predict_x0,
             bh1,
             solver_order,
-            lower_order_final: cfg.bool_or("lower_order_final", true)?,
+            lower_order_final: cfg.lower_order_final,
             disable_corrector,
             model_outputs: vec![None; solver_order],
             lower_order_nums: 0,

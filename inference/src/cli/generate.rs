@@ -29,6 +29,10 @@ pub struct GenerateArgs {
     /// UniPC, DEIS; the others run as configured).
     #[arg(long)]
     pub karras: bool,
+    /// DPM-Solver's algorithm_type (dpmsolver, dpmsolver++, sde-dpmsolver, sde-dpmsolver++;
+    /// DEIS: deis) over the model's scheduler config.
+    #[arg(long)]
+    pub algorithm_type: Option<String>,
     /// Init image for img2img (any size; resized to width x height).
     #[arg(long)]
     pub init_image: Option<PathBuf>,
@@ -76,6 +80,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let params = GenerateParams {
         samples: args.samples,
         karras: if args.karras { Some(true) } else { None },
+        algorithm_type: args.algorithm_type.clone(),
         init_image,
         ..args.sampling.params(&info, seed)
     };

@@ -45,6 +45,7 @@ pub struct Draft {
     pub samples: usize,
     pub scheduler: Option<String>,
     pub karras: Option<bool>,
+    pub algorithm_type: Option<String>,
     pub init_image: Option<(image::DynamicImage, f64)>,
     /// None: the model's default.
     pub width: Option<usize>,
@@ -66,6 +67,7 @@ impl Draft {
             samples: self.samples,
             scheduler: self.scheduler.clone(),
             karras: self.karras,
+            algorithm_type: self.algorithm_type.clone(),
             init_image: self.init_image.clone(),
         }
     }
@@ -127,6 +129,7 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
         samples: req.samples as usize,
         scheduler: req.scheduler.clone().or_else(|| defaults.scheduler.clone()),
         karras: req.karras,
+        algorithm_type: req.algorithm_type.clone(),
         init_image,
         width: width.map(|v| v as usize),
         height: height.map(|v| v as usize),
@@ -230,6 +233,7 @@ mod tests {
             samples: 1,
             scheduler: None,
             karras: None,
+            algorithm_type: None,
             init_image: None,
         }
     }
