@@ -24,23 +24,23 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use candle_core::{DType, Device, Tensor};
 
 mod conditioning;
 mod denoise;
 mod latents;
+mod load;
+mod plan;
 
-use super::clip::ClipTextEncoder;
-use super::config::{
-    ModelIndex, OneOrMany, SchedulerConfig, UNET_KEEP_NULL, UNetConfig, VaeConfig, read_config,
-    read_json,
-};
+pub use load::{Architecture, KNOWN_PIPELINE_CLASSES, model_dtype};
+pub use plan::{BatchKey, Plan};
+
+use super::config::{ModelIndex, SchedulerConfig};
 use super::error::EngineError;
 use super::image_io::tensor_to_images;
 use super::noise::NoiseSource;
 use super::scheduler::{self, SchedulerKind};
-use super::tokenizer::ClipTokenizer;
 use super::unet::UNet;
 use super::vae::AutoencoderKl;
 use super::{GenerateParams, Generated, ModelInfo, StageTimings};
@@ -52,45 +52,6 @@ use denoise::DenoiseRun;
 pub const MAX_SIDE: usize = 4096;
 /// Largest number of images per request (the inference server's cap too).
 pub const MAX_SAMPLES: usize = 8;
-
-/// Model families the engine knows how to condition. Decided from the components a model
-/// folder has and their configs, never from a name (see [`Pipeline::load`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Architecture {
-    /// SD 1.x (and LCM-distilled SD 1.5): one CLIP text encoder (quick_gelu, OpenAI CLIP),
-    /// conditioning on its last hidden state after the final layer norm.
-    StableDiffusion1,
-    /// SD 2.x: as SD 1.x, with an OpenCLIP text encoder (gelu); typically v-prediction, linear
-    /// projections and `upcast_attention` (all read from the configs).
-    StableDiffusion2,
-    /// SDXL base / Turbo / SSD-1B: two CLIP encoders, `text_time` added conditioning.
-    StableDiffusionXl,
-}
-
-impl Architecture {
-    pub fn name(self) -> &'static str {
-        match self {
-            Architecture::StableDiffusion1 => "stable-diffusion-1",
-            Architecture::StableDiffusion2 => "stable-diffusion-2",
-            Architecture::StableDiffusionXl => "stable-diffusion-xl",
-        }
-    }
-
-    pub fn is_xl(self) -> bool {
-        self == Architecture::StableDiffusionXl
-    }
-}
-
-/// Pipeline classes whose components this engine runs as they are; a folder naming any other
-/// class is run when its components are those of one of these (decided by
-/// [`Pipeline::load`], with a log line).
-pub const KNOWN_PIPELINE_CLASSES: &[&str] = &[
-    "StableDiffusionPipeline",
-    "StableDiffusionImg2ImgPipeline",
-    "LatentConsistencyModelPipeline",
-    "StableDiffusionXLPipeline",
-    "StableDiffusionXLImg2ImgPipeline",
-];
 
 pub struct Pipeline {
     dir: PathBuf,
@@ -107,197 +68,7 @@ pub struct Pipeline {
     dtype: DType,
 }
 
-fn component_dir(dir: &Path, index: &ModelIndex, name: &str) -> Result<PathBuf> {
-    if index.component(name).is_none() {
-        bail!(
-            "{}: model_index.json has no `{name}` component",
-            dir.join("model_index.json").display()
-        );
-    }
-    let d = dir.join(name);
-    if !d.is_dir() {
-        bail!("model folder {} has no {name}/ directory", dir.display());
-    }
-    Ok(d)
-}
-
-/// The dtype the models run in on `device` unless told otherwise: f32 on the CPU (where the
-/// fused kernels are), bf16 on a GPU (half the memory and tensor-core speed of f16, without
-/// f16's overflow in the SDXL VAE and SD 2.x attention).
-pub fn model_dtype(device: &Device) -> DType {
-    if device.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    }
-}
-
-/// Whether the SDXL family (two text encoders) or SD 1.x / 2.x (one), from the components
-/// model_index.json lists.
-fn is_xl_folder(dir: &Path, index: &ModelIndex) -> Result<bool> {
-    let has = |name: &str| index.component(name).is_some();
-    let index_path = dir.join("model_index.json");
-    if has("text_encoder_2") || has("tokenizer_2") {
-        if !has("text_encoder") || !has("tokenizer") {
-            bail!(
-                "{}: a model with text_encoder_2 but no text_encoder (the SDXL refiner) is not supported yet",
-                index_path.display()
-            );
-        }
-        return Ok(true);
-    }
-    for name in ["text_encoder", "tokenizer", "unet", "vae", "scheduler"] {
-        if !has(name) {
-            bail!(
-                "{}: pipeline class {} without a `{name}` component is not a Stable Diffusion model this engine runs (supported: {})",
-                index_path.display(),
-                index.class_name,
-                KNOWN_PIPELINE_CLASSES.join(", ")
-            );
-        }
-    }
-    Ok(false)
-}
-
 impl Pipeline {
-    /// Loads a diffusers-format model folder. The architecture is decided from the components
-    /// model_index.json lists (`text_encoder_2` → SDXL, else SD 1.x / 2.x) and from their
-    /// configs, whatever the pipeline class is called. Models run in f32 on the CPU and in
-    /// bf16 on a GPU ([`model_dtype`]; in f16 the SDXL VAE runs in f32 when its config has
-    /// `force_upcast`, as diffusers does to keep it from overflowing).
-    pub fn load(dir: &Path, device: &Device) -> Result<Pipeline> {
-        Self::load_with_dtype(dir, device, model_dtype(device))
-    }
-
-    /// [`Pipeline::load`] with the models in `dtype` (f32, f16 or bf16) instead of the
-    /// device's default. Latents and scheduler arithmetic stay in f32. Off f32 on the CPU the
-    /// engine takes candle's generic ops instead of its fused CPU kernels: the path a GPU
-    /// takes, slow on a CPU (for tests).
-    pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Pipeline> {
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            bail!("model dtype {dtype:?} is not supported (f32, f16, bf16)");
-        }
-        let index: ModelIndex = read_json(&dir.join("model_index.json"))?;
-        let xl = is_xl_folder(dir, &index)?;
-        if index.requires_aesthetics_score == Some(true) {
-            bail!("SDXL refiner models (requires_aesthetics_score) are not supported yet");
-        }
-        let pairs: &[(&str, &str)] = if xl {
-            &[
-                ("tokenizer", "text_encoder"),
-                ("tokenizer_2", "text_encoder_2"),
-            ]
-        } else {
-            &[("tokenizer", "text_encoder")]
-        };
-        let mut encoders = Vec::new();
-        for &(tok, enc) in pairs {
-            let tdir = component_dir(dir, &index, tok)?;
-            let edir = component_dir(dir, &index, enc)?;
-            let class = index.component(enc).map(|c| c.1).unwrap_or_default();
-            let with_projection = class == "CLIPTextModelWithProjection";
-            encoders.push(TextEncoderSlot {
-                tokenizer: ClipTokenizer::load(&tdir)?,
-                encoder: ClipTextEncoder::load(&edir, with_projection, device, dtype)
-                    .with_context(|| format!("loading {}", edir.display()))?,
-            });
-        }
-        if xl && !encoders[1].encoder.with_projection {
-            bail!("SDXL: text_encoder_2 must be a CLIPTextModelWithProjection");
-        }
-        let unet_dir = component_dir(dir, &index, "unet")?;
-        let vae_dir = component_dir(dir, &index, "vae")?;
-        let vae_cfg: VaeConfig = read_config(&vae_dir.join("config.json"), &[])?;
-        let unet_cfg_path = unet_dir.join("config.json");
-        let unet_cfg: UNetConfig = read_config(&unet_cfg_path, UNET_KEEP_NULL)?;
-        let latent = vae_cfg.latent_channels;
-        if unet_cfg.in_channels != latent || unet_cfg.out_channels != latent {
-            bail!(
-                "{}: the unet takes {} and returns {} channels but the vae has {latent} latent channels (inpainting / upscaling / instruct-pix2pix models are not supported yet)",
-                unet_cfg_path.display(),
-                unet_cfg.in_channels,
-                unet_cfg.out_channels
-            );
-        }
-        let unet = UNet::load(&unet_dir, device, dtype)?;
-        // diffusers' SDXL pipelines run a `force_upcast` VAE in f32 when the model is in f16
-        // (the SDXL VAE overflows f16; an fp16-fix VAE sets force_upcast false); bf16 has
-        // f32's range and stays as it is, and the SD pipelines never upcast.
-        let vae_dtype = if xl && vae_cfg.force_upcast && dtype == DType::F16 {
-            DType::F32
-        } else {
-            dtype
-        };
-        let vae = AutoencoderKl::load(&vae_dir, device, vae_dtype)?;
-        let sched_path = component_dir(dir, &index, "scheduler")?.join("scheduler_config.json");
-        let scheduler_config = SchedulerConfig::load(&sched_path)?;
-        if xl && !unet.needs_added_cond() {
-            bail!(
-                "{}: an SDXL-family model (text_encoder_2) needs addition_embed_type \"text_time\"",
-                unet_cfg_path.display()
-            );
-        }
-        if !xl && unet.needs_added_cond() {
-            bail!(
-                "{}: addition_embed_type \"text_time\" needs SDXL's two text encoders, but model_index.json lists no text_encoder_2",
-                unet_cfg_path.display()
-            );
-        }
-        let (cross, what) = if xl {
-            (
-                encoders
-                    .iter()
-                    .map(|e| e.encoder.config.hidden_size)
-                    .sum::<usize>(),
-                "text encoders' hidden sizes sum to",
-            )
-        } else {
-            (
-                encoders[0].encoder.config.hidden_size,
-                "text encoder's hidden size is",
-            )
-        };
-        let unet_cross = match &unet.config.cross_attention_dim {
-            OneOrMany::One(c) => vec![*c],
-            OneOrMany::Many(v) => v.clone(),
-        };
-        if unet_cross.iter().any(|&c| c != cross) {
-            bail!(
-                "the {what} {cross}, but the unet's cross_attention_dim is {:?}",
-                unet.config.cross_attention_dim
-            );
-        }
-        let arch = if xl {
-            Architecture::StableDiffusionXl
-        } else if encoders[0].encoder.config.hidden_act == "gelu" {
-            // OpenCLIP text encoders (SD 2.x) use gelu; OpenAI CLIP ViT-L (SD 1.x) quick_gelu.
-            Architecture::StableDiffusion2
-        } else {
-            Architecture::StableDiffusion1
-        };
-        if !KNOWN_PIPELINE_CLASSES.contains(&index.class_name.as_str()) {
-            tracing::info!(
-                class = %index.class_name,
-                architecture = arch.name(),
-                "model_index.json names another pipeline class; running it as {} from its components",
-                if xl { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" }
-            );
-        }
-        Ok(Pipeline {
-            dir: dir.to_path_buf(),
-            // Only the SDXL pipelines have this option; SD 1.x / 2.x encode "" instead.
-            force_zeros_for_empty_prompt: xl && index.force_zeros_for_empty_prompt.unwrap_or(true),
-            index,
-            arch,
-            encoders,
-            unet,
-            vae,
-            scheduler_config,
-            device: device.clone(),
-            dtype: DType::F32,
-        })
-    }
-
     /// The architecture the folder was recognised as.
     pub fn architecture(&self) -> Architecture {
         self.arch
@@ -377,103 +148,6 @@ impl Pipeline {
             default_guidance,
             uses_cfg_embedding: lcm,
         }
-    }
-
-    fn validate(&self, p: &GenerateParams) -> Result<()> {
-        let f = self.vae_scale_factor();
-        for (name, v) in [("width", p.width), ("height", p.height)] {
-            if v == 0 || v % f != 0 || v > MAX_SIDE {
-                return Err(EngineError::invalid(
-                    name,
-                    format!(
-                        "{v} is not accepted: must be a positive multiple of {f}, at most {MAX_SIDE}"
-                    ),
-                ));
-            }
-        }
-        let n_train = self
-            .scheduler_config
-            .usize_or("num_train_timesteps", 1000)?;
-        if p.steps == 0 || p.steps > n_train {
-            return Err(EngineError::invalid(
-                "steps",
-                format!(
-                    "{} is not accepted: must be between 1 and {n_train}",
-                    p.steps
-                ),
-            ));
-        }
-        if !p.guidance.is_finite() || p.guidance < 0.0 {
-            return Err(EngineError::invalid(
-                "guidance",
-                format!(
-                    "{} is not accepted: must be a finite number >= 0",
-                    p.guidance
-                ),
-            ));
-        }
-        if p.samples == 0 || p.samples > MAX_SAMPLES {
-            return Err(EngineError::invalid(
-                "samples",
-                format!(
-                    "{} is not accepted: must be between 1 and {MAX_SAMPLES}",
-                    p.samples
-                ),
-            ));
-        }
-        if let Some((_, strength)) = &p.init_image {
-            let s = *strength;
-            if !(s.is_finite() && s > 0.0 && s <= 1.0) {
-                return Err(EngineError::invalid(
-                    "strength",
-                    format!("{s} is not accepted: must be in (0, 1]"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks `params` against this model once and decides everything the run needs: the
-    /// scheduler (the request's, else the model's), Karras sigmas, where image-to-image
-    /// starts, and so what the request must share with others to run in one batch
-    /// ([`Plan::key`]). The pipeline runs plans without checking them again.
-    pub fn plan(&self, params: GenerateParams) -> Result<Plan> {
-        self.validate(&params)?;
-        let (scheduler, name_karras) = match &params.scheduler {
-            Some(name) => scheduler::resolve(name)?,
-            None => (self.default_scheduler()?, None),
-        };
-        // The `karras` option asks for Karras sigmas where the scheduler has them (the
-        // contract's meaning; ModelsLab sends use_karras_sigmas=yes with any scheduler);
-        // a name that asks for them ("DDIM Karras") was refused by `resolve` already.
-        let options = scheduler::Options {
-            karras: params
-                .karras
-                .filter(|_| scheduler.supports_karras())
-                .or(name_karras),
-            algorithm_type: params.algorithm_type.clone(),
-        };
-        // Built once here to check the options against this model's config (microseconds);
-        // the batch builds its own when it runs.
-        scheduler::build(scheduler, &self.scheduler_config, params.steps, &options).map_err(
-            |e| match e.downcast::<EngineError>() {
-                Ok(e) => e.into(),
-                Err(e) => EngineError::invalid("scheduler", format!("{e:#}")),
-            },
-        )?;
-        let has_time_cond = self.unet.config.time_cond_proj_dim.is_some();
-        let strength = params.init_image.as_ref().map(|(_, s)| *s);
-        let key = BatchKey {
-            width: params.width,
-            height: params.height,
-            steps: params.steps,
-            scheduler,
-            options,
-            do_cfg: params.guidance > 1.0 && !has_time_cond,
-            img2img: strength.is_some(),
-            begin: denoise::first_step(params.steps, strength, scheduler.order()),
-        };
-        Ok(Plan { params, key })
     }
 
     /// Plans and runs one request. `on_step(done, total)` is called after every denoising
@@ -607,39 +281,4 @@ impl Pipeline {
             })
             .collect())
     }
-}
-
-/// A request checked against one loaded model, with everything its run needs decided
-/// ([`Pipeline::plan`]).
-#[derive(Clone, Debug)]
-pub struct Plan {
-    params: GenerateParams,
-    key: BatchKey,
-}
-
-impl Plan {
-    pub fn params(&self) -> &GenerateParams {
-        &self.params
-    }
-
-    /// What the request must share with others to run in one batch with them.
-    pub fn key(&self) -> &BatchKey {
-        &self.key
-    }
-}
-
-/// What requests must share to run as one batch: everything that shapes the denoising loop
-/// (latent size, timesteps, scheduler, whether the UNet runs twice for guidance, where
-/// image-to-image starts). Prompts, seeds, guidance scales and init images may differ.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BatchKey {
-    pub width: usize,
-    pub height: usize,
-    pub steps: usize,
-    pub scheduler: SchedulerKind,
-    pub options: scheduler::Options,
-    pub do_cfg: bool,
-    pub img2img: bool,
-    /// The first timestep that runs (image-to-image skips the early ones).
-    pub begin: usize,
 }

@@ -1,0 +1,144 @@
+//! A request checked against a loaded model once, and everything its run needs decided:
+//! [`Pipeline::plan`] makes a [`Plan`], whose [`BatchKey`] says which requests may share a
+//! batch.
+
+use anyhow::Result;
+
+use super::{MAX_SAMPLES, MAX_SIDE, Pipeline, denoise};
+use crate::GenerateParams;
+use crate::error::EngineError;
+use crate::scheduler::{self, SchedulerKind};
+
+impl Pipeline {
+    fn validate(&self, p: &GenerateParams) -> Result<()> {
+        let f = self.vae_scale_factor();
+        for (name, v) in [("width", p.width), ("height", p.height)] {
+            if v == 0 || v % f != 0 || v > MAX_SIDE {
+                return Err(EngineError::invalid(
+                    name,
+                    format!(
+                        "{v} is not accepted: must be a positive multiple of {f}, at most {MAX_SIDE}"
+                    ),
+                ));
+            }
+        }
+        let n_train = self
+            .scheduler_config
+            .usize_or("num_train_timesteps", 1000)?;
+        if p.steps == 0 || p.steps > n_train {
+            return Err(EngineError::invalid(
+                "steps",
+                format!(
+                    "{} is not accepted: must be between 1 and {n_train}",
+                    p.steps
+                ),
+            ));
+        }
+        if !p.guidance.is_finite() || p.guidance < 0.0 {
+            return Err(EngineError::invalid(
+                "guidance",
+                format!(
+                    "{} is not accepted: must be a finite number >= 0",
+                    p.guidance
+                ),
+            ));
+        }
+        if p.samples == 0 || p.samples > MAX_SAMPLES {
+            return Err(EngineError::invalid(
+                "samples",
+                format!(
+                    "{} is not accepted: must be between 1 and {MAX_SAMPLES}",
+                    p.samples
+                ),
+            ));
+        }
+        if let Some((_, strength)) = &p.init_image {
+            let s = *strength;
+            if !(s.is_finite() && s > 0.0 && s <= 1.0) {
+                return Err(EngineError::invalid(
+                    "strength",
+                    format!("{s} is not accepted: must be in (0, 1]"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `params` against this model once and decides everything the run needs: the
+    /// scheduler (the request's, else the model's), Karras sigmas, where image-to-image
+    /// starts, and so what the request must share with others to run in one batch
+    /// ([`Plan::key`]). The pipeline runs plans without checking them again.
+    pub fn plan(&self, params: GenerateParams) -> Result<Plan> {
+        self.validate(&params)?;
+        let (scheduler, name_karras) = match &params.scheduler {
+            Some(name) => scheduler::resolve(name)?,
+            None => (self.default_scheduler()?, None),
+        };
+        // The `karras` option asks for Karras sigmas where the scheduler has them (the
+        // contract's meaning; ModelsLab sends use_karras_sigmas=yes with any scheduler);
+        // a name that asks for them ("DDIM Karras") was refused by `resolve` already.
+        let options = scheduler::Options {
+            karras: params
+                .karras
+                .filter(|_| scheduler.supports_karras())
+                .or(name_karras),
+            algorithm_type: params.algorithm_type.clone(),
+        };
+        // Built once here to check the options against this model's config (microseconds);
+        // the batch builds its own when it runs.
+        scheduler::build(scheduler, &self.scheduler_config, params.steps, &options).map_err(
+            |e| match e.downcast::<EngineError>() {
+                Ok(e) => e.into(),
+                Err(e) => EngineError::invalid("scheduler", format!("{e:#}")),
+            },
+        )?;
+        let has_time_cond = self.unet.config.time_cond_proj_dim.is_some();
+        let strength = params.init_image.as_ref().map(|(_, s)| *s);
+        let key = BatchKey {
+            width: params.width,
+            height: params.height,
+            steps: params.steps,
+            scheduler,
+            options,
+            do_cfg: params.guidance > 1.0 && !has_time_cond,
+            img2img: strength.is_some(),
+            begin: denoise::first_step(params.steps, strength, scheduler.order()),
+        };
+        Ok(Plan { params, key })
+    }
+}
+
+/// A request checked against one loaded model, with everything its run needs decided
+/// ([`Pipeline::plan`]).
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub(super) params: GenerateParams,
+    pub(super) key: BatchKey,
+}
+
+impl Plan {
+    pub fn params(&self) -> &GenerateParams {
+        &self.params
+    }
+
+    /// What the request must share with others to run in one batch with them.
+    pub fn key(&self) -> &BatchKey {
+        &self.key
+    }
+}
+
+/// What requests must share to run as one batch: everything that shapes the denoising loop
+/// (latent size, timesteps, scheduler, whether the UNet runs twice for guidance, where
+/// image-to-image starts). Prompts, seeds, guidance scales and init images may differ.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchKey {
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+    pub scheduler: SchedulerKind,
+    pub options: scheduler::Options,
+    pub do_cfg: bool,
+    pub img2img: bool,
+    /// The first timestep that runs (image-to-image skips the early ones).
+    pub begin: usize,
+}
