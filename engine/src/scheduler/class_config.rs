@@ -24,7 +24,15 @@ pub trait ClassConfig: Serialize + DeserializeOwned + Default {
 
 /// Declares a class's configuration: `Name = "DiffusersClass" { field: Type = default, ... }`,
 /// each parameter with its default written once. Group structs go in with `#[serde(flatten)]`.
+/// Classes whose `__init__` is the same list name each their own type before the one list:
+/// `A = "ClassA", B = "ClassB" { ... }`.
 macro_rules! class_config {
+    ($(#[$m:meta])* $name:ident = $class:literal, $($more:ident = $more_class:literal),+ {
+        $($body:tt)*
+    }) => {
+        class_config! { $(#[$m])* $name = $class { $($body)* } }
+        class_config! { $(#[$m])* $($more = $more_class),+ { $($body)* } }
+    };
     ($(#[$m:meta])* $name:ident = $class:literal {
         $( $(#[$fm:meta])* $field:ident : $ty:ty = $default:expr ),* $(,)?
     }) => {

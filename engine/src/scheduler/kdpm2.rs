@@ -10,14 +10,16 @@ use super::class_config::{Betas, ClassConfig, SigmaOptions, TimestepSpacing, cla
 use super::heun::interleave_repeat_last;
 use super::schedule::TrainSchedule;
 use super::sigma_schedule::{
-    KOptions, SigmaSchedule, SigmaScheduler, k_schedule, pred_original, sigma_to_t,
+    KOptions, KSchedule, SigmaSchedule, SigmaScheduler, k_schedule, pred_original, sigma_to_t,
 };
 use super::{Prediction, div_scalar, mul_scalar};
 use crate::noise::NoiseSource;
 
 class_config! {
-    /// `KDPM2DiscreteScheduler.__init__`'s parameters and defaults (diffusers 0.42).
-    KDpm2Config = "KDPM2DiscreteScheduler" {
+    /// `KDPM2DiscreteScheduler.__init__`'s and `KDPM2AncestralDiscreteScheduler.__init__`'s
+    /// parameters and defaults (the same in both; diffusers 0.42).
+    KDpm2Config = "KDPM2DiscreteScheduler",
+    KDpm2AncestralConfig = "KDPM2AncestralDiscreteScheduler" {
         #[serde(flatten)]
         betas: Betas = Betas::new(0.00085, 0.012, "linear"),
         #[serde(flatten)]
@@ -45,19 +47,32 @@ pub(crate) fn log_midpoint(a: f32, b: f32) -> f32 {
     (end - (end - start) * 0.5).exp()
 }
 
-impl KDpm2Discrete {
-    pub fn new(cfg: &KDpm2Config, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::new(&cfg.betas, false, CLASS)?;
-        let prediction = cfg.prediction_type;
+/// What both DPM2 classes compute first in `set_timesteps`: the k-diffusion schedule and its
+/// sigmas (float32) with the final 0.
+pub(crate) struct Dpm2Sigmas {
+    pub k: KSchedule,
+    pub sigmas: Vec<f32>,
+    /// Karras / exponential / beta timesteps stay float64, the spaced ones are float32.
+    float64: bool,
+}
+
+impl Dpm2Sigmas {
+    pub fn new(
+        (betas, spacing, options): (&Betas, &TimestepSpacing, &SigmaOptions),
+        prediction: Prediction,
+        steps: usize,
+        class: &str,
+    ) -> Result<Self> {
+        let sched = TrainSchedule::new(betas, false, class)?;
         if prediction == Prediction::Sample {
-            bail!("{CLASS}: prediction_type not implemented yet: sample");
+            bail!("{class}: prediction_type not implemented yet: sample");
         }
         let k = k_schedule(
-            &cfg.spacing,
-            &cfg.sigmas,
+            spacing,
+            options,
             &sched,
             steps,
-            CLASS,
+            class,
             KOptions {
                 karras_config_bounds: true,
                 round_karras_timesteps: true,
@@ -65,6 +80,27 @@ impl KDpm2Discrete {
         )?;
         let mut sigmas: Vec<f32> = k.sigmas.iter().map(|&s| s as f32).collect();
         sigmas.push(0.0);
+        let float64 =
+            options.use_karras_sigmas || options.use_exponential_sigmas || options.use_beta_sigmas;
+        Ok(Dpm2Sigmas { k, sigmas, float64 })
+    }
+
+    /// A timestep in the precision diffusers keeps it in.
+    pub fn cast(&self, t: f64) -> f64 {
+        if self.float64 { t } else { t as f32 as f64 }
+    }
+}
+
+impl KDpm2Discrete {
+    pub fn new(cfg: &KDpm2Config, steps: usize) -> Result<Self> {
+        let prediction = cfg.prediction_type;
+        let d = Dpm2Sigmas::new(
+            (&cfg.betas, &cfg.spacing, &cfg.sigmas),
+            prediction,
+            steps,
+            CLASS,
+        )?;
+        let (k, sigmas) = (&d.k, &d.sigmas);
         let n = sigmas.len();
         // sigmas.log().lerp(sigmas.roll(1).log(), 0.5).exp(): entry j mixes sigmas[j] and
         // sigmas[j - 1] (entry 0 wraps around to the final 0 and is never used).
@@ -75,20 +111,15 @@ impl KDpm2Discrete {
             .iter()
             .map(|&s| sigma_to_t(s as f64, &k.log_sigmas))
             .collect();
-        // Karras (rounded) / exponential timesteps stay float64, the spaced ones float32.
-        let float64 = cfg.sigmas.use_karras_sigmas
-            || cfg.sigmas.use_exponential_sigmas
-            || cfg.sigmas.use_beta_sigmas;
-        let cast = |t: f64| if float64 { t } else { t as f32 as f64 };
-        let base_t: Vec<f64> = k.timesteps.iter().map(|&t| cast(t)).collect();
+        let base_t: Vec<f64> = k.timesteps.iter().map(|&t| d.cast(t)).collect();
         // cat([timesteps[:1], stack(interpol[1:-1], timesteps[1:]).flatten()])
         let mut timesteps = vec![base_t[0]];
         for j in 1..base_t.len() {
-            timesteps.push(cast(timesteps_interp[j]));
+            timesteps.push(d.cast(timesteps_interp[j]));
             timesteps.push(base_t[j]);
         }
         Ok(KDpm2Discrete {
-            schedule: SigmaSchedule::new(timesteps, interleave_repeat_last(&sigmas), k.spacing),
+            schedule: SigmaSchedule::new(timesteps, interleave_repeat_last(sigmas), k.spacing),
             sigmas_interpol: interleave_repeat_last(&interp),
             prediction,
             sample: None,

@@ -5,28 +5,12 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
-use super::class_config::{Betas, ClassConfig, SigmaOptions, TimestepSpacing, class_config};
+use super::class_config::ClassConfig;
 use super::heun::interleave_repeat_last;
-use super::kdpm2::log_midpoint;
-use super::schedule::TrainSchedule;
-use super::sigma_schedule::{
-    KOptions, SigmaSchedule, SigmaScheduler, k_schedule, pred_original, sigma_to_t,
-};
+use super::kdpm2::{Dpm2Sigmas, KDpm2AncestralConfig, log_midpoint};
+use super::sigma_schedule::{SigmaSchedule, SigmaScheduler, pred_original, sigma_to_t};
 use super::{Prediction, div_scalar, mul_scalar};
 use crate::noise::NoiseSource;
-
-class_config! {
-    /// `KDPM2AncestralDiscreteScheduler.__init__`'s parameters and defaults (diffusers 0.42).
-    KDpm2AncestralConfig = "KDPM2AncestralDiscreteScheduler" {
-        #[serde(flatten)]
-        betas: Betas = Betas::new(0.00085, 0.012, "linear"),
-        #[serde(flatten)]
-        sigmas: SigmaOptions = SigmaOptions::default(),
-        prediction_type: Prediction = Prediction::Epsilon,
-        #[serde(flatten)]
-        spacing: TimestepSpacing = TimestepSpacing::new("linspace"),
-    }
-}
 
 const CLASS: &str = KDpm2AncestralConfig::CLASS;
 
@@ -41,24 +25,14 @@ pub struct KDpm2AncestralDiscrete {
 
 impl KDpm2AncestralDiscrete {
     pub fn new(cfg: &KDpm2AncestralConfig, steps: usize) -> Result<Self> {
-        let sched = TrainSchedule::new(&cfg.betas, false, CLASS)?;
         let prediction = cfg.prediction_type;
-        if prediction == Prediction::Sample {
-            bail!("{CLASS}: prediction_type not implemented yet: sample");
-        }
-        let k = k_schedule(
-            &cfg.spacing,
-            &cfg.sigmas,
-            &sched,
+        let d = Dpm2Sigmas::new(
+            (&cfg.betas, &cfg.spacing, &cfg.sigmas),
+            prediction,
             steps,
             CLASS,
-            KOptions {
-                karras_config_bounds: true,
-                round_karras_timesteps: true,
-            },
         )?;
-        let mut sigmas: Vec<f32> = k.sigmas.iter().map(|&s| s as f32).collect();
-        sigmas.push(0.0);
+        let (k, sigmas) = (&d.k, &d.sigmas);
         let n = sigmas.len();
         // sigmas_next = roll(-1) with the last set to 0; float32 tensor arithmetic.
         let next: Vec<f32> = (0..n)
@@ -79,20 +53,10 @@ impl KDpm2AncestralDiscrete {
         if n >= 2 {
             interp[n - 2] = 0.0;
         }
-        let karras = cfg.sigmas.use_karras_sigmas;
-        let exponential = cfg.sigmas.use_exponential_sigmas || cfg.sigmas.use_beta_sigmas;
-        // Karras / exponential timesteps stay float64, the spaced ones float32.
-        let cast = |t: f64| {
-            if karras || exponential {
-                t
-            } else {
-                t as f32 as f64
-            }
-        };
-        let base_t: Vec<f64> = k.timesteps.iter().map(|&t| cast(t)).collect();
+        let base_t: Vec<f64> = k.timesteps.iter().map(|&t| d.cast(t)).collect();
         let t_interp: Vec<f64> = interp
             .iter()
-            .map(|&s| cast(sigma_to_t(s as f64, &k.log_sigmas)))
+            .map(|&s| d.cast(sigma_to_t(s as f64, &k.log_sigmas)))
             .collect();
         if t_interp[..n - 2].iter().any(|t| t.is_nan()) {
             // diffusers gets the same NaN (a zero sigma_down, whose log midpoint is NaN) and
@@ -108,7 +72,7 @@ impl KDpm2AncestralDiscrete {
             timesteps.push(base_t[j]);
         }
         Ok(KDpm2AncestralDiscrete {
-            schedule: SigmaSchedule::new(timesteps, interleave_repeat_last(&sigmas), k.spacing),
+            schedule: SigmaSchedule::new(timesteps, interleave_repeat_last(sigmas), k.spacing),
             sigmas_interpol: interleave_repeat_last(&interp),
             sigmas_up: interleave_repeat_last(&up),
             sigmas_down: interleave_repeat_last(&down),

@@ -64,6 +64,7 @@ pub use unipc::UniPcMultistep;
 use super::config::SchedulerConfig;
 use super::error::EngineError;
 use super::noise::NoiseSource;
+use class_config::ClassConfig;
 pub use names::{REFUSED, SUPPORTED, resolve, supported_list};
 
 /// One denoising scheduler instance (stateful, one request).
@@ -139,25 +140,52 @@ pub enum SchedulerKind {
     Lcm,
 }
 
+/// Something done with a scheduler class, given its config type `C` and its constructor
+/// (see [`SchedulerKind::visit_class`]).
+trait ClassVisitor {
+    type Out;
+    fn visit<C: ClassConfig, S: Scheduler + 'static>(
+        self,
+        new: fn(&C, usize) -> Result<S>,
+    ) -> Self::Out;
+}
+
 impl SchedulerKind {
     /// The diffusers class.
     pub fn class_name(self) -> &'static str {
+        struct Name;
+        impl ClassVisitor for Name {
+            type Out = &'static str;
+            fn visit<C: ClassConfig, S: Scheduler + 'static>(
+                self,
+                _new: fn(&C, usize) -> Result<S>,
+            ) -> &'static str {
+                C::CLASS
+            }
+        }
+        self.visit_class(Name)
+    }
+
+    /// The one table from a choice to its class: the class's config type and constructor.
+    fn visit_class<V: ClassVisitor>(self, v: V) -> V::Out {
         use SchedulerKind::*;
         match self {
-            EulerDiscrete => "EulerDiscreteScheduler",
-            EulerAncestralDiscrete => "EulerAncestralDiscreteScheduler",
-            Ddim => "DDIMScheduler",
-            Ddpm => "DDPMScheduler",
-            Pndm | Plms => "PNDMScheduler",
-            Lms => "LMSDiscreteScheduler",
-            Heun => "HeunDiscreteScheduler",
-            KDpm2 => "KDPM2DiscreteScheduler",
-            KDpm2Ancestral => "KDPM2AncestralDiscreteScheduler",
-            DpmSolverMultistep | DpmPlusPlus2M | DpmPlusPlus2MSde => "DPMSolverMultistepScheduler",
-            DpmSolverSinglestep | DpmPlusPlus2S => "DPMSolverSinglestepScheduler",
-            UniPc => "UniPCMultistepScheduler",
-            Deis => "DEISMultistepScheduler",
-            Lcm => "LCMScheduler",
+            EulerDiscrete => v.visit(self::EulerDiscrete::new),
+            EulerAncestralDiscrete => v.visit(self::EulerAncestralDiscrete::new),
+            Ddim => v.visit(self::Ddim::new),
+            Ddpm => v.visit(self::Ddpm::new),
+            Pndm | Plms => v.visit(self::Pndm::new),
+            Lms => v.visit(LmsDiscrete::new),
+            Heun => v.visit(HeunDiscrete::new),
+            KDpm2 => v.visit(KDpm2Discrete::new),
+            KDpm2Ancestral => v.visit(KDpm2AncestralDiscrete::new),
+            DpmSolverMultistep | DpmPlusPlus2M | DpmPlusPlus2MSde => {
+                v.visit(self::DpmSolverMultistep::new)
+            }
+            DpmSolverSinglestep | DpmPlusPlus2S => v.visit(self::DpmSolverSinglestep::new),
+            UniPc => v.visit(UniPcMultistep::new),
+            Deis => v.visit(DeisMultistep::new),
+            Lcm => v.visit(self::Lcm::new),
         }
     }
 
@@ -193,26 +221,17 @@ impl SchedulerKind {
 
     /// The names of the class's config options (its `__init__` parameters).
     pub fn params(self) -> Vec<String> {
-        use SchedulerKind::*;
-        use class_config::param_names as p;
-        match self {
-            EulerDiscrete => p::<euler::EulerConfig>(),
-            EulerAncestralDiscrete => p::<euler_ancestral::EulerAncestralConfig>(),
-            Ddim => p::<ddim::DdimConfig>(),
-            Ddpm => p::<ddpm::DdpmConfig>(),
-            Pndm | Plms => p::<pndm::PndmConfig>(),
-            Lms => p::<lms::LmsConfig>(),
-            Heun => p::<heun::HeunConfig>(),
-            KDpm2 => p::<kdpm2::KDpm2Config>(),
-            KDpm2Ancestral => p::<kdpm2_ancestral::KDpm2AncestralConfig>(),
-            DpmSolverMultistep | DpmPlusPlus2M | DpmPlusPlus2MSde => {
-                p::<dpm_multistep::DpmMultistepConfig>()
+        struct Params;
+        impl ClassVisitor for Params {
+            type Out = Vec<String>;
+            fn visit<C: ClassConfig, S: Scheduler + 'static>(
+                self,
+                _new: fn(&C, usize) -> Result<S>,
+            ) -> Vec<String> {
+                class_config::param_names::<C>()
             }
-            DpmSolverSinglestep | DpmPlusPlus2S => p::<dpm_singlestep::DpmSinglestepConfig>(),
-            UniPc => p::<unipc::UniPcConfig>(),
-            Deis => p::<deis::DeisConfig>(),
-            Lcm => p::<lcm::LcmConfig>(),
         }
+        self.visit_class(Params)
     }
 
     /// Whether the class has `use_karras_sigmas`.
@@ -308,37 +327,28 @@ pub fn build_with(
         all.insert("use_karras_sigmas".into(), Value::Bool(k));
     }
     // The class's typed config, then the scheduler for `steps`.
-    fn make<C: class_config::ClassConfig, S: Scheduler + 'static>(
-        raw: &SchedulerConfig,
-        overrides: &serde_json::Map<String, Value>,
-        new: impl FnOnce(&C) -> Result<S>,
-    ) -> Result<Box<dyn Scheduler>> {
-        let cfg = class_config::from_config::<C>(raw, overrides)
-            .map_err(|e| EngineError::invalid("scheduler", format!("{e:#}")))?;
-        reject_unsupported(&serde_json::to_value(&cfg)?, C::CLASS)?;
-        Ok(Box::new(new(&cfg)?))
+    struct Make<'a> {
+        raw: &'a SchedulerConfig,
+        overrides: serde_json::Map<String, Value>,
+        steps: usize,
     }
-    use SchedulerKind::*;
-    match kind {
-        EulerDiscrete => make(cfg, &all, |c| self::EulerDiscrete::new(c, steps)),
-        EulerAncestralDiscrete => make(cfg, &all, |c| self::EulerAncestralDiscrete::new(c, steps)),
-        Ddim => make(cfg, &all, |c| self::Ddim::new(c, steps)),
-        Ddpm => make(cfg, &all, |c| self::Ddpm::new(c, steps)),
-        Pndm | Plms => make(cfg, &all, |c| self::Pndm::new(c, steps)),
-        Lms => make(cfg, &all, |c| LmsDiscrete::new(c, steps)),
-        Heun => make(cfg, &all, |c| HeunDiscrete::new(c, steps)),
-        KDpm2 => make(cfg, &all, |c| KDpm2Discrete::new(c, steps)),
-        KDpm2Ancestral => make(cfg, &all, |c| KDpm2AncestralDiscrete::new(c, steps)),
-        DpmSolverMultistep | DpmPlusPlus2M | DpmPlusPlus2MSde => {
-            make(cfg, &all, |c| self::DpmSolverMultistep::new(c, steps))
+    impl ClassVisitor for Make<'_> {
+        type Out = Result<Box<dyn Scheduler>>;
+        fn visit<C: ClassConfig, S: Scheduler + 'static>(
+            self,
+            new: fn(&C, usize) -> Result<S>,
+        ) -> Self::Out {
+            let cfg = class_config::from_config::<C>(self.raw, &self.overrides)
+                .map_err(|e| EngineError::invalid("scheduler", format!("{e:#}")))?;
+            reject_unsupported(&serde_json::to_value(&cfg)?, C::CLASS)?;
+            Ok(Box::new(new(&cfg, self.steps)?))
         }
-        DpmSolverSinglestep | DpmPlusPlus2S => {
-            make(cfg, &all, |c| self::DpmSolverSinglestep::new(c, steps))
-        }
-        UniPc => make(cfg, &all, |c| UniPcMultistep::new(c, steps)),
-        Deis => make(cfg, &all, |c| DeisMultistep::new(c, steps)),
-        Lcm => make(cfg, &all, |c| self::Lcm::new(c, steps)),
     }
+    kind.visit_class(Make {
+        raw: cfg,
+        overrides: all,
+        steps,
+    })
 }
 
 /// `prediction_type` of the model.
