@@ -70,14 +70,6 @@ pub fn inspect(
     }
 }
 
-/// The image as the contract's init image: the client's bytes, in base64.
-pub fn init_image(bytes: &[u8], strength: f32) -> contract::InitImage {
-    contract::InitImage {
-        image: base64::engine::general_purpose::STANDARD.encode(bytes),
-        strength,
-    }
-}
-
 /// Decodes a base64 image field, with or without a `data:image/...;base64,` prefix.
 pub fn decode_base64(text: &str, limits: ImageLimits, field: &str) -> Result<Vec<u8>, ApiError> {
     let payload = match text.split_once(',') {
@@ -228,19 +220,6 @@ mod tests {
             e.message.contains("100x100 is 0.0 megapixels"),
             "{}",
             e.message
-        );
-    }
-
-    #[test]
-    fn init_images_are_the_clients_bytes() {
-        let png = png_of(&DynamicImage::ImageRgb8(RgbImage::new(3, 2)));
-        let init = init_image(&png, 0.5);
-        assert_eq!(init.strength, 0.5);
-        assert_eq!(
-            base64::engine::general_purpose::STANDARD
-                .decode(init.image)
-                .unwrap(),
-            png
         );
     }
 

@@ -1,10 +1,9 @@
 //! multipart/form-data bodies (HolmesAI's `/v1/images/control` upload), parsed with
 //! multer. The body is already in memory, so multer's stream is one chunk and its
-//! futures complete on the first poll; they are driven here without an executor.
+//! futures finish within a few polls; they are driven without an executor
+//! (`contract::wire::complete`, as the contract's own multipart bodies are).
 
 use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -96,17 +95,9 @@ pub fn parse(content_type: Option<&str>, body: Vec<u8>) -> Result<Form, ApiError
     })
 }
 
-/// Runs a future that cannot wait on anything (its input is all in memory).
 fn complete<F: Future>(fut: F) -> Result<F::Output, ApiError> {
-    let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    // A few polls at most: multer yields between parts but never waits on I/O here.
-    for _ in 0..16 {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return Ok(out);
-        }
-    }
-    Err(ApiError::internal("multipart parsing did not complete"))
+    contract::wire::complete(fut)
+        .ok_or_else(|| ApiError::internal("multipart parsing did not complete"))
 }
 
 #[cfg(test)]

@@ -628,12 +628,21 @@ fn hyper_error(e: hyper::Error) -> Error {
     }
 }
 
-/// A response body that fails when no frame arrives within the guest's
-/// between-bytes timeout.
+/// Frames ready at once are handed to the guest as one, up to this size.
+const MAX_FRAME: usize = 256 * 1024;
+
+/// A response body as the guest reads it: data that has already arrived goes over
+/// in one frame (up to MAX_FRAME) rather than in the sizes the socket gave it, often
+/// 8 KiB, since every frame is a trip into the guest; and it fails when no frame
+/// arrives within the guest's between-bytes timeout.
 struct TimeoutBody {
     inner: hyper::body::Incoming,
     timeout: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Data read but not yet handed over; and whatever ended it (an error, the
+    /// trailers or the end), to hand over after it.
+    pending: Vec<u8>,
+    after: Option<Option<Result<Frame<Bytes>, Error>>>,
 }
 
 impl TimeoutBody {
@@ -643,7 +652,14 @@ impl TimeoutBody {
             inner,
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            pending: Vec::new(),
+            after: None,
         }
+    }
+
+    fn take_pending(&mut self) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let data = std::mem::take(&mut self.pending);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
     }
 }
 
@@ -655,27 +671,68 @@ impl Body for TimeoutBody {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + self.timeout;
-                self.sleep.as_mut().reset(deadline);
-                Poll::Ready(Some(Ok(frame)))
+        if let Some(end) = self.after.take() {
+            return Poll::Ready(end);
+        }
+        loop {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + self.timeout;
+                    self.sleep.as_mut().reset(deadline);
+                    match frame.into_data() {
+                        Ok(data) if self.pending.is_empty() && data.len() >= MAX_FRAME => {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Ok(data) => {
+                            self.pending.extend_from_slice(&data);
+                            if self.pending.len() >= MAX_FRAME {
+                                return self.take_pending();
+                            }
+                        }
+                        Err(trailers) if self.pending.is_empty() => {
+                            return Poll::Ready(Some(Ok(trailers)));
+                        }
+                        Err(trailers) => {
+                            self.after = Some(Some(Ok(trailers)));
+                            return self.take_pending();
+                        }
+                    }
+                }
+                end @ Poll::Ready(None | Some(Err(_))) => {
+                    let end = match end {
+                        Poll::Ready(Some(Err(e))) => Some(Err(hyper_error(e))),
+                        _ => None,
+                    };
+                    if self.pending.is_empty() {
+                        return Poll::Ready(end);
+                    }
+                    self.after = Some(end);
+                    return self.take_pending();
+                }
+                // Nothing more has arrived: hand over what has.
+                Poll::Pending if !self.pending.is_empty() => return self.take_pending(),
+                Poll::Pending => {
+                    return match self.sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(hyper_error(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
-                Poll::Pending => Poll::Pending,
-            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.pending.is_empty() && self.after.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let buffered = self.pending.len() as u64;
+        hint.set_lower(hint.lower() + buffered);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + buffered);
+        }
+        hint
     }
 }
 

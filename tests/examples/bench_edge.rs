@@ -16,11 +16,11 @@
 //!
 //! "via edge" is one Appypie img2img request from the client's side: the edge
 //! parses and validates it, checks the key, fetches the image from loopback,
-//! reads its size from the header, base64s the bytes into the contract's JSON,
-//! calls the backend, reads its answer and renders Appypie's. (The inference
+//! reads its size from the header, puts the bytes as they are into the contract's
+//! multipart body (wit/HTTP.md), calls the backend, reads its answer and renders Appypie's. (The inference
 //! server decodes and fits the image; bench_init_image times that.)
 //! "direct" is the same client doing the transport alone: fetching the same image
-//! from the image server, then POSTing the very JSON the edge sent to the backend
+//! from the image server, then POSTing the very body the edge sent to the backend
 //! and reading the answer. The difference is the edge's work plus its runtime.
 
 use std::collections::HashMap;
@@ -30,7 +30,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use e2e::images::{ImageServer, Route};
+use e2e::images::{ImageServer, Route, respond_at_once};
 use e2e::{EdgeConfig, Process, arg, start_edge};
 use image::{ImageFormat, Rgb, RgbImage};
 
@@ -39,8 +39,8 @@ const IMG2IMG: &str = "/img2img/getImage/v1/getSDXLImage";
 const WARMUPS: usize = 2;
 /// The size every request asks for (Appypie's default) and the backend answers.
 const OUT: u32 = 1024;
-/// base64 of the 8-byte PNG signature: what an init image must start with.
-const PNG_B64_MAGIC: &str = "iVBORw0KGgo";
+/// The PNG signature: what an init image must start with.
+const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -92,21 +92,19 @@ fn png(img: &RgbImage) -> Vec<u8> {
     out.into_inner()
 }
 
-/// Bytes shared by every response of a server without copying them each time.
-struct Shared(Arc<Vec<u8>>);
-
-impl AsRef<[u8]> for Shared {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
+/// A request as the backend got it.
+#[derive(Clone)]
+struct Captured {
+    content_type: String,
+    body: Vec<u8>,
 }
 
 #[derive(Default)]
 struct Seen {
     valid: usize,
     invalid: Vec<String>,
-    /// The body of the last valid request (moved in, not copied).
-    last: Option<Vec<u8>>,
+    /// The last valid request: its Content-Type and body (moved in, not copied).
+    last: Option<Captured>,
 }
 
 /// The "instant backend": a benchmark fixture, not a test mock. It speaks the
@@ -144,8 +142,7 @@ impl InstantBackend {
             },
         };
         let result = Arc::new(serde_json::to_vec(&result).expect("serialising the result"));
-        let server =
-            Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding the instant backend"));
+        let server = Arc::new(e2e::images::loopback_server());
         let origin = format!(
             "http://{}",
             server.server_addr().to_ip().expect("an IP address")
@@ -155,52 +152,44 @@ impl InstantBackend {
             let (server, seen, result) = (server.clone(), seen.clone(), result.clone());
             thread::spawn(move || {
                 for mut req in server.incoming_requests() {
-                    let json = tiny_http::Header::from_bytes("Content-Type", "application/json")
-                        .expect("a valid header");
                     if req.url() != contract::GENERATE_PATH
                         || *req.method() != tiny_http::Method::Post
                     {
                         let _ = req.respond(tiny_http::Response::empty(404));
                         continue;
                     }
-                    let mut headers = vec![json];
-                    if let Some(h) = req
-                        .headers()
-                        .iter()
-                        .find(|h| h.field.equiv(contract::TRACE_HEADER))
-                    {
-                        headers.push(h.clone());
-                    }
+                    let header = |name: &'static str| {
+                        req.headers()
+                            .iter()
+                            .find(|h| h.field.equiv(name))
+                            .map(|h| h.value.to_string())
+                    };
+                    let trace_id = header(contract::TRACE_HEADER).unwrap_or_default();
+                    let content_type = header("Content-Type").unwrap_or_default();
                     let mut body = Vec::new();
                     let checked = req
                         .as_reader()
                         .read_to_end(&mut body)
                         .map_err(|e| format!("reading the body: {e}"))
-                        .and_then(|_| check_request(&body));
+                        .and_then(|_| check_request(&content_type, &body));
+                    let headers = [
+                        ("Content-Type", "application/json"),
+                        (contract::TRACE_HEADER, trace_id.as_str()),
+                    ];
                     let _ = match checked {
                         Ok(()) => {
                             {
                                 let mut seen = seen.lock().unwrap();
                                 seen.valid += 1;
-                                seen.last = Some(body);
+                                seen.last = Some(Captured { content_type, body });
                             }
-                            req.respond(tiny_http::Response::new(
-                                200.into(),
-                                headers,
-                                Cursor::new(Shared(result.clone())),
-                                Some(result.len()),
-                                None,
-                            ))
+                            respond_at_once(req, 200, &headers, &result)
                         }
                         Err(message) => {
                             seen.lock().unwrap().invalid.push(message.clone());
                             let error = contract::Error::InvalidRequest(message);
                             let body = serde_json::to_vec(&error).expect("serialising an error");
-                            req.respond(
-                                tiny_http::Response::from_data(body)
-                                    .with_status_code(400)
-                                    .with_header(headers.remove(0)),
-                            )
+                            respond_at_once(req, 400, &headers, &body)
                         }
                     };
                 }
@@ -217,7 +206,7 @@ impl InstantBackend {
         self.seen.lock().unwrap().valid
     }
 
-    fn last_request(&self) -> Vec<u8> {
+    fn last_request(&self) -> Captured {
         let seen = self.seen.lock().unwrap();
         assert!(
             seen.invalid.is_empty(),
@@ -234,12 +223,13 @@ impl Drop for InstantBackend {
     }
 }
 
-/// What every request must be for the bench to count: a generate-request (parsed
-/// with the contract's own type) for one image of a given size; with an init image,
-/// a PNG.
-fn check_request(body: &[u8]) -> Result<(), String> {
-    let req: contract::GenerateRequest =
-        serde_json::from_slice(body).map_err(|e| format!("not a generate-request: {e}"))?;
+/// What every request must be for the bench to count: a generate-request (read with
+/// the contract's own reader, as the inference server reads it) for one image of a
+/// given size; with an init image, a PNG.
+fn check_request(content_type: &str, body: &[u8]) -> Result<(), String> {
+    let got = contract::wire::read(Some(content_type), body.to_vec().into())
+        .map_err(|e| format!("not a generate-request: {e}"))?;
+    let req = got.request;
     if req.width.is_none() || req.height.is_none() || req.samples != 1 {
         return Err(format!(
             "asked for {} image(s) of {:?}x{:?}",
@@ -249,28 +239,26 @@ fn check_request(body: &[u8]) -> Result<(), String> {
     if req.prompt.is_empty() || req.steps == Some(0) {
         return Err(format!("prompt {:?}, steps {:?}", req.prompt, req.steps));
     }
-    let Some(init) = req.init_image.as_ref() else {
+    let (Some(init), Some(image)) = (req.init_image.as_ref(), got.init_image) else {
         return Ok(());
     };
     if !(init.strength > 0.0 && init.strength <= 1.0) {
         return Err(format!("strength {}", init.strength));
     }
-    if !init.image.starts_with(PNG_B64_MAGIC) || init.image.len() < 4096 {
+    if !image.starts_with(PNG_MAGIC) || image.len() < 4096 {
         return Err(format!(
-            "init_image.image is not a PNG in base64 ({} chars)",
-            init.image.len()
+            "the init image is not a PNG ({} bytes)",
+            image.len()
         ));
     }
     Ok(())
 }
 
 /// The init image's bytes inside a captured request (outside the timed part).
-fn init_image_of(body: &[u8]) -> Vec<u8> {
-    let req: contract::GenerateRequest = serde_json::from_slice(body).expect("checked before");
-    let b64 = req.init_image.expect("checked before").image;
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .expect("init_image.image is base64")
+fn init_image_of(request: &Captured) -> Vec<u8> {
+    let got = contract::wire::read(Some(&request.content_type), request.body.clone().into())
+        .expect("checked before");
+    got.init_image.expect("checked before").to_vec()
 }
 
 struct Reply {
@@ -335,8 +323,8 @@ impl Bench<'_> {
     }
 
     /// The transport alone: the image from the image server, then the edge's own
-    /// request JSON straight to the backend. (seconds, image reply, backend reply).
-    fn direct(&self, image_url: &str, request: &[u8]) -> (f64, Reply, Reply) {
+    /// request body straight to the backend. (seconds, image reply, backend reply).
+    fn direct(&self, image_url: &str, request: &Captured) -> (f64, Reply, Reply) {
         let t = Instant::now();
         let image = read(self.agent.get(image_url).call(), "GET of the image");
         let generated = read(
@@ -346,8 +334,8 @@ impl Bench<'_> {
                     self.backend.origin,
                     contract::GENERATE_PATH
                 ))
-                .set("Content-Type", "application/json")
-                .send_bytes(request),
+                .set("Content-Type", &request.content_type)
+                .send_bytes(&request.body),
             "POST to the backend",
         );
         let secs = t.elapsed().as_secs_f64();
@@ -442,6 +430,11 @@ impl Bench<'_> {
 
         // The component's log lines come on stderr, maybe a moment after the reply.
         thread::sleep(Duration::from_millis(200));
+        for l in self.edge.output() {
+            if l.contains("T ") {
+                eprintln!("{l}");
+            }
+        }
         let component_s = trace_ids
             .iter()
             .filter_map(|id| self.component_secs(id))
@@ -451,7 +444,7 @@ impl Bench<'_> {
             direct_s,
             component_s,
             input_bytes: source_png.len(),
-            request_bytes: request.len(),
+            request_bytes: request.body.len(),
             response_bytes,
         }
     }

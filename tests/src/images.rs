@@ -51,10 +51,98 @@ pub struct ImageServer {
     server: Arc<tiny_http::Server>,
 }
 
+/// A tiny_http server on a free loopback port whose connections have Nagle's
+/// algorithm off (TCP_NODELAY, set on the listener: Linux's accepted sockets inherit
+/// it). tiny_http writes a response's head and body separately; with Nagle on, the
+/// body's last segment could wait about 40 ms for the client's delayed ACK, which
+/// made a few requests in ten take 40 ms longer, whichever way they were sent.
+pub fn loopback_server() -> tiny_http::Server {
+    use std::os::fd::AsRawFd as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setting TCP_NODELAY: {}",
+        std::io::Error::last_os_error()
+    );
+    tiny_http::Server::from_listener(listener, None).expect("serving on a loopback port")
+}
+
+/// Answers `req` with one write of the whole response. tiny_http's own `respond`
+/// copies a body to the socket 8 KiB at a time, each its own segment with Nagle
+/// off; servers in front of real images (and the inference server, through hyper)
+/// write large buffers, so a reader sees few large reads rather than hundreds of
+/// small ones.
+pub fn respond_at_once(
+    req: tiny_http::Request,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut out = Vec::with_capacity(head.len() + body.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(body);
+    let mut writer = req.into_writer();
+    writer.write_all(&out)?;
+    writer.flush()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        _ => "Status",
+    }
+}
+
+/// A host whose every download breaks off: it promises twice `body`'s length,
+/// sends `body`, and closes the connection. Returns its origin; it serves until the
+/// test process ends.
+pub fn start_broken_host(content_type: &'static str, body: Vec<u8>) -> String {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let origin = format!("http://{}", listener.local_addr().expect("an address"));
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            // The request's head, to its blank line.
+            let mut reader = BufReader::new(conn.try_clone().expect("a second handle"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                2 * body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body);
+            // Dropped: the connection closes short of its promise.
+        }
+    });
+    origin
+}
+
 impl ImageServer {
     pub fn start(routes: HashMap<String, Route>) -> ImageServer {
-        let server =
-            Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding the image server"));
+        let server = Arc::new(loopback_server());
         let origin = format!(
             "http://{}",
             server.server_addr().to_ip().expect("an IP address")
@@ -68,10 +156,7 @@ impl ImageServer {
                     hits.lock().unwrap().push(req.url().to_string());
                     let _ = match routes.get(req.url()).cloned() {
                         Some(Route::Ok { content_type, body }) => {
-                            let header =
-                                tiny_http::Header::from_bytes("Content-Type", content_type)
-                                    .unwrap();
-                            req.respond(tiny_http::Response::from_data(body).with_header(header))
+                            respond_at_once(req, 200, &[("Content-Type", content_type)], &body)
                         }
                         Some(Route::Status(code)) => req.respond(tiny_http::Response::empty(code)),
                         Some(Route::Redirect(to)) => {

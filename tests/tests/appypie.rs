@@ -305,11 +305,15 @@ fn errors_follow_the_seed_contract() {
         return;
     }
     let images = images();
+    let broken = e2e::images::start_broken_host(
+        "image/png",
+        encode(&test_picture(640, 480, 90), ImageFormat::Png),
+    );
     let (_inference, inference_url) = start_inference();
     let (mut edge_proc, edge) = start_edge(&EdgeConfig {
         inference_url: &inference_url,
         api_keys: KEY,
-        image_hosts: &images.origin,
+        image_hosts: &format!("{},{broken}", images.origin),
         variables: vec![],
         runtime_allows_image_hosts: true,
     });
@@ -374,6 +378,16 @@ fn errors_follow_the_seed_contract() {
         "loopback",
     );
     assert_error(&post(&url, &h, &ok_body("/gone.png")), 400, "gave HTTP 404");
+    // A download cut short is an error, not a shorter image.
+    assert_error(
+        &post(
+            &url,
+            &h,
+            &format!(r#"{{"prompt":"p","inputImage":"{broken}/cut.png","size":"64x64"}}"#),
+        ),
+        400,
+        "inputImage: the download broke off",
+    );
     assert_error(
         &post(&url, &h, &ok_body("/page.html")),
         400,

@@ -1,9 +1,11 @@
 //! The edge-inference contract. The types are generated from `inference.wit`
 //! (never written by hand); this file adds only what HTTP.md says about carrying
-//! them: the route, the headers and the status of each error case; and
+//! them: the route, the headers and the status of each error case; `wire`, the
+//! request body (JSON, or multipart with the init image's own bytes); and
 //! `image_header`, what an image in the contract may be, checked from its header.
 
 pub mod image_header;
+pub mod wire;
 
 wit_bindgen::generate!({
     path: ".",

@@ -87,6 +87,7 @@ async fn serve(dialect: &dyn Dialect, req: Request, trace_id: &str) -> Result<Ou
         dialect.key_location(),
     )?;
     let mut job = dialect.parse(&incoming)?;
+    let mut init_bytes = None;
     if let Some(init) = job.init.take() {
         let (bytes, from) = match init.source {
             ImageSource::Url(url) => (
@@ -102,10 +103,14 @@ async fn serve(dialect: &dyn Dialect, req: Request, trace_id: &str) -> Result<Ou
             (_, _, rule) => rule.unwrap_or(SizeRule::DEFAULT).size_for(upright),
         };
         (job.request.width, job.request.height) = (Some(size.0), Some(size.1));
-        // The server decodes and fits it (once, natively).
-        job.request.init_image = Some(input_image::init_image(&bytes, init.strength));
+        // The server decodes and fits it (once, natively); its bytes travel as they are.
+        job.request.init_image = Some(contract::InitImage {
+            image: String::new(),
+            strength: init.strength,
+        });
+        init_bytes = Some(bytes);
     }
-    let result = outbound::generate(&settings, &job.request, trace_id)
+    let result = outbound::generate(&settings, &job.request, init_bytes.as_deref(), trace_id)
         .await
         .map_err(|e| e.in_field_names(dialect.field_names()))?;
     let mut stash = Stash::new(&public_origin(&settings, &incoming), unix_now());

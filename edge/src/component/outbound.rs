@@ -7,16 +7,21 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body::Body as _;
+use http_body_util::{Empty, Full};
 use spin_sdk::http::send;
 use spin_sdk::wasip3::http::types::{ErrorCode, RequestOptions};
-use spin_sdk::wasip3::http_compat::RequestOptionsExtension;
+use spin_sdk::wasip3::http_compat::{IncomingBody, IncomingMessage, RequestOptionsExtension};
+use spin_sdk::wasip3::wit_bindgen::StreamResult;
+use spin_sdk::wasip3::wit_future;
 use url::Url;
 
 use crate::api_error::{ApiError, human_bytes};
 use crate::input_image::Provenance;
 use crate::settings::Settings;
 
+/// Room kept free in a body's buffer for each read: the host fills what it has ready.
+const READ_ROOM: usize = 64 * 1024;
 /// Redirects followed for an image URL (each hop re-checked against the allowlist).
 const MAX_REDIRECTS: usize = 3;
 /// The largest answer accepted from the inference server (4 samples of 2048x2048 PNG, base64).
@@ -54,29 +59,47 @@ impl ReadError {
 }
 
 /// Reads a whole body, refusing more than `cap` bytes and, with a deadline,
-/// stopping once it has passed.
-pub async fn read_body<B>(
-    mut body: B,
+/// stopping once it has passed. It reads the body's stream itself, into one buffer
+/// with room for all the host has ready: spin-sdk's `http_body` view reads 16 KiB
+/// frames, and every read is a trip through the host, which cost the edge several
+/// milliseconds per megabyte.
+pub async fn read_body<T: IncomingMessage>(
+    mut body: IncomingBody<T>,
     cap: usize,
     deadline: Option<Instant>,
-) -> Result<Vec<u8>, ReadError>
-where
-    B: http_body::Body<Data = Bytes, Error = ErrorCode> + Unpin,
-{
-    let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(ReadError::Transport)?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > cap {
-                return Err(ReadError::TooLarge(cap));
-            }
-            buf.extend_from_slice(&data);
+) -> Result<Vec<u8>, ReadError> {
+    let declared = body.size_hint().upper().map_or(0, |n| n as usize);
+    let Some(message) = body.take_unstarted() else {
+        return Err(ReadError::Transport(ErrorCode::InternalError(Some(
+            "the body was already being read".into(),
+        ))));
+    };
+    // Kept until the end: dropping it tells the host the body was taken.
+    let (_done, done) = wit_future::new(|| Ok(()));
+    let (mut stream, trailers) = message.consume_body(done);
+    let mut buf = Vec::with_capacity(declared.min(cap) + READ_ROOM);
+    loop {
+        if buf.capacity() - buf.len() < READ_ROOM {
+            buf.reserve(READ_ROOM);
+        }
+        let (result, filled) = stream.read(buf).await;
+        buf = filled;
+        if buf.len() > cap {
+            return Err(ReadError::TooLarge(cap));
         }
         if deadline.is_some_and(|d| Instant::now() > d) {
             return Err(ReadError::TimedOut);
         }
+        match result {
+            StreamResult::Complete(_) => {}
+            StreamResult::Dropped | StreamResult::Cancelled => break,
+        }
     }
-    Ok(buf)
+    // The stream ends either way; the trailers' future says whether it broke off.
+    match trailers.await {
+        Ok(_) => Ok(buf),
+        Err(code) => Err(ReadError::Transport(code)),
+    }
 }
 
 /// Per-request timeouts, enforced by the host's HTTP client.
@@ -188,18 +211,27 @@ fn image_fetch_error(field: &str, url: &Url, code: ErrorCode, limit: Duration) -
 pub async fn generate(
     settings: &Settings,
     request: &contract::GenerateRequest,
+    init_image: Option<&[u8]>,
     trace_id: &str,
 ) -> Result<contract::GenerateResult, ApiError> {
-    let body = Bytes::from(
-        serde_json::to_vec(request)
-            .map_err(|e| ApiError::internal(format!("encoding the request: {e}")))?,
-    );
+    let body = contract::wire::encode(request, init_image)
+        .map_err(|e| ApiError::internal(format!("encoding the request: {e}")))?;
+    let (content_type, body) = (body.content_type, Bytes::from(body.bytes));
     let urls = &settings.inference_urls;
     let start = random_index(urls.len());
     let deadline = Instant::now() + settings.inference_timeout;
     let mut last = None;
     for url in urls.iter().cycle().skip(start).take(urls.len()) {
-        match generate_at(url, settings, body.clone(), trace_id, deadline).await {
+        match generate_at(
+            url,
+            settings,
+            &content_type,
+            body.clone(),
+            trace_id,
+            deadline,
+        )
+        .await
+        {
             Err(Attempt::TryAnother(err)) => {
                 eprintln!("trace_id={trace_id} inference server {url}: {err}; trying another");
                 last = Some(err);
@@ -221,6 +253,7 @@ enum Attempt {
 async fn generate_at(
     base: &str,
     settings: &Settings,
+    content_type: &str,
     body: Bytes,
     trace_id: &str,
     deadline: Instant,
@@ -233,7 +266,7 @@ async fn generate_at(
         ))));
     }
     let mut req = http::Request::post(format!("{base}{}", contract::GENERATE_PATH))
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_TYPE, content_type)
         .header(contract::TRACE_HEADER, trace_id)
         // The server gives up on (or never starts) work the edge no longer waits for.
         .header(contract::TIMEOUT_HEADER, timeout.as_millis().to_string());

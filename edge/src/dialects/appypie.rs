@@ -13,7 +13,7 @@
 use contract::{GenerateRequest, GenerateResult};
 use serde::Serialize;
 
-use super::{Dialect, Incoming, Outgoing, first_image};
+use super::{Base64Png, Dialect, Incoming, Outgoing, first_image};
 use crate::api_error::ApiError;
 use crate::fields::Fields;
 use crate::input_image::base64_decoded_len;
@@ -124,7 +124,7 @@ impl Dialect for Appypie {
             status: 200,
             content_type: "image/png",
             content_length: base64_decoded_len(&image.png).to_string(),
-            image_data: image.png,
+            image_data: Base64Png::new(image.png),
         };
         Ok(Outgoing::json(200, &body).with_header("x-seed", image.seed.to_string()))
     }
@@ -139,7 +139,7 @@ struct ImageBody {
     /// Size of the PNG in bytes, as a string (as the seed shows it).
     #[serde(rename = "content-length")]
     content_length: String,
-    image_data: String,
+    image_data: Base64Png,
 }
 
 /// `size` ("WxH") or `width`/`height`; both given must agree.

@@ -16,7 +16,7 @@
 use contract::{GenerateRequest, GenerateResult};
 use serde::Serialize;
 
-use super::{Dialect, Incoming, Outgoing};
+use super::{Base64Png, Dialect, Incoming, Outgoing};
 use crate::api_error::ApiError;
 use crate::auth::{BEARER_LOCATION, bearer_token};
 use crate::fields::Fields;
@@ -147,7 +147,7 @@ impl Dialect for Hyperbolic {
                 .enumerate()
                 .map(|(index, img)| Image {
                     index,
-                    image: img.png,
+                    image: Base64Png::new(img.png),
                     random_seed: img.seed,
                 })
                 .collect(),
@@ -204,7 +204,7 @@ struct Body {
 #[derive(Serialize)]
 struct Image {
     index: usize,
-    image: String,
+    image: Base64Png,
     random_seed: u64,
 }
 

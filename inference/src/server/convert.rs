@@ -75,7 +75,13 @@ impl Draft {
 
 /// Checks a request and applies the catalog's defaults. Sizes are checked as
 /// multiples of 8 here (every SD VAE's factor); the engine checks the model's own.
-pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Error> {
+/// `init_image`: the init image's bytes, which `contract::wire::read` took out of
+/// the body (`req.init_image` keeps its strength).
+pub fn to_draft(
+    req: &GenerateRequest,
+    init_image: Option<&[u8]>,
+    defaults: &Defaults,
+) -> Result<Draft, Error> {
     let width = req.width.or(defaults.width);
     let height = req.height.or(defaults.height);
     for (name, v) in [("width", width), ("height", height)] {
@@ -109,11 +115,16 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
             req.samples
         )));
     }
-    let init_image = match &req.init_image {
-        None => None,
+    let init_image = match (&req.init_image, init_image) {
+        (None, None) => None,
+        (None, Some(_)) | (Some(_), None) => {
+            return Err(invalid(
+                "init_image: the image and its strength come together",
+            ));
+        }
         // The strength's range is the engine's to check (Pipeline::plan), once.
-        Some(init) => {
-            let mut img = decode_init_image(&init.image)?;
+        (Some(init), Some(bytes)) => {
+            let mut img = init_image::decode(bytes, MAX_INIT_PIXELS)?;
             // Fitted to the size asked for; without one, the model's default size
             // comes later and the engine resizes (diffusers' own preprocessing).
             if let (Some(w), Some(h)) = (width, height) {
@@ -144,13 +155,6 @@ pub fn to_draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Err
 fn decimal(v: f32) -> f64 {
     // f32's Display is the shortest decimal that reads back as the same f32.
     v.to_string().parse().unwrap_or(f64::from(v))
-}
-
-fn decode_init_image(b64: &str) -> Result<image::RgbImage, Error> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|e| invalid(format!("init_image.image: not valid base64 ({e})")))?;
-    init_image::decode(&bytes, MAX_INIT_PIXELS)
 }
 
 /// The message of an engine's invalid-parameter error, in the contract's terms
@@ -238,8 +242,15 @@ mod tests {
         }
     }
 
+    /// As the server reads a request: its JSON body through `wire::read`, then `to_draft`.
+    fn draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Error> {
+        let body = serde_json::to_vec(req).unwrap();
+        let got = contract::wire::read(None, body.into())?;
+        to_draft(&got.request, got.init_image.as_deref(), defaults)
+    }
+
     fn to_params(req: &GenerateRequest, info: &ModelInfo) -> Result<GenerateParams, Error> {
-        to_draft(req, &Defaults::default()).map(|d| d.resolve(info))
+        draft(req, &Defaults::default()).map(|d| d.resolve(info))
     }
 
     #[test]
@@ -268,9 +279,7 @@ mod tests {
             guidance: None,
             ..request()
         };
-        let p = to_draft(&bare, &Defaults::default())
-            .unwrap()
-            .resolve(&info());
+        let p = draft(&bare, &Defaults::default()).unwrap().resolve(&info());
         assert_eq!(
             (p.width, p.height, p.steps, p.guidance),
             (1024, 256, 20, 5.0)
@@ -282,7 +291,7 @@ mod tests {
             guidance: Some(0.0),
             scheduler: Some("Euler a".into()),
         };
-        let p = to_draft(&bare, &catalog).unwrap().resolve(&info());
+        let p = draft(&bare, &catalog).unwrap().resolve(&info());
         assert_eq!((p.width, p.height, p.steps, p.guidance), (640, 256, 2, 0.0));
         assert_eq!(p.scheduler.as_deref(), Some("Euler a"));
     }
@@ -313,10 +322,10 @@ mod tests {
             ),
             (
                 GenerateRequest {
-                    guidance: Some(f32::NAN),
+                    guidance: Some(101.0),
                     ..request()
                 },
-                "guidance:",
+                "guidance: must be from 0 to 100",
             ),
             (
                 GenerateRequest {

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use contract::{Error, GenerateRequest, GenerateResult};
+use contract::{Error, GenerateResult, wire};
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
 use tracing::Instrument;
@@ -24,7 +24,8 @@ use super::metrics::error_kind;
 use super::queue::Job;
 use super::registry::SourceState;
 
-/// Largest request body: an init image of up to 64 MiB as base64 in JSON.
+/// Largest request body: an init image of up to 64 MiB as base64 in JSON (or as its
+/// own bytes in a multipart body).
 const MAX_BODY_BYTES: usize = 96 * 1024 * 1024;
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -117,21 +118,28 @@ async fn run(
     trace_id: &str,
     started: Instant,
 ) -> Result<GenerateResult, Error> {
-    let req: GenerateRequest = serde_json::from_slice(&body)
-        .map_err(|e| Error::InvalidRequest(format!("body: not a generate-request ({e})")))?;
-    drop(body);
-    let entry = app.catalog.lookup(&req.model).cloned().ok_or_else(|| {
-        Error::UnknownModel(format!(
-            "model: {:?} is not served here; served: {}",
-            req.model,
-            app.catalog.names().join(", ")
-        ))
-    })?;
-    let defaults = entry.defaults.clone();
-    // Decoding an init image is CPU work: off the async threads.
-    let draft = tokio::task::spawn_blocking(move || convert::to_draft(&req, &defaults))
-        .await
-        .map_err(|e| Error::Internal(format!("checking the request: {e}")))??;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let catalog = app.clone();
+    // Reading the body (base64 or multipart) and decoding an init image are CPU
+    // work: off the async threads.
+    let (entry, draft) = tokio::task::spawn_blocking(move || {
+        let received = wire::read(content_type.as_deref(), body)?;
+        let req = received.request;
+        let entry = catalog.catalog.lookup(&req.model).cloned().ok_or_else(|| {
+            Error::UnknownModel(format!(
+                "model: {:?} is not served here; served: {}",
+                req.model,
+                catalog.catalog.names().join(", ")
+            ))
+        })?;
+        let draft = convert::to_draft(&req, received.init_image.as_deref(), &entry.defaults)?;
+        Ok::<_, Error>((entry, draft))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("checking the request: {e}")))??;
 
     // The caller's patience (the edge says how long it waits), capped by the server's.
     let wait = headers
