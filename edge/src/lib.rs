@@ -13,6 +13,7 @@ pub mod fields;
 pub mod image_url;
 pub mod input_image;
 pub mod job;
+pub mod jobs;
 pub mod models;
 pub mod multipart;
 pub mod settings;

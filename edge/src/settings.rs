@@ -12,7 +12,7 @@ use crate::input_image::ImageLimits;
 
 /// The variables the component reads. Each must be declared in the component's
 /// `[component.edge.variables]`, or Spin refuses the lookup.
-pub const VARIABLES: [&str; 8] = [
+pub const VARIABLES: [&str; 10] = [
     "api_keys",
     "allow_anonymous",
     "inference_url",
@@ -21,6 +21,8 @@ pub const VARIABLES: [&str; 8] = [
     "image_hosts",
     "inference_timeout_secs",
     "public_url",
+    "async_after_secs",
+    "webhook_retry_secs",
 ];
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,11 @@ pub struct Settings {
     /// The origin clients reach the edge at, for links to stored images (ModelsLab's
     /// `output`); None: taken from the request.
     pub public_url: Option<String>,
+    /// ModelsLab: a request expected to wait longer than this at the inference
+    /// server is answered "processing" at once, for `fetch` later.
+    pub async_after: Duration,
+    /// How long a webhook delivery is retried.
+    pub webhook_retry: Duration,
 }
 
 impl Settings {
@@ -57,15 +64,23 @@ impl Settings {
             .filter(|t| !t.is_empty());
         let image_hosts = ImageHosts::parse(&get("image_hosts").unwrap_or_default())
             .map_err(|e| format!("image_hosts: {e}"))?;
-        let inference_timeout = match get("inference_timeout_secs").filter(|s| !s.trim().is_empty())
-        {
-            None => Duration::from_secs(600),
-            Some(s) => {
-                Duration::from_secs(s.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(
-                    || format!("inference_timeout_secs {s:?} must be a positive number of seconds"),
-                )?)
+        let secs = |name: &str, default: u64, min: u64| -> Result<Duration, String> {
+            match get(name).filter(|s| !s.trim().is_empty()) {
+                None => Ok(Duration::from_secs(default)),
+                Some(s) => s
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| n >= min)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| {
+                        format!("{name} {s:?} must be a whole number of seconds, at least {min}")
+                    }),
             }
         };
+        let inference_timeout = secs("inference_timeout_secs", 600, 1)?;
+        let async_after = secs("async_after_secs", 30, 0)?;
+        let webhook_retry = secs("webhook_retry_secs", 3600, 0)?;
         let allow_anonymous = match get("allow_anonymous")
             .unwrap_or_default()
             .trim()
@@ -97,6 +112,8 @@ impl Settings {
             image_fetch_timeout: Duration::from_secs(20),
             inference_timeout,
             public_url,
+            async_after,
+            webhook_retry,
         })
     }
 }
@@ -183,7 +200,13 @@ mod tests {
         assert!(
             settings(&[("inference_timeout_secs", "0")])
                 .unwrap_err()
-                .contains("positive")
+                .contains("at least 1")
         );
+        let s = settings(&[("async_after_secs", "0"), ("webhook_retry_secs", "5")]).unwrap();
+        assert_eq!(
+            (s.async_after, s.webhook_retry),
+            (Duration::ZERO, Duration::from_secs(5))
+        );
+        assert!(settings(&[("async_after_secs", "x")]).is_err());
     }
 }

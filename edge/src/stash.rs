@@ -18,6 +18,8 @@ const KEY_PREFIX: &str = "img/";
 pub struct Stash {
     origin: String,
     now: u64,
+    /// Names given out before the images existed (a job's `future_links`), used first.
+    reserved: Vec<String>,
     /// (key, PNG bytes) for the component to write.
     pub pending: Vec<(String, Vec<u8>)>,
 }
@@ -28,20 +30,41 @@ impl Stash {
         Stash {
             origin: origin.trim_end_matches('/').to_string(),
             now,
+            reserved: Vec::new(),
             pending: Vec::new(),
         }
     }
 
+    /// A stash whose images take these names (from `new_name`), in order.
+    pub fn with_names(origin: &str, now: u64, names: &[String]) -> Stash {
+        let mut stash = Stash::new(origin, now);
+        stash.reserved = names.iter().rev().cloned().collect();
+        stash
+    }
+
+    /// The link an image stored under `name` is served at.
+    pub fn link(&self, name: &str) -> String {
+        format!("{}{ROUTE_PREFIX}{name}", self.origin)
+    }
+
     /// Keeps `png` and returns the link that serves it until it expires.
     pub fn put(&mut self, png: Vec<u8>) -> Result<String, ApiError> {
-        let mut id = [0u8; 16];
-        getrandom::fill(&mut id)
-            .map_err(|e| ApiError::internal(format!("no randomness for an image id: {e}")))?;
-        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let name = format!("{}-{id}.png", self.now + TTL_SECS);
+        let name = match self.reserved.pop() {
+            Some(name) => name,
+            None => new_name(self.now)?,
+        };
         self.pending.push((format!("{KEY_PREFIX}{name}"), png));
-        Ok(format!("{}{ROUTE_PREFIX}{name}", self.origin))
+        Ok(self.link(&name))
     }
+}
+
+/// A new image name, expiring TTL_SECS after `now`.
+pub fn new_name(now: u64) -> Result<String, ApiError> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id)
+        .map_err(|e| ApiError::internal(format!("no randomness for an image id: {e}")))?;
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{}-{id}.png", now + TTL_SECS))
 }
 
 /// The store key a `/generations/...` path names, if it is well-formed and not expired.

@@ -31,6 +31,10 @@ pub const TIMEOUT_HEADER: &str = "x-timeout-ms";
 pub const READY_PATH: &str = "/ready";
 /// The model catalog and each model's state.
 pub const MODELS_PATH: &str = "/v1/models";
+/// How busy the server is: queued requests and the expected wait.
+pub const QUEUE_PATH: &str = "/v1/queue";
+/// On `GET /v1/queue`: a model name to check.
+pub const MODEL_HEADER: &str = "x-model";
 /// Prometheus metrics.
 pub const METRICS_PATH: &str = "/metrics";
 

@@ -2,6 +2,7 @@
 //! the shared flow (auth → dialect parse → input image → inference → dialect
 //! render) and logs one line per request. Only compiled for wasm32.
 
+mod jobs;
 mod outbound;
 
 use std::time::Instant;
@@ -11,7 +12,7 @@ use http_body_util::Full;
 use spin_sdk::http::Request;
 
 use crate::api_error::ApiError;
-use crate::dialects::{self, Dialect, Incoming, Outgoing};
+use crate::dialects::{self, Dialect, Incoming, Outgoing, modelslab};
 use crate::input_image::{self, Provenance};
 use crate::job::{ImageSource, SizeRule};
 use crate::settings::{self, Settings};
@@ -63,7 +64,11 @@ async fn handle(req: Request) -> http::Response<Full<Bytes>> {
     to_http(out.with_header("x-trace-id", trace_id))
 }
 
-async fn serve(dialect: &dyn Dialect, req: Request, trace_id: &str) -> Result<Outgoing, ApiError> {
+async fn serve(
+    dialect: &'static dyn Dialect,
+    req: Request,
+    trace_id: &str,
+) -> Result<Outgoing, ApiError> {
     if req.method() != dialect.method() {
         return Err(ApiError::method_not_allowed(
             req.method().as_str(),
@@ -82,10 +87,22 @@ async fn serve(dialect: &dyn Dialect, req: Request, trace_id: &str) -> Result<Ou
         body,
     );
 
-    settings.api_keys.check(
-        dialect.credential(&incoming).as_deref(),
-        dialect.key_location(),
-    )?;
+    let key = dialect.credential(&incoming);
+    settings
+        .api_keys
+        .check(key.as_deref(), dialect.key_location())?;
+    let origin = public_origin(&settings, &incoming);
+    if let Some(modelslab::Endpoint::Fetch(id)) = modelslab::endpoint(&incoming.path) {
+        return jobs::fetch(
+            dialect,
+            &id,
+            key.as_deref(),
+            &origin,
+            &incoming.path,
+            &settings,
+        )
+        .await;
+    }
     let mut job = dialect.parse(&incoming)?;
     let mut init_bytes = None;
     if let Some(init) = job.init.take() {
@@ -110,10 +127,23 @@ async fn serve(dialect: &dyn Dialect, req: Request, trace_id: &str) -> Result<Ou
         });
         init_bytes = Some(bytes);
     }
+    if dialect.keeps_jobs() {
+        return jobs::submit(
+            dialect,
+            job,
+            init_bytes,
+            key.as_deref(),
+            &origin,
+            &incoming.path,
+            &settings,
+            trace_id,
+        )
+        .await;
+    }
     let result = outbound::generate(&settings, &job.request, init_bytes.as_deref(), trace_id)
         .await
         .map_err(|e| e.in_field_names(dialect.field_names()))?;
-    let mut stash = Stash::new(&public_origin(&settings, &incoming), unix_now());
+    let mut stash = Stash::new(&origin, unix_now());
     let out = dialect.render(&job, result, &mut stash)?;
     store(stash).await?;
     Ok(out)
@@ -146,7 +176,7 @@ fn kv_error(what: &str, e: impl std::fmt::Display) -> ApiError {
     ))
 }
 
-/// Writes the stashed images, and drops the expired ones while at it.
+/// Writes the stashed images (expired ones are swept by `jobs::maintain`).
 async fn store(stash: Stash) -> Result<(), ApiError> {
     if stash.pending.is_empty() {
         return Ok(());
@@ -154,11 +184,6 @@ async fn store(stash: Stash) -> Result<(), ApiError> {
     let kv = spin_sdk::key_value::Store::open(stash::STORE)
         .await
         .map_err(|e| kv_error("opening", e))?;
-    if let Ok(keys) = kv.get_keys().await.collect().await {
-        for key in stash::expired(&keys, unix_now()) {
-            let _ = kv.delete(key).await;
-        }
-    }
     for (key, png) in &stash.pending {
         kv.set(key, png)
             .await

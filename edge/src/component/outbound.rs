@@ -378,3 +378,69 @@ fn backend_error(code: ErrorCode, timeout: Duration) -> ApiError {
         )),
     }
 }
+
+/// How long a request for `model` sent now would wait at the first inference server
+/// (its `GET /v1/queue`), in seconds: Ok(None) when it does not say (an older
+/// server, a network error; the request then runs as usual), Err when the server
+/// refuses the model.
+pub async fn expected_wait(settings: &Settings, model: &str) -> Result<Option<f64>, ApiError> {
+    let Some(base) = settings.inference_urls.first() else {
+        return Ok(None);
+    };
+    let mut req = http::Request::get(format!("{base}{}", contract::QUEUE_PATH))
+        .header(contract::MODEL_HEADER, model);
+    if let Some(token) = &settings.inference_token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let limit = Duration::from_secs(2);
+    let Ok(req) = req
+        .extension(options(limit, limit, limit))
+        .body(Empty::<Bytes>::new())
+    else {
+        return Ok(None);
+    };
+    let Ok(resp) = send(req).await else {
+        return Ok(None);
+    };
+    let status = resp.status();
+    let Ok(body) = read_body(resp.into_body(), 64 * 1024, Some(Instant::now() + limit)).await
+    else {
+        return Ok(None);
+    };
+    if status.as_u16() == 400
+        && let Ok(err @ contract::Error::UnknownModel(_)) = serde_json::from_slice(&body)
+    {
+        return Err(err.into());
+    }
+    let queue: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    Ok(queue["expected_wait_secs"].as_f64())
+}
+
+/// POSTs a job's answer to its webhook; Err says why it did not arrive (for the
+/// retry log). The URL obeys the image hosts' rules, checked again at each try.
+pub async fn post_webhook(
+    settings: &Settings,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<(), String> {
+    let parsed = Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    settings
+        .image_hosts
+        .check(&parsed, "webhook")
+        .map_err(|e| e.message)?;
+    let limit = Duration::from_secs(10);
+    let req = http::Request::post(parsed.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .extension(options(limit, limit, limit))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let resp = send(req).await.map_err(|code| format!("{code:?}"))?;
+    let status = resp.status();
+    // Read (and drop) the answer so that the connection ends cleanly.
+    let _ = read_body(resp.into_body(), 64 * 1024, Some(Instant::now() + limit)).await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the webhook answered HTTP {}", status.as_u16()))
+    }
+}

@@ -113,6 +113,11 @@ pub trait Dialect: Sync {
     fn field_names(&self) -> &'static [(&'static str, &'static str)] {
         &[]
     }
+    /// Whether its requests are jobs (`crate::jobs`: fetchable by id, run after the
+    /// reply when they would wait long or carry a webhook). ModelsLab's are.
+    fn keeps_jobs(&self) -> bool {
+        false
+    }
     /// The failure response, in this API's error format; by default `{code, message,
     /// traceId}`.
     fn render_error(&self, err: &ApiError, trace_id: &str) -> Outgoing {

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use super::{Dialect, Incoming, Outgoing, with_retry_after};
 use crate::api_error::ApiError;
+use crate::fields::Fields;
 use crate::input_image::{ImageLimits, decode_base64};
 use crate::job::{self, ImageSource, InitImageSource, Job};
 use crate::models;
@@ -34,7 +35,7 @@ const DEFAULT_SIDE: u32 = 512;
 const DEFAULT_STRENGTH: f64 = 0.7;
 
 /// The fields this dialect reads; anything else present goes to `meta.ignored`.
-const KNOWN: [&str; 18] = [
+const KNOWN: [&str; 21] = [
     "key",
     "model_id",
     "prompt",
@@ -53,22 +54,99 @@ const KNOWN: [&str; 18] = [
     "track_id",
     "base64",
     "temp",
+    "aspect_ratio",
+    "init_image_2",
+    "webhook",
 ];
 /// Fields only image-to-image reads.
-const IMG2IMG_ONLY: [&str; 2] = ["init_image", "strength"];
+const IMG2IMG_ONLY: [&str; 3] = ["init_image", "strength", "init_image_2"];
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The longest side an `aspect_ratio` asks for.
+const ASPECT_MAX_SIDE: u32 = 1024;
+
+/// v7's `aspect_ratio` ("16:9"): the largest size of that shape with sides multiples
+/// of 8 and at most 1024.
+fn aspect_ratio(f: &Fields) -> Result<Option<(u32, u32)>, ApiError> {
+    let Some(text) = f.string("aspect_ratio")? else {
+        return Ok(None);
+    };
+    let parsed = text
+        .trim()
+        .split_once(':')
+        .and_then(|(w, h)| Some((w.trim().parse::<f64>().ok()?, h.trim().parse::<f64>().ok()?)))
+        .filter(|(w, h)| *w > 0.0 && *h > 0.0 && w / h <= 4.0 && h / w <= 4.0);
+    let Some((w, h)) = parsed else {
+        return Err(ApiError::field(
+            "aspect_ratio",
+            format!("must be W:H with sides at most 4 times each other, like 16:9 (got {text:?})"),
+        ));
+    };
+    let scale = f64::from(ASPECT_MAX_SIDE) / w.max(h);
+    let side = |v: f64| (((v * scale) / 8.0).round() as u32 * 8).clamp(64, ASPECT_MAX_SIDE);
+    Ok(Some((side(w), side(h))))
+}
+
+/// `init_image`: a string, or (v7's image editing) a list of one.
+fn one_init_image(f: &Fields) -> Result<String, ApiError> {
+    if f.has("init_image_2") {
+        return Err(ApiError::field(
+            "init_image_2",
+            "a second input image is not supported here; send one init_image",
+        ));
+    }
+    match f.get_raw("init_image") {
+        Value::Array(items) => match items.as_slice() {
+            [Value::String(one)] if !one.trim().is_empty() => Ok(one.clone()),
+            _ => Err(ApiError::field(
+                "init_image",
+                format!(
+                    "one image is supported here: a string, or a list of one (got a list of {})",
+                    items.len()
+                ),
+            )),
+        },
+        _ => f.required_string("init_image"),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {
     Img2Img,
     Text2Img,
+    /// A queued job's result, by its id.
+    Fetch(String),
 }
 
+/// The families of paths ModelsLab's clients call (after `/api/`): the seed's
+/// enterprise endpoints, the official Python SDK's community and realtime APIs
+/// (`modelslab-py`: v6, or v1/enterprise with `enterprise=True`) and the v7 API its
+/// providers and the official CLI (`modelslab-cli`) use. Each has its fetch route.
+const FAMILIES: [(&str, &str, &str); 6] = [
+    // (prefix, text-to-image, image-to-image)
+    ("v1/enterprise/", "text2img", "img2img"),
+    ("v6/images/", "text2img", "img2img"),
+    ("v6/realtime/", "text2img", "img2img"),
+    ("v1/enterprise/images/", "text2img", "img2img"),
+    ("v1/enterprise/realtime/", "text2img", "img2img"),
+    ("v7/images/", "text-to-image", "image-to-image"),
+];
+
 pub fn endpoint(path: &str) -> Option<Endpoint> {
-    match path {
-        "/api/v1/enterprise/img2img" => Some(Endpoint::Img2Img),
-        "/api/v1/enterprise/text2img" => Some(Endpoint::Text2Img),
-        _ => None,
+    let rest = path.strip_prefix("/api/")?;
+    // The SDK's enterprise Qwen text-to-image.
+    if rest == "v1/enterprise/qwen/text2img" {
+        return Some(Endpoint::Text2Img);
     }
+    FAMILIES.iter().find_map(|(prefix, t2i, i2i)| {
+        let op = rest.strip_prefix(prefix)?;
+        match op.strip_prefix("fetch/") {
+            Some(id) if !id.is_empty() && !id.contains('/') => Some(Endpoint::Fetch(id.into())),
+            Some(_) => None,
+            None if op == *t2i => Some(Endpoint::Text2Img),
+            None if op == *i2i => Some(Endpoint::Img2Img),
+            None => None,
+        }
+    })
 }
 
 pub struct ModelsLab;
@@ -93,6 +171,10 @@ impl Dialect for ModelsLab {
         "the \"key\" field of the JSON body"
     }
 
+    fn keeps_jobs(&self) -> bool {
+        true
+    }
+
     fn credential(&self, req: &Incoming) -> Option<String> {
         req.json().ok()?.string("key").ok()?
     }
@@ -108,8 +190,12 @@ impl Dialect for ModelsLab {
                 .map(|n| job::check_side(name, n as u32, 64, 1024, 8))
                 .transpose()
         };
-        // One side alone: the other is ModelsLab's usual 512.
-        let (width, height) = job::optional_size(side("width")?, side("height")?, DEFAULT_SIDE);
+        // One side alone: the other is ModelsLab's usual 512. Neither, but v7's
+        // aspect_ratio: that shape at up to 1024 a side.
+        let (width, height) = match (side("width")?, side("height")?) {
+            (None, None) => aspect_ratio(f)?.map_or((None, None), |(w, h)| (Some(w), Some(h))),
+            (w, h) => job::optional_size(w, h, DEFAULT_SIDE),
+        };
         let samples = f.integer("samples", 1..=4)?.map_or(1, |n| n as u32);
         // ModelsLab documents no defaults: absent, the model's catalog defaults apply.
         let steps = f.integer("num_inference_steps", 1..=50)?.map(|n| n as u32);
@@ -119,6 +205,10 @@ impl Dialect for ModelsLab {
         let base64_io = f.yes_no("base64")?.unwrap_or(false);
         f.yes_no("temp")?;
         let track_id = f.get_raw("track_id");
+        let webhook = f
+            .string("webhook")?
+            .map(|w| w.trim().to_string())
+            .filter(|w| !w.is_empty());
         let mut ignored: Vec<String> = f
             .names()
             .filter(|n| !KNOWN.contains(n) || (!img2img && IMG2IMG_ONLY.contains(n)))
@@ -154,7 +244,7 @@ impl Dialect for ModelsLab {
             let strength = f
                 .number("strength", 0.01..=1.0)?
                 .unwrap_or(DEFAULT_STRENGTH);
-            let text = f.required_string("init_image")?;
+            let text = one_init_image(f)?;
             let (source, shown) = if base64_io {
                 let bytes = decode_base64(&text, ImageLimits::default(), "init_image")?;
                 (ImageSource::Bytes(bytes), Value::from("(base64)"))
@@ -203,6 +293,7 @@ impl Dialect for ModelsLab {
         job.echo = json!({
             "base64": base64_io,
             "track_id": track_id,
+            "webhook": webhook,
             "meta": {
                 "prompt": prompt,
                 "model_id": model_id,
@@ -243,8 +334,8 @@ impl Dialect for ModelsLab {
                 output.push(stash.put(png)?);
             }
         }
-        let mut id = [0u8; 4];
-        getrandom::fill(&mut id).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+        // The job's id (every ModelsLab request is a job, fetchable by it).
+        let id = job.echo["id"].as_u64().unwrap_or_default();
         let mut meta = job.echo["meta"].clone();
         // What ran, with the model's defaults filled in for what the client left out.
         if let Some((w, h)) = sizes.first() {
@@ -258,7 +349,7 @@ impl Dialect for ModelsLab {
         let mut body = json!({
             "status": "success",
             "generationTime": f64::from(result.timings.total_ms) / 1000.0,
-            "id": u32::from_le_bytes(id),
+            "id": id,
             "output": output,
             "meta": meta,
         });
@@ -272,6 +363,51 @@ impl Dialect for ModelsLab {
         let body = json!({"status": "error", "message": err.message, "traceId": trace_id});
         with_retry_after(Outgoing::json(err.status, &body), err)
     }
+}
+
+/// The webhook a request asked for, if any.
+pub fn webhook(job: &Job) -> Option<&str> {
+    job.echo["webhook"].as_str()
+}
+
+/// Where a job submitted at `path` is fetched: its family's fetch route.
+pub fn fetch_path(path: &str, id: u64) -> String {
+    let rest = path.strip_prefix("/api/").unwrap_or_default();
+    let prefix = FAMILIES
+        .iter()
+        .map(|(prefix, ..)| *prefix)
+        .filter(|prefix| rest.starts_with(prefix))
+        .max_by_key(|prefix| prefix.len())
+        // (Every fetch route serves every job; this is the family's own.)
+        .unwrap_or("v1/enterprise/");
+    format!("/api/{prefix}fetch/{id}")
+}
+
+/// The answer to a request that runs after the reply: ModelsLab's "processing"
+/// body, with where to fetch the result and the links its images will have.
+pub fn render_processing(
+    job: &Job,
+    id: u64,
+    eta_secs: f64,
+    fetch_url: &str,
+    future_links: &[String],
+) -> Outgoing {
+    let mut body = json!({
+        "status": "processing",
+        "tip": "the image is being generated; fetch it when the eta has passed",
+        "eta": eta_secs,
+        "messege": "Try to fetch request after given estimated time",
+        "message": "Try to fetch request after given estimated time",
+        "fetch_result": fetch_url,
+        "id": id,
+        "output": [],
+        "meta": job.echo["meta"].clone(),
+        "future_links": future_links,
+    });
+    if !job.echo["track_id"].is_null() {
+        body["track_id"] = job.echo["track_id"].clone();
+    }
+    Outgoing::json(200, &body)
 }
 
 #[cfg(test)]
@@ -292,6 +428,111 @@ mod tests {
 
     fn parse(path: &str, body: &str) -> Result<Job, ApiError> {
         ModelsLab.parse(&incoming(path, &[], body.as_bytes()))
+    }
+
+    #[test]
+    fn every_path_of_the_api_family() {
+        for (path, want) in [
+            ("/api/v1/enterprise/text2img", Some(Endpoint::Text2Img)),
+            ("/api/v1/enterprise/img2img", Some(Endpoint::Img2Img)),
+            ("/api/v6/images/text2img", Some(Endpoint::Text2Img)),
+            ("/api/v6/realtime/img2img", Some(Endpoint::Img2Img)),
+            ("/api/v1/enterprise/images/img2img", Some(Endpoint::Img2Img)),
+            (
+                "/api/v1/enterprise/realtime/text2img",
+                Some(Endpoint::Text2Img),
+            ),
+            ("/api/v1/enterprise/qwen/text2img", Some(Endpoint::Text2Img)),
+            ("/api/v7/images/text-to-image", Some(Endpoint::Text2Img)),
+            ("/api/v7/images/image-to-image", Some(Endpoint::Img2Img)),
+            (
+                "/api/v7/images/fetch/12",
+                Some(Endpoint::Fetch("12".into())),
+            ),
+            (
+                "/api/v1/enterprise/fetch/9",
+                Some(Endpoint::Fetch("9".into())),
+            ),
+            (
+                "/api/v1/enterprise/images/fetch/9",
+                Some(Endpoint::Fetch("9".into())),
+            ),
+            ("/api/v6/images/fetch/", None),
+            ("/api/v6/images/fetch/1/2", None),
+            ("/api/v6/images/inpaint", None),
+            ("/api/v7/images/text2img", None),
+            ("/v6/images/text2img", None),
+        ] {
+            assert_eq!(endpoint(path), want, "{path}");
+        }
+        assert_eq!(
+            fetch_path("/api/v6/realtime/text2img", 5),
+            "/api/v6/realtime/fetch/5"
+        );
+        assert_eq!(
+            fetch_path("/api/v1/enterprise/img2img", 5),
+            "/api/v1/enterprise/fetch/5"
+        );
+        assert_eq!(
+            fetch_path("/api/v1/enterprise/images/img2img", 5),
+            "/api/v1/enterprise/images/fetch/5"
+        );
+        assert_eq!(
+            fetch_path("/api/v1/enterprise/qwen/text2img", 5),
+            "/api/v1/enterprise/fetch/5"
+        );
+        assert_eq!(
+            fetch_path("/api/v7/images/text-to-image", 5),
+            "/api/v7/images/fetch/5"
+        );
+    }
+
+    #[test]
+    fn v7_aspect_ratios_and_init_image_lists() {
+        let t2i = |body: &str| parse("/api/v7/images/text-to-image", body);
+        let size = |body: &str| {
+            let r = t2i(body).unwrap().request;
+            (r.width, r.height)
+        };
+        assert_eq!(
+            size(r#"{"prompt":"p","aspect_ratio":"16:9"}"#),
+            (Some(1024), Some(576))
+        );
+        assert_eq!(
+            size(r#"{"prompt":"p","aspect_ratio":"1:1"}"#),
+            (Some(1024), Some(1024))
+        );
+        assert_eq!(
+            size(r#"{"prompt":"p","aspect_ratio":"2:3","width":512}"#),
+            (Some(512), Some(512))
+        );
+        for bad in ["16x9", "0:1", "9:1", ""] {
+            let e = t2i(&format!(r#"{{"prompt":"p","aspect_ratio":"{bad}"}}"#))
+                .err()
+                .unwrap();
+            assert!(
+                e.message.starts_with("aspect_ratio: must be W:H"),
+                "{}",
+                e.message
+            );
+        }
+        let i2i = |body: &str| parse("/api/v7/images/image-to-image", body);
+        let job = i2i(r#"{"prompt":"p","init_image":["https://a.example/x.png"]}"#).unwrap();
+        assert!(job.init.is_some());
+        let e = i2i(r#"{"prompt":"p","init_image":["https://a/x.png","https://a/y.png"]}"#)
+            .err()
+            .unwrap();
+        assert!(
+            e.message.starts_with("init_image: one image"),
+            "{}",
+            e.message
+        );
+        let e = i2i(
+            r#"{"prompt":"p","init_image":"https://a/x.png","init_image_2":"https://a/y.png"}"#,
+        )
+        .err()
+        .unwrap();
+        assert!(e.message.starts_with("init_image_2:"), "{}", e.message);
     }
 
     #[test]

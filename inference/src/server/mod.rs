@@ -91,11 +91,21 @@ impl AppState {
         self.batch_secs.store(new.to_bits(), Ordering::Relaxed);
     }
 
+    /// Seconds per batch lately (0 before the first batch).
+    fn batch_secs(&self) -> f64 {
+        f64::from_bits(self.batch_secs.load(Ordering::Relaxed))
+    }
+
+    /// How long a request sent now would wait for its answer: the batches ahead of
+    /// it and its own, at the recent pace (at least a second a batch).
+    fn expected_wait_secs(&self) -> f64 {
+        let batches = (self.queue.len() / self.max_batch.max(1)) as f64 + 1.0;
+        self.batch_secs().max(1.0) * batches
+    }
+
     /// When a refused request may find room: the queue's batches at the recent pace.
     fn retry_after_secs(&self) -> u32 {
-        let per_batch = f64::from_bits(self.batch_secs.load(Ordering::Relaxed)).max(1.0);
-        let batches = (self.queue.len() / self.max_batch.max(1)) as f64 + 1.0;
-        (per_batch * batches).ceil().clamp(1.0, 600.0) as u32
+        self.expected_wait_secs().ceil().clamp(1.0, 600.0) as u32
     }
 }
 

@@ -32,6 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let guarded = Router::new()
         .route(contract::GENERATE_PATH, post(generate))
         .route(contract::MODELS_PATH, get(models))
+        .route(contract::QUEUE_PATH, get(queue))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(guarded)
@@ -128,13 +129,11 @@ async fn run(
     let (entry, draft) = tokio::task::spawn_blocking(move || {
         let received = wire::read(content_type.as_deref(), body)?;
         let req = received.request;
-        let entry = catalog.catalog.lookup(&req.model).cloned().ok_or_else(|| {
-            Error::UnknownModel(format!(
-                "model: {:?} is not served here; served: {}",
-                req.model,
-                catalog.catalog.names().join(", ")
-            ))
-        })?;
+        let entry = catalog
+            .catalog
+            .lookup(&req.model)
+            .cloned()
+            .ok_or_else(|| unknown_model(&catalog, &req.model))?;
         let draft = convert::to_draft(&req, received.init_image.as_deref(), &entry.defaults)?;
         Ok::<_, Error>((entry, draft))
     })
@@ -205,6 +204,13 @@ async fn run(
     })
 }
 
+fn unknown_model(app: &AppState, model: &str) -> Error {
+    Error::UnknownModel(format!(
+        "model: {model:?} is not served here; served: {}",
+        app.catalog.names().join(", ")
+    ))
+}
+
 fn reply(result: Result<GenerateResult, Error>) -> Response {
     match result {
         Ok(r) => (StatusCode::OK, axum::Json(r)).into_response(),
@@ -248,6 +254,26 @@ impl Drop for LeaveOnDrop<'_> {
             );
         }
     }
+}
+
+/// `GET /v1/queue`: how busy the server is, for callers that answer long waits
+/// asynchronously (the edge's ModelsLab jobs); with `x-model`, also whether that
+/// model is served (unknown-model otherwise), so a job that cannot run is refused
+/// before it is queued.
+async fn queue(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(model) = headers
+        .get(contract::MODEL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        && app.catalog.lookup(model).is_none()
+    {
+        return reply(Err(unknown_model(&app, model)));
+    }
+    axum::Json(json!({
+        "queued": app.queue.len(),
+        "batch_secs": app.batch_secs(),
+        "expected_wait_secs": app.expected_wait_secs(),
+    }))
+    .into_response()
 }
 
 /// `GET /v1/models`: the catalog and each model's state.
