@@ -12,7 +12,7 @@ use crate::input_image::ImageLimits;
 
 /// The variables the component reads. Each must be declared in the component's
 /// `[component.edge.variables]`, or Spin refuses the lookup.
-pub const VARIABLES: [&str; 10] = [
+pub const VARIABLES: [&str; 12] = [
     "api_keys",
     "allow_anonymous",
     "inference_url",
@@ -23,6 +23,8 @@ pub const VARIABLES: [&str; 10] = [
     "public_url",
     "async_after_secs",
     "webhook_retry_secs",
+    "key_max_stored_mb",
+    "key_max_images",
 ];
 
 #[derive(Debug, Clone)]
@@ -46,6 +48,8 @@ pub struct Settings {
     pub async_after: Duration,
     /// How long a webhook delivery is retried.
     pub webhook_retry: Duration,
+    /// What one API key's ModelsLab jobs may keep in the store at a time.
+    pub key_limits: crate::quota::Limits,
 }
 
 impl Settings {
@@ -81,6 +85,19 @@ impl Settings {
         let inference_timeout = secs("inference_timeout_secs", 600, 1)?;
         let async_after = secs("async_after_secs", 30, 0)?;
         let webhook_retry = secs("webhook_retry_secs", 3600, 0)?;
+        let count = |name: &str, default: u64| -> Result<u64, String> {
+            match get(name).filter(|s| !s.trim().is_empty()) {
+                None => Ok(default),
+                Some(s) => s
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("{name} {s:?} must be a whole number")),
+            }
+        };
+        let key_limits = crate::quota::Limits {
+            max_bytes: count("key_max_stored_mb", 512)?.saturating_mul(1024 * 1024),
+            max_images: count("key_max_images", 500)?.min(u64::from(u32::MAX)) as u32,
+        };
         let allow_anonymous = match get("allow_anonymous")
             .unwrap_or_default()
             .trim()
@@ -114,6 +131,7 @@ impl Settings {
             public_url,
             async_after,
             webhook_retry,
+            key_limits,
         })
     }
 }
@@ -208,5 +226,11 @@ mod tests {
             (Duration::ZERO, Duration::from_secs(5))
         );
         assert!(settings(&[("async_after_secs", "x")]).is_err());
+        let s = settings(&[("key_max_stored_mb", "2"), ("key_max_images", "7")]).unwrap();
+        assert_eq!(
+            (s.key_limits.max_bytes, s.key_limits.max_images),
+            (2 << 20, 7)
+        );
+        assert!(settings(&[("key_max_images", "-1")]).is_err());
     }
 }

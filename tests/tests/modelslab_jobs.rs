@@ -258,3 +258,55 @@ fn jobs_outlast_restarts_of_the_edge_and_of_the_inference_server() {
     let path = link.splitn(4, '/').nth(3).unwrap();
     assert_eq!(get(&format!("{edge}/{path}")).status, 200, "{link}");
 }
+
+/// The images the inference server has made, from its metrics.
+fn images_made(inference_url: &str) -> f64 {
+    let text = String::from_utf8(get(&format!("{inference_url}/metrics")).body).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("sdgate_images_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn each_key_has_its_share_of_the_store() {
+    if !edge_runtime_present() {
+        return;
+    }
+    let (_inference, inference_url) = start_inference();
+    let vars = vec![("KEY_MAX_STORED_MB", "1"), ("KEY_MAX_IMAGES", "2")];
+    let (_edge_proc, edge) = start_edge_with(
+        &config(&inference_url, "", vars),
+        &[],
+        &RuntimeOptions::default(),
+    );
+    let ask = |key: &str, side: u32, samples: u32| {
+        post(
+            &format!("{edge}{T2I}"),
+            &[("Content-Type", "application/json")],
+            &json!({"key": key, "prompt": "p", "width": side, "height": side,
+                    "num_inference_steps": 2, "samples": samples})
+            .to_string(),
+        )
+    };
+    let first = ask(KEY, 64, 2);
+    assert_eq!(first.status, 200, "{}", first.json());
+    let made = images_made(&inference_url);
+
+    // Bytes: a 1024x1024 image may need more than the 1 MiB left.
+    let big = ask(KEY, 1024, 1);
+    assert_eq!(big.status, 429, "{}", big.json());
+    assert!(big.header("retry-after").is_some());
+    // Images: two kept, two allowed.
+    let more = ask(KEY, 64, 1);
+    assert_eq!(more.status, 429, "{}", more.json());
+    let message = more.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("2 images of the 1 MiB and 2 images"),
+        "{message}"
+    );
+    // Refused before anything ran.
+    assert_eq!(images_made(&inference_url), made);
+    // Another key has its own share.
+    assert_eq!(ask(OTHER_KEY, 64, 1).status, 200);
+}

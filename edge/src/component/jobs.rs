@@ -15,6 +15,7 @@ use crate::api_error::ApiError;
 use crate::dialects::{Dialect, Outgoing, modelslab};
 use crate::job::Job;
 use crate::jobs::{self, HEARTBEAT_SECS, LEASE_SECS, Record, State, Webhook};
+use crate::quota::{self, Usage};
 use crate::settings::Settings;
 use crate::stash::{self, Stash};
 
@@ -42,6 +43,37 @@ async fn save(kv: &Store, record: &Record) -> Result<(), ApiError> {
     kv.set(&jobs::record_key(record.id), &bytes)
         .await
         .map_err(|e| kv_error("writing to", e))
+}
+
+async fn load_usage(kv: &Store, owner: &str) -> Result<Usage, ApiError> {
+    let bytes = kv
+        .get(&quota::key(owner))
+        .await
+        .map_err(|e| kv_error("reading from", e))?;
+    // An unreadable ledger (from an older version) starts afresh.
+    Ok(bytes
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default())
+}
+
+async fn save_usage(kv: &Store, owner: &str, usage: &Usage) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(usage).expect("a ledger serializes");
+    kv.set(&quota::key(owner), &bytes)
+        .await
+        .map_err(|e| kv_error("writing to", e))
+}
+
+/// A finished job keeps what it stored: its images and its answer.
+async fn settle(kv: &Store, record: &Record, image_bytes: u64) -> Result<(), ApiError> {
+    let mut usage = load_usage(kv, &record.owner).await?;
+    let answer = serde_json::to_vec(&record.answer).map_or(0, |a| a.len() as u64);
+    let images = if image_bytes > 0 {
+        record.image_names.len() as u32
+    } else {
+        0
+    };
+    usage.settle(record.id, image_bytes + answer, images);
+    save_usage(kv, &record.owner, &usage).await
 }
 
 fn random_u64() -> Result<u64, ApiError> {
@@ -108,6 +140,22 @@ pub async fn submit(
     record.webhook = webhook.map(|url| Webhook::new(url, now, settings.webhook_retry.as_secs()));
     let kv = open().await?;
     maintain(&kv, dialect, settings, origin).await;
+    // Room in this key's share of the store, before anything runs.
+    let mut usage = load_usage(&kv, &record.owner).await?;
+    let base64 = job.echo["base64"].as_bool().unwrap_or(false);
+    let reserve = quota::Entry {
+        id,
+        expires: record.expires,
+        bytes: quota::worst_case_bytes(
+            job.request.width,
+            job.request.height,
+            job.request.samples,
+            base64,
+        ),
+        images: job.request.samples,
+    };
+    usage.admit(now, reserve, settings.key_limits)?;
+    save_usage(&kv, &record.owner, &usage).await?;
 
     if later {
         if let Some(bytes) = &init {
@@ -139,18 +187,19 @@ pub async fn submit(
         trace_id,
     )
     .await;
-    let out = match &result {
-        Ok(out) => out.clone(),
-        Err(err) => dialect.render_error(err, trace_id),
+    let (out, stored) = match &result {
+        Ok((out, stored)) => (out.clone(), *stored),
+        Err(err) => (dialect.render_error(err, trace_id), 0),
     };
     record.finish(out.status, answer_of(&out, &record));
     record.lease_until = 0;
     save(&kv, &record).await?;
-    result
+    settle(&kv, &record, stored).await?;
+    result.map(|(out, _)| out)
 }
 
 /// Generates a job's images and renders its answer (the images stored under the
-/// names its links were given).
+/// names its links were given); also says how many bytes of images it stored.
 async fn run(
     dialect: &dyn Dialect,
     record: &Record,
@@ -158,14 +207,15 @@ async fn run(
     origin: &str,
     settings: &Settings,
     trace_id: &str,
-) -> Result<Outgoing, ApiError> {
+) -> Result<(Outgoing, u64), ApiError> {
     let result = outbound::generate(settings, &record.request, init, trace_id)
         .await
         .map_err(|e| e.in_field_names(dialect.field_names()))?;
     let mut stash = Stash::with_names(origin, record.created, &record.image_names);
     let out = dialect.render(&job_of(record), result, &mut stash)?;
+    let stored = stash.pending.iter().map(|(_, png)| png.len() as u64).sum();
     store(stash).await?;
-    Ok(out)
+    Ok((out, stored))
 }
 
 /// Runs a job after the reply, or takes over one whose runner stopped: its
@@ -218,15 +268,16 @@ async fn drive_job(
                 Either::Right(((), _)) => unreachable!("the heartbeat never ends"),
             }
         };
-        let out = match result {
-            Ok(out) => out,
-            Err(err) => dialect.render_error(&err, trace_id),
+        let (out, stored) = match result {
+            Ok(done) => done,
+            Err(err) => (dialect.render_error(&err, trace_id), 0),
         };
         let answer = answer_of(&out, &record);
         record = load(&kv, id).await?.unwrap_or(record);
         record.finish(out.status, answer);
         record.lease_until = unix_now() + LEASE_SECS;
         save(&kv, &record).await?;
+        settle(&kv, &record, stored).await?;
         let _ = kv.delete(&jobs::input_key(id)).await;
     }
     deliver_webhook(&kv, settings, &mut record).await?;
