@@ -310,3 +310,47 @@ fn each_key_has_its_share_of_the_store() {
     // Another key has its own share.
     assert_eq!(ask(OTHER_KEY, 64, 1).status, 200);
 }
+
+#[test]
+fn a_failed_job_reaches_fetch_and_the_webhook_as_an_error() {
+    if !edge_runtime_present() {
+        return;
+    }
+    let hooks = Hooks::start();
+    // No inference server listens there.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (_edge_proc, edge) = start_edge_with(
+        &config(&dead, &hooks.origin, vec![]),
+        &[],
+        &RuntimeOptions::default(),
+    );
+    let queued = submit(
+        &edge,
+        json!({"key": KEY, "prompt": "p", "width": 64, "height": 64,
+               "webhook": format!("{}/hook", hooks.origin), "track_id": "t-2"}),
+    );
+    assert_eq!(queued["status"], "processing", "{queued}");
+    let (status, ended) = fetch_until_done(
+        queued["fetch_result"].as_str().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        (status, &ended["status"]),
+        (503, &json!("error")),
+        "{ended}"
+    );
+    assert!(
+        ended["message"]
+            .as_str()
+            .unwrap()
+            .contains("inference server"),
+        "{ended}"
+    );
+    let bodies = hooks.wait_for(2, Duration::from_secs(30));
+    let last = bodies.last().expect("a webhook call");
+    assert_eq!(
+        (&last["status"], &last["track_id"], &last["id"]),
+        (&json!("error"), &json!("t-2"), &queued["id"]),
+        "{last}"
+    );
+}
