@@ -22,7 +22,7 @@ impl Default for ImageLimits {
     fn default() -> Self {
         ImageLimits {
             max_bytes: 10 * 1024 * 1024,
-            max_pixels: 16_000_000,
+            max_pixels: contract::limits::MAX_INIT_PIXELS,
         }
     }
 }

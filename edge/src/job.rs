@@ -137,7 +137,7 @@ pub fn optional_prompt(f: &Fields, name: &str) -> Result<Option<String>, ApiErro
 }
 
 /// the first 77 tokens anyway, this only keeps absurd bodies out.
-pub const MAX_PROMPT_CHARS: usize = 10_000;
+pub use contract::limits::MAX_PROMPT_CHARS;
 
 pub fn check_prompt(field: &str, text: String) -> Result<String, ApiError> {
     if text.chars().count() > MAX_PROMPT_CHARS {

@@ -13,7 +13,7 @@ pub const HYPERBOLIC: [&str; 5] = ["SDXL1.0-base", "SD2", "SD1.5", "SSD", "SDXL-
 /// Hyperbolic names of pipelines this server does not run.
 pub const HYPERBOLIC_UNSUPPORTED: [&str; 2] = ["SDXL-ControlNet", "SD1.5-ControlNet"];
 
-const MAX_NAME_CHARS: usize = 200;
+use contract::limits::MAX_MODEL_CHARS as MAX_NAME_CHARS;
 
 /// A model name field: `default` when absent; otherwise a plausible name (a catalog
 /// name, a hub id such as `org/model`), which the server then resolves.

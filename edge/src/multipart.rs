@@ -62,11 +62,11 @@ pub fn parse(content_type: Option<&str>, body: Vec<u8>) -> Result<Form, ApiError
                 "body: more than {MAX_PARTS} form parts"
             )));
         }
-        let name = field.name().unwrap_or_default().to_string();
+        let (name, file_name) = disposition(field.headers());
+        let name = name.unwrap_or_default();
         if name.is_empty() {
             return Err(ApiError::bad_request("body: a form part has no name"));
         }
-        let file_name = field.file_name().map(String::from);
         let bytes = complete(field.bytes())?.map_err(broken)?;
         if file_name.is_some() {
             files.push(FilePart {
@@ -93,6 +93,94 @@ pub fn parse(content_type: Option<&str>, body: Vec<u8>) -> Result<Form, ApiError
         fields: Fields::from_object(text),
         files,
     })
+}
+
+/// A part's `name` and file name from its Content-Disposition, read as RFC 7578 and
+/// RFC 6266 say: parameter names in any case, and `filename*` (RFC 8187,
+/// `UTF-8''percent-encoded`) over `filename`. Written here because multer matches
+/// `name="` and `filename="` literally, so `NAME=` loses the name and `filename*=`
+/// makes an upload a text field.
+fn disposition(headers: &http::HeaderMap) -> (Option<String>, Option<String>) {
+    let Some(value) = headers
+        .get(http::header::CONTENT_DISPOSITION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return (None, None);
+    };
+    let (mut name, mut plain, mut extended) = (None, None, None);
+    for param in split_params(value).into_iter().skip(1) {
+        let Some((key, val)) = param.split_once('=') else {
+            continue;
+        };
+        let val = unquote(val.trim());
+        match key.trim().to_ascii_lowercase().as_str() {
+            "name" => name = Some(val),
+            "filename" => plain = Some(val),
+            "filename*" => extended = ext_value(&val),
+            _ => {}
+        }
+    }
+    (name, extended.or(plain))
+}
+
+/// Splits at the `;`s outside quoted strings.
+fn split_params(value: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                parts.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts
+}
+
+/// A quoted-string's content (its backslash escapes undone), or a token as it is.
+fn unquote(v: &str) -> String {
+    let Some(inner) = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
+        return v.to_string();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' {
+            chars.next().unwrap_or(c)
+        } else {
+            c
+        });
+    }
+    out
+}
+
+/// RFC 8187's `charset'language'percent-encoded` (UTF-8 or ISO-8859-1).
+fn ext_value(v: &str) -> Option<String> {
+    let mut it = v.splitn(3, '\'');
+    let (charset, _language, encoded) = (it.next()?, it.next()?, it.next()?);
+    let raw = encoded.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = std::str::from_utf8(raw.get(i + 1..i + 3)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            bytes.push(raw[i]);
+            i += 1;
+        }
+    }
+    match charset.to_ascii_lowercase().as_str() {
+        "utf-8" => String::from_utf8(bytes).ok(),
+        "iso-8859-1" => Some(bytes.into_iter().map(char::from).collect()),
+        _ => None,
+    }
 }
 
 fn complete<F: Future>(fut: F) -> Result<F::Output, ApiError> {
@@ -144,6 +232,31 @@ mod tests {
             (img.file_name.as_deref(), img.bytes.as_slice()),
             (Some("test.png"), &[1u8, 2, 3][..])
         );
+    }
+
+    #[test]
+    fn dispositions_in_any_case_and_extended_file_names() {
+        for (head, file) in [
+            (
+                "Content-Disposition: form-data; name=\"image\"; filename*=UTF-8''t%C3%A9%20x.png",
+                "t\u{e9} x.png",
+            ),
+            (
+                "Content-Disposition: form-data; NAME=\"image\"; FILENAME=\"t.png\"",
+                "t.png",
+            ),
+            (
+                "content-disposition: FORM-DATA; name=image; filename=\"a;b.png\"; filename*=utf-8''c.png",
+                "c.png",
+            ),
+        ] {
+            let mut body = format!("--B\r\n{head}\r\n\r\n").into_bytes();
+            body.extend_from_slice(b"\x89PNG\r\n--B--\r\n");
+            let mut f = parse(Some("multipart/form-data; boundary=B"), body)
+                .unwrap_or_else(|e| panic!("{head}: {}", e.message));
+            let img = f.take_file("image").unwrap_or_else(|| panic!("{head}"));
+            assert_eq!(img.file_name.as_deref(), Some(file), "{head}");
+        }
     }
 
     #[test]

@@ -438,6 +438,14 @@ fn cases(img: &str) -> Vec<Case> {
         ),
         // ModelsLab.
         case(
+            "modelslab: a body that is not JSON is a 400, not a missing key",
+            ML_T2I,
+            None,
+            r#"{"key":"k","prompt":"p""#,
+            400,
+            "body: not valid JSON",
+        ),
+        case(
             "modelslab: wrong key",
             ML_T2I,
             None,

@@ -483,3 +483,47 @@ fn deadlines_and_callers_that_leave() {
     }
     next_is_prompt(3);
 }
+
+#[test]
+fn a_full_queue_refuses_before_reading_an_init_image() {
+    if e2e::spin_pass_skips_edgeless_test() {
+        return;
+    }
+    let (_server, server) = start_inference_with(&["--queue-size", "1", "--max-batch", "1"]);
+    let generate = format!("{server}{}", contract::GENERATE_PATH);
+    // One long request runs and one waits: the queue (of 1) is full.
+    let long = json!({"model": "", "prompt": "long", "width": 1024, "height": 1024,
+                      "steps": 20, "samples": 1})
+    .to_string();
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, body) = (generate.clone(), long.clone());
+            std::thread::spawn(move || post(&url, &[("Content-Type", "application/json")], &body))
+        })
+        .collect();
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let queue = e2e::get(&format!("{server}{}", contract::QUEUE_PATH)).json();
+        if queue["queued"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < end, "the queue never filled: {queue}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Not an image at all: refused as overloaded, not as a broken image, because the
+    // server decodes nothing when it has no room.
+    let body = json!({"model": "", "prompt": "p", "samples": 1,
+                      "init_image": {"image": "bm90IGFuIGltYWdl", "strength": 0.5}})
+    .to_string();
+    let reply = post(&generate, &[("Content-Type", "application/json")], &body);
+    assert_eq!(
+        reply.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(reply.header("retry-after").is_some());
+    for t in busy {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+}

@@ -5,6 +5,7 @@
 //! `image_header`, what an image in the contract may be, checked from its header.
 
 pub mod image_header;
+pub mod limits;
 pub mod wire;
 
 wit_bindgen::generate!({

@@ -87,7 +87,7 @@ async fn serve(
         body,
     );
 
-    let key = dialect.credential(&incoming);
+    let key = dialect.credential(&incoming)?;
     settings
         .api_keys
         .check(key.as_deref(), dialect.key_location())?;

@@ -10,6 +10,7 @@
 //! - Success: `{"status":200,"content-type":"image/png","content-length":"<bytes>","image_data":"<base64 PNG>"}`.
 //! - Errors: `{"code":<status>,"message":"...","traceId":"..."}`.
 
+use contract::limits::MAX_SIDE;
 use contract::{GenerateRequest, GenerateResult};
 use serde::Serialize;
 
@@ -52,8 +53,8 @@ impl Dialect for Appypie {
         "the Ocp-Apim-Subscription-Key header"
     }
 
-    fn credential(&self, req: &Incoming) -> Option<String> {
-        req.header(KEY_HEADER).map(String::from)
+    fn credential(&self, req: &Incoming) -> Result<Option<String>, ApiError> {
+        Ok(req.header(KEY_HEADER).map(String::from))
     }
 
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
@@ -168,8 +169,8 @@ fn size(f: &Fields) -> Result<(u32, u32), ApiError> {
     };
     let field = |name: &'static str| if from_size.is_some() { "size" } else { name };
     Ok((
-        job::check_side(field("width"), w, 64, 2048, 8)?,
-        job::check_side(field("height"), h, 64, 2048, 8)?,
+        job::check_side(field("width"), w, 64, MAX_SIDE, 8)?,
+        job::check_side(field("height"), h, 64, MAX_SIDE, 8)?,
     ))
 }
 
@@ -310,9 +311,9 @@ mod tests {
     #[test]
     fn key_comes_from_the_subscription_header() {
         let mut req = incoming(ROUTES[0], &[], b"{}");
-        assert_eq!(Appypie.credential(&req), None);
+        assert_eq!(Appypie.credential(&req).unwrap(), None);
         req.headers
             .insert("Ocp-Apim-Subscription-Key", "k1".parse().unwrap());
-        assert_eq!(Appypie.credential(&req).as_deref(), Some("k1"));
+        assert_eq!(Appypie.credential(&req).unwrap().as_deref(), Some("k1"));
     }
 }

@@ -33,7 +33,7 @@ const DEFAULT_CONTROL_STRENGTH: f64 = 0.35;
 /// The smallest denoising strength a control request turns into (control_strength 1
 /// would otherwise run no steps at all).
 const MIN_STRENGTH: f64 = 0.01;
-const MAX_SIDE: u32 = 2048;
+use contract::limits::MAX_SIDE;
 /// Control outputs follow the upload's size within these bounds.
 const CONTROL_SIZE: SizeRule = SizeRule {
     step: 64,
@@ -81,8 +81,8 @@ impl Dialect for HolmesAi {
         BEARER_LOCATION
     }
 
-    fn credential(&self, req: &Incoming) -> Option<String> {
-        bearer_token(req.header("authorization")).map(String::from)
+    fn credential(&self, req: &Incoming) -> Result<Option<String>, ApiError> {
+        Ok(bearer_token(req.header("authorization")).map(String::from))
     }
 
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {

@@ -13,6 +13,7 @@
 //! - Success: `{"images":[{"index":0,"image":"<base64 PNG>","random_seed":N}],"inference_time":S}`.
 //!   Errors: `{code, message, traceId}` (the seed documents none).
 
+use contract::limits::{MAX_SIDE, MAX_STEPS};
 use contract::{GenerateRequest, GenerateResult};
 use serde::Serialize;
 
@@ -58,8 +59,8 @@ impl Dialect for Hyperbolic {
         BEARER_LOCATION
     }
 
-    fn credential(&self, req: &Incoming) -> Option<String> {
-        bearer_token(req.header("authorization")).map(String::from)
+    fn credential(&self, req: &Incoming) -> Result<Option<String>, ApiError> {
+        Ok(bearer_token(req.header("authorization")).map(String::from))
     }
 
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
@@ -81,12 +82,14 @@ impl Dialect for Hyperbolic {
         }
         let side = |name: &'static str| -> Result<Option<u32>, ApiError> {
             f.integer(name, 0..=i64::from(u32::MAX))?
-                .map(|n| job::check_side(name, n as u32, 64, 2048, 8))
+                .map(|n| job::check_side(name, n as u32, 64, MAX_SIDE, 8))
                 .transpose()
         };
         let (width, height) = (side("width")?, side("height")?);
         // Hyperbolic documents no defaults: absent, the model's catalog defaults apply.
-        let steps = f.integer("steps", 1..=100)?.map(|n| n as u32);
+        let steps = f
+            .integer("steps", 1..=i64::from(MAX_STEPS))?
+            .map(|n| n as u32);
         let guidance = f.number("cfg_scale", 0.0..=35.0)?.map(|g| g as f32);
         let seed = job::seed_or_random(f.seed("seed")?);
         let scheduler = f

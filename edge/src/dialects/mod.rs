@@ -95,7 +95,9 @@ pub trait Dialect: Sync {
     /// Where the client puts its API key, for messages ("the Ocp-Apim-Subscription-Key header").
     fn key_location(&self) -> &'static str;
     /// The API key the request presents, if any.
-    fn credential(&self, req: &Incoming) -> Option<String>;
+    /// A body the key should be in but that can't be read is the client's error (a
+    /// 400), not a missing key.
+    fn credential(&self, req: &Incoming) -> Result<Option<String>, ApiError>;
     /// The request's fields, validated, as a job.
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError>;
     /// The success response for the images the server made; images to be served by

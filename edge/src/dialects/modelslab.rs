@@ -20,6 +20,7 @@
 //! - Errors: `{"status":"error","message":"..."}` (plus the traceId).
 
 use base64::Engine;
+use contract::limits::MAX_SAMPLES;
 use contract::{GenerateRequest, GenerateResult};
 use serde_json::{Value, json};
 
@@ -175,8 +176,9 @@ impl Dialect for ModelsLab {
         true
     }
 
-    fn credential(&self, req: &Incoming) -> Option<String> {
-        req.json().ok()?.string("key").ok()?
+    fn credential(&self, req: &Incoming) -> Result<Option<String>, ApiError> {
+        // The CLI also sends the key as a `key` header; the body's is the API's.
+        req.json()?.string("key")
     }
 
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
@@ -196,7 +198,9 @@ impl Dialect for ModelsLab {
             (None, None) => aspect_ratio(f)?.map_or((None, None), |(w, h)| (Some(w), Some(h))),
             (w, h) => job::optional_size(w, h, DEFAULT_SIDE),
         };
-        let samples = f.integer("samples", 1..=4)?.map_or(1, |n| n as u32);
+        let samples = f
+            .integer("samples", 1..=i64::from(MAX_SAMPLES))?
+            .map_or(1, |n| n as u32);
         // ModelsLab documents no defaults: absent, the model's catalog defaults apply.
         let steps = f.integer("num_inference_steps", 1..=50)?.map(|n| n as u32);
         let guidance = f.number("guidance_scale", 1.0..=20.0)?.map(|g| g as f32);
@@ -541,9 +545,15 @@ mod tests {
         assert_eq!(
             ModelsLab
                 .credential(&incoming("/", &[], SEED_BODY.as_bytes()))
+                .unwrap()
                 .as_deref(),
             Some("enterprise_api_key")
         );
+        // A body that is not JSON is the client's error, not a missing key.
+        let e = ModelsLab
+            .credential(&incoming("/", &[], b"{not json"))
+            .unwrap_err();
+        assert_eq!(e.status, 400, "{}", e.message);
         let r = &job.request;
         assert_eq!(
             (

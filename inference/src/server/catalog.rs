@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::device::Precision;
-use crate::engine::pipeline::MAX_SIDE;
 use crate::engine::scheduler;
+use contract::limits::{MAX_SIDE, MAX_STEPS};
 
 use super::convert;
 
@@ -107,7 +107,7 @@ impl Catalog {
             if let Some(s) = defaults.steps.filter(|&s| !convert::steps_ok(s)) {
                 bail!(
                     "models.{name}: steps must be from 1 to {} (got {s})",
-                    convert::MAX_STEPS
+                    MAX_STEPS
                 );
             }
             for side in [defaults.width, defaults.height].into_iter().flatten() {
@@ -265,7 +265,7 @@ mod tests {
         for (line, says) in [
             ("scheduler = \"Euler b\"", "models.a: scheduler \"Euler b\""),
             ("scheduler = \"DDIM Karras\"", "models.a: scheduler"),
-            ("steps = 5000", "models.a: steps must be from 1 to 1000"),
+            ("steps = 5000", "models.a: steps must be from 1 to 100 "),
             ("width = 8192", "models.a: width and height"),
             ("guidance = -1.0", "models.a: guidance"),
         ] {

@@ -9,15 +9,15 @@ use contract::{Error, GenerateRequest, GeneratedImage, Timings};
 
 use super::catalog::Defaults;
 use super::init_image;
-use crate::engine::pipeline::{MAX_SAMPLES, MAX_SIDE};
 use crate::engine::{EngineError, GenerateParams, ModelInfo, StageTimings};
-
-pub const MAX_STEPS: u32 = 1000;
+use contract::limits::{
+    MAX_INIT_PIXELS, MAX_MODEL_CHARS, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SIDE, MAX_STEPS,
+};
 
 /// The sides, steps and guidance a request (or a catalog default) may ask for, in one
 /// place for both: the engine then checks the model's own VAE factor and schedule.
 pub fn side_ok(v: u32) -> bool {
-    (64..=MAX_SIDE as u32).contains(&v) && v.is_multiple_of(8)
+    (64..=MAX_SIDE).contains(&v) && v.is_multiple_of(8)
 }
 
 pub fn steps_ok(steps: u32) -> bool {
@@ -27,8 +27,6 @@ pub fn steps_ok(steps: u32) -> bool {
 pub fn guidance_ok(g: f32) -> bool {
     g.is_finite() && (0.0..=100.0).contains(&g)
 }
-/// Init images are resized to the target size by the engine; this only bounds the decode.
-const MAX_INIT_PIXELS: u64 = 64_000_000;
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidRequest(msg.into())
@@ -75,6 +73,33 @@ impl Draft {
 
 /// Checks a request and applies the catalog's defaults. Sizes are checked as
 /// multiples of 8 here (every SD VAE's factor); the engine checks the model's own.
+/// The checks on what a request names and says, before its model is looked up (an
+/// unknown model's name is echoed in the refusal) and before anything is decoded.
+pub fn check_text(req: &GenerateRequest) -> Result<(), Error> {
+    model_name_ok(&req.model)?;
+    for (name, text) in [
+        ("prompt", Some(&req.prompt)),
+        ("negative_prompt", req.negative_prompt.as_ref()),
+    ] {
+        if text.is_some_and(|t| t.chars().count() > MAX_PROMPT_CHARS) {
+            return Err(invalid(format!(
+                "{name}: longer than {MAX_PROMPT_CHARS} characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A model name short enough to be one (and to be repeated in a refusal).
+pub fn model_name_ok(model: &str) -> Result<(), Error> {
+    if model.chars().count() > MAX_MODEL_CHARS {
+        return Err(invalid(format!(
+            "model: longer than {MAX_MODEL_CHARS} characters, so not a model name"
+        )));
+    }
+    Ok(())
+}
+
 /// `init_image`: the init image's bytes, which `contract::wire::read` took out of
 /// the body (`req.init_image` keeps its strength).
 pub fn to_draft(
@@ -109,7 +134,7 @@ pub fn to_draft(
             "guidance: must be from 0 to 100 (got {g})"
         )));
     }
-    if req.samples == 0 || req.samples as usize > MAX_SAMPLES {
+    if req.samples == 0 || req.samples > MAX_SAMPLES {
         return Err(invalid(format!(
             "samples: must be from 1 to {MAX_SAMPLES} (got {})",
             req.samples
@@ -246,6 +271,7 @@ mod tests {
     fn draft(req: &GenerateRequest, defaults: &Defaults) -> Result<Draft, Error> {
         let body = serde_json::to_vec(req).unwrap();
         let got = contract::wire::read(None, body.into())?;
+        check_text(&got.request)?;
         to_draft(&got.request, got.init_image.as_deref(), defaults)
     }
 
@@ -311,7 +337,7 @@ mod tests {
                     height: Some(8192),
                     ..request()
                 },
-                "height: must be a multiple of 8 from 64 to 4096",
+                "height: must be a multiple of 8 from 64 to 2048",
             ),
             (
                 GenerateRequest {
@@ -329,10 +355,31 @@ mod tests {
             ),
             (
                 GenerateRequest {
-                    samples: 9,
+                    samples: 5,
                     ..request()
                 },
-                "samples: must be from 1 to 8",
+                "samples: must be from 1 to 4",
+            ),
+            (
+                GenerateRequest {
+                    steps: Some(101),
+                    ..request()
+                },
+                "steps: must be from 1 to 100",
+            ),
+            (
+                GenerateRequest {
+                    negative_prompt: Some("x".repeat(10_001)),
+                    ..request()
+                },
+                "negative_prompt: longer than 10000 characters",
+            ),
+            (
+                GenerateRequest {
+                    model: "m".repeat(201),
+                    ..request()
+                },
+                "model: longer than 200 characters",
             ),
             (
                 GenerateRequest {

@@ -88,6 +88,11 @@ impl Queue {
         self.len() == 0
     }
 
+    /// Whether a push now would be refused.
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity
+    }
+
     /// Queues a job, or gives it back when the queue is full.
     pub fn push(&self, job: Job) -> Result<(), Box<Job>> {
         let mut jobs = self.lock();

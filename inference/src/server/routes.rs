@@ -123,12 +123,17 @@ async fn run(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
+    // A full queue refuses before anything is read or decoded.
+    if app.queue.is_full() {
+        return Err(Error::Overloaded(app.retry_after_secs()));
+    }
     let catalog = app.clone();
     // Reading the body (base64 or multipart) and decoding an init image are CPU
     // work: off the async threads.
     let (entry, draft) = tokio::task::spawn_blocking(move || {
         let received = wire::read(content_type.as_deref(), body)?;
         let req = received.request;
+        convert::check_text(&req)?;
         let entry = catalog
             .catalog
             .lookup(&req.model)
