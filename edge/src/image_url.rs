@@ -7,7 +7,7 @@
 //! second, independent gate.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use url::{Host, Url};
 
@@ -116,67 +116,10 @@ fn non_public(url: &Url) -> Option<&'static str> {
                 || !d.contains('.'))
             .then_some("a local host name")
         }
-        Host::Ipv4(ip) => ipv4_class(ip),
-        Host::Ipv6(ip) => ipv6_class(ip),
-    }
-}
-
-/// Why an address is not public (private, loopback, ...), if it isn't.
-pub fn address_class(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(ip) => ipv4_class(ip),
-        IpAddr::V6(ip) => ipv6_class(ip),
-    }
-}
-
-fn ipv4_class(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, c, _] = ip.octets();
-    if ip.is_loopback() {
-        Some("a loopback address")
-    } else if ip.is_private() {
-        Some("a private address")
-    } else if ip.is_link_local() {
-        // 169.254.169.254 is the cloud metadata service.
-        Some("a link-local (cloud metadata) address")
-    } else if a == 100 && (64..128).contains(&b) {
-        Some("a shared (carrier-grade NAT) address")
-    } else if a == 0
-        || ip.is_broadcast()
-        || a >= 224
-        || (a == 192 && b == 0 && c == 0)
-        || (a == 198 && (b == 18 || b == 19))
-    {
-        Some("a reserved address")
-    } else {
-        None
-    }
-}
-
-fn ipv6_class(ip: Ipv6Addr) -> Option<&'static str> {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return ipv4_class(v4);
-    }
-    let first = ip.segments()[0];
-    if ip.is_loopback() {
-        Some("a loopback address")
-    } else if ip.is_unspecified() || ip.is_multicast() {
-        Some("a reserved address")
-    } else if first & 0xfe00 == 0xfc00 {
-        // fc00::/7, which holds AWS's metadata address fd00:ec2::254.
-        Some("a private address")
-    } else if first & 0xffc0 == 0xfe80 {
-        Some("a link-local address")
-    } else if ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        // NAT64: judge the IPv4 address inside.
-        let s = ip.segments();
-        ipv4_class(Ipv4Addr::new(
-            (s[6] >> 8) as u8,
-            s[6] as u8,
-            (s[7] >> 8) as u8,
-            s[7] as u8,
-        ))
-    } else {
-        None
+        // IANA's special-purpose registries, the same table edge-host applies to
+        // every address a name resolves to.
+        Host::Ipv4(ip) => address_policy::special(IpAddr::V4(ip)),
+        Host::Ipv6(ip) => address_policy::special(IpAddr::V6(ip)),
     }
 }
 
@@ -222,7 +165,15 @@ mod tests {
             ("https://192.168.0.1/a.png", "private"),
             ("https://169.254.169.254/latest/meta-data", "metadata"),
             ("https://100.64.0.1/", "carrier-grade"),
-            ("https://0.0.0.0/", "reserved"),
+            ("https://0.0.0.0/", "this host on this network"),
+            // The forms the old table let through (issue 13).
+            ("https://[::a00:1]/", "IPv4-compatible"),
+            ("https://[::ffff:0:a00:1]/", "IPv4-translated"),
+            ("https://[2002:a00:1::1]/", "6to4"),
+            ("https://[2001::1]/", "Teredo"),
+            ("https://[64:ff9b:1::a00:1]/", "local-use NAT64"),
+            ("https://[fec0::1]/", "site-local"),
+            ("https://[2001:db8::1]/", "documentation"),
             ("https://[::1]/", "loopback"),
             ("https://[fd00:ec2::254]/", "private"),
             ("https://[fe80::1]/", "link-local"),

@@ -67,6 +67,41 @@ pub fn new_name(now: u64) -> Result<String, ApiError> {
     Ok(format!("{}-{id}.png", now + TTL_SECS))
 }
 
+/// The origin links to stored images are built on: `public_url` when set. Without
+/// it, the request's own origin (Spin's `spin-full-url`, else its Host header) only
+/// when that names this machine (localhost, a loopback address): a Host header is
+/// whatever the client wrote, and links built on it could point anywhere.
+pub fn links_origin(
+    public_url: Option<&str>,
+    full_url: Option<&str>,
+    host: Option<&str>,
+) -> Result<String, ApiError> {
+    if let Some(url) = public_url {
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    let origin = full_url
+        .and_then(|u| url::Url::parse(u).ok())
+        .map(|u| u.origin().ascii_serialization())
+        .or_else(|| host.map(|h| format!("http://{h}")))
+        .and_then(|o| url::Url::parse(&o).ok().map(|u| (o, u)));
+    if let Some((origin, url)) = origin {
+        let local = match url.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if local {
+            return Ok(origin);
+        }
+    }
+    Err(ApiError::internal(
+        "the links in this answer need the edge's public_url variable (the origin clients \
+         reach it at, e.g. https://img.example.com); without it only a loopback Host is \
+         trusted",
+    ))
+}
+
 /// The store key a `/generations/...` path names, if it is well-formed and not expired.
 pub fn key_for_path(path: &str, now: u64) -> Result<String, ApiError> {
     let name = path.strip_prefix(ROUTE_PREFIX).unwrap_or_default();
@@ -118,6 +153,44 @@ mod tests {
             "other".into(),
         ];
         assert_eq!(expired(&keys, 1000).collect::<Vec<_>>(), vec![&keys[1]]);
+    }
+
+    #[test]
+    fn links_are_built_on_public_url_or_a_loopback_origin_only() {
+        let o = |p, f, h| links_origin(p, f, h);
+        assert_eq!(
+            o(Some("https://img.example/"), None, Some("evil.example")).unwrap(),
+            "https://img.example"
+        );
+        assert_eq!(
+            o(
+                None,
+                Some("http://127.0.0.1:3000/api/x"),
+                Some("evil.example")
+            )
+            .unwrap(),
+            "http://127.0.0.1:3000"
+        );
+        assert_eq!(
+            o(None, None, Some("localhost:3000")).unwrap(),
+            "http://localhost:3000"
+        );
+        assert_eq!(
+            o(None, None, Some("[::1]:3000")).unwrap(),
+            "http://[::1]:3000"
+        );
+        for (full, host) in [
+            (None, Some("evil.example")),
+            (Some("http://evil.example/api"), Some("127.0.0.1")),
+            (None, Some("10.0.0.1:80")),
+            (None, None),
+        ] {
+            let e = o(None, full, host).unwrap_err();
+            assert!(
+                e.status == 500 && e.message.contains("public_url"),
+                "{full:?} {host:?}"
+            );
+        }
     }
 
     #[test]

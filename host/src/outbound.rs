@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -320,74 +320,6 @@ fn cidr_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
     }
 }
 
-fn in_v4(ip: Ipv4Addr, net: [u8; 4], len: u8) -> bool {
-    cidr_contains(IpAddr::V4(Ipv4Addr::from(net)), len, IpAddr::V4(ip))
-}
-
-fn is_public_v4(ip: Ipv4Addr) -> bool {
-    const NON_PUBLIC: &[([u8; 4], u8)] = &[
-        ([0, 0, 0, 0], 8),       // "this network"
-        ([10, 0, 0, 0], 8),      // private
-        ([100, 64, 0, 0], 10),   // carrier-grade NAT (shared address space)
-        ([127, 0, 0, 0], 8),     // loopback
-        ([169, 254, 0, 0], 16),  // link-local, incl. 169.254.169.254 metadata
-        ([172, 16, 0, 0], 12),   // private
-        ([192, 0, 0, 0], 24),    // IETF protocol assignments (incl. 192.0.0.192)
-        ([192, 0, 2, 0], 24),    // TEST-NET-1
-        ([192, 88, 99, 0], 24),  // 6to4 relay anycast (deprecated)
-        ([192, 168, 0, 0], 16),  // private
-        ([198, 18, 0, 0], 15),   // benchmarking
-        ([198, 51, 100, 0], 24), // TEST-NET-2
-        ([203, 0, 113, 0], 24),  // TEST-NET-3
-        ([224, 0, 0, 0], 4),     // multicast
-        ([240, 0, 0, 0], 4),     // reserved, incl. broadcast
-    ];
-    !NON_PUBLIC.iter().any(|(net, len)| in_v4(ip, *net, *len))
-}
-
-/// Whether an address is publicly routable. Everything else (loopback,
-/// private, link-local, CGNAT, unique-local, cloud metadata such as
-/// 169.254.169.254 and fd00:ec2::254, documentation, multicast, ...) needs
-/// its host named explicitly in the allowed list.
-pub fn is_public(ip: IpAddr) -> bool {
-    match canonical(ip) {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => {
-            let seg = v6.segments();
-            let bits = u128::from(v6);
-            let embedded_v4 = Ipv4Addr::from((bits & 0xffff_ffff) as u32);
-            if v6.is_unspecified() || v6.is_loopback() {
-                return false;
-            }
-            // IPv4-compatible (deprecated ::a.b.c.d) and NAT64 64:ff9b::/96:
-            // judge the embedded IPv4 address.
-            let prefix96 = bits >> 32;
-            if prefix96 == 0 || prefix96 == 0x0064_ff9b_0000_0000_0000_0000 {
-                return is_public_v4(embedded_v4);
-            }
-            // 6to4 2002::/16 embeds an IPv4 address in bits 16..48.
-            if seg[0] == 0x2002 {
-                let v4 = Ipv4Addr::from(((bits >> 80) & 0xffff_ffff) as u32);
-                return is_public_v4(v4);
-            }
-            let non_public: &[(Ipv6Addr, u8)] = &[
-                (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48), // local-use NAT64
-                (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),     // discard-only
-                (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23),    // IETF protocol assignments
-                (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
-                (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20),    // documentation
-                (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7), // unique local, incl. fd00:ec2::254
-                (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), // link-local
-                (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10), // site-local (deprecated)
-                (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8), // multicast
-            ];
-            !non_public
-                .iter()
-                .any(|(net, len)| cidr_contains(IpAddr::V6(*net), *len, IpAddr::V6(v6)))
-        }
-    }
-}
-
 /// The outbound rules of one component: its `allowed_outbound_hosts` plus
 /// the origins given with `--allow-outbound`.
 pub struct OutboundPolicy {
@@ -528,7 +460,7 @@ impl OutboundPolicy {
         let checked: Vec<SocketAddr> = addrs
             .iter()
             .copied()
-            .filter(|a| explicit || is_public(a.ip()))
+            .filter(|a| explicit || address_policy::is_public(a.ip()))
             .collect();
         if checked.is_empty() {
             let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
@@ -863,42 +795,5 @@ mod tests {
         assert_eq!(verdict(&p, "http://11.1.2.3/"), DENIED);
         assert_eq!(verdict(&p, "http://[::1]:8080/"), NAMED);
         assert_eq!(verdict(&p, "http://[::2]:8080/"), DENIED);
-    }
-
-    #[test]
-    fn public_addresses() {
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.20.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "100.127.255.255",
-            "0.0.0.0",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fd00:ec2::254",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-            "64:ff9b::a9fe:a9fe",
-            "2002:7f00:0001::1",
-            "2001:db8::1",
-        ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
-        }
-        for public in [
-            "8.8.8.8",
-            "1.1.1.1",
-            "100.128.0.1",
-            "172.32.0.1",
-            "2606:4700:4700::1111",
-            "::ffff:8.8.8.8",
-            "64:ff9b::808:808",
-        ] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
-        }
     }
 }

@@ -366,7 +366,7 @@ fn errors_follow_the_seed_contract() {
             r#"{"prompt":"p","inputImage":"http://10.0.0.1/a.png"}"#,
         ),
         400,
-        "inputImage: http://10.0.0.1:80 is a private address",
+        "inputImage: http://10.0.0.1:80 is a private-use address",
     );
     assert_error(
         &post(

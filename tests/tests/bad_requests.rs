@@ -258,7 +258,7 @@ fn cases(img: &str) -> Vec<Case> {
             a,
             r#"{"prompt":"p","inputImage":"https://10.1.2.3/x.png"}"#,
             400,
-            "a private address",
+            "a private-use address",
         ),
         case(
             "appypie: loopback not in allowlist",

@@ -354,3 +354,34 @@ fn a_failed_job_reaches_fetch_and_the_webhook_as_an_error() {
         "{last}"
     );
 }
+
+#[test]
+fn links_are_never_built_on_a_foreign_host_header() {
+    if !edge_runtime_present() {
+        return;
+    }
+    use std::io::{Read as _, Write as _};
+    let (_inference, inference_url) = start_inference();
+    let (_edge_proc, edge) = start_edge_with(
+        &config(&inference_url, "", vec![]),
+        &[],
+        &RuntimeOptions::default(),
+    );
+    let body = json!({"key": KEY, "prompt": "p", "width": 64, "height": 64,
+                      "num_inference_steps": 2})
+    .to_string();
+    let addr = edge.strip_prefix("http://").unwrap();
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "POST {T2I} HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 500"), "{reply}");
+    assert!(reply.contains("public_url"), "{reply}");
+    assert!(!reply.contains("evil.example"), "{reply}");
+}

@@ -491,14 +491,24 @@ fn a_full_queue_refuses_before_reading_an_init_image() {
     }
     let (_server, server) = start_inference_with(&["--queue-size", "1", "--max-batch", "1"]);
     let generate = format!("{server}{}", contract::GENERATE_PATH);
-    // One long request runs and one waits: the queue (of 1) is full.
+    // One long request runs and one waits: the queue (of 1) is full. The second is
+    // sent until the queue takes it (while the first still waits there, it is refused).
     let long = json!({"model": "", "prompt": "long", "width": 1024, "height": 1024,
                       "steps": 20, "samples": 1})
     .to_string();
     let busy: Vec<_> = (0..2)
-        .map(|_| {
+        .map(|i| {
             let (url, body) = (generate.clone(), long.clone());
-            std::thread::spawn(move || post(&url, &[("Content-Type", "application/json")], &body))
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200 * i));
+                loop {
+                    let reply = post(&url, &[("Content-Type", "application/json")], &body);
+                    if reply.status != 503 {
+                        return reply;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
         })
         .collect();
     let end = Instant::now() + Duration::from_secs(30);

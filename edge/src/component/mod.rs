@@ -91,7 +91,12 @@ async fn serve(
     settings
         .api_keys
         .check(key.as_deref(), dialect.key_location())?;
-    let origin = public_origin(&settings, &incoming);
+    // Links are built on it (ModelsLab's); other dialects have none.
+    let origin = if dialect.keeps_jobs() {
+        public_origin(&settings, &incoming)?
+    } else {
+        String::new()
+    };
     if let Some(modelslab::Endpoint::Fetch(id)) = modelslab::endpoint(&incoming.path) {
         return jobs::fetch(
             dialect,
@@ -149,18 +154,14 @@ async fn serve(
     Ok(out)
 }
 
-/// How clients reach this edge: the `public_url` variable, else the URL Spin says the
-/// request came to (`spin-full-url`), else its Host header.
-fn public_origin(settings: &Settings, req: &Incoming) -> String {
-    if let Some(url) = &settings.public_url {
-        return url.clone();
-    }
-    if let Some(full) = req.header("spin-full-url")
-        && let Ok(url) = url::Url::parse(full)
-    {
-        return url.origin().ascii_serialization();
-    }
-    format!("http://{}", req.header("host").unwrap_or("localhost"))
+/// How clients reach this edge, for links (`stash::links_origin`: `public_url`, or a
+/// loopback origin of the request's own).
+fn public_origin(settings: &Settings, req: &Incoming) -> Result<String, ApiError> {
+    stash::links_origin(
+        settings.public_url.as_deref(),
+        req.header("spin-full-url"),
+        req.header("host"),
+    )
 }
 
 fn unix_now() -> u64 {
