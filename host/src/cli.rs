@@ -78,6 +78,10 @@ pub struct Options {
     #[arg(long, value_name = "BYTES", default_value_t = key_value::DEFAULT_MAX_BYTES)]
     pub key_value_max_bytes: u64,
 
+    /// Time limits and the connection cap for clients.
+    #[command(flatten)]
+    pub limits: http_limits::Limits,
+
     /// Requests one component instance serves before it is replaced.
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub max_instance_reuse_count: usize,
@@ -356,7 +360,7 @@ pub async fn run(options: Options) -> Result<()> {
         std::process::exit(130);
     });
 
-    let server = Server::new(prepared.router, prepared.handlers);
+    let server = Server::new(prepared.router, prepared.handlers, options.limits.clone());
     server.serve(listener, stop_rx, grace).await?;
     tracing::info!("stopped");
     Ok(())

@@ -32,11 +32,20 @@ const WELL_KNOWN_PREFIX: &str = "/.well-known/spin/";
 pub struct Server {
     router: Router,
     handlers: HashMap<String, Handler>,
+    limits: http_limits::Limits,
 }
 
 impl Server {
-    pub fn new(router: Router, handlers: HashMap<String, Handler>) -> Arc<Server> {
-        Arc::new(Server { router, handlers })
+    pub fn new(
+        router: Router,
+        handlers: HashMap<String, Handler>,
+        limits: http_limits::Limits,
+    ) -> Arc<Server> {
+        Arc::new(Server {
+            router,
+            handlers,
+            limits,
+        })
     }
 
     /// Serve until `shutdown` changes to `true`, then stop accepting, let
@@ -49,24 +58,19 @@ impl Server {
         grace: Duration,
     ) -> Result<()> {
         let mut connections = JoinSet::new();
+        let gate = self.limits.gate();
         loop {
             while connections.try_join_next().is_some() {}
-            let (stream, client) = tokio::select! {
+            let (stream, client, place) = tokio::select! {
                 _ = stopped(&mut shutdown) => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // E.g. too many open files: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = gate.accept(&listener) => accepted,
             };
-            let _ = stream.set_nodelay(true);
             let server = self.clone();
             let stop = shutdown.clone();
-            connections.spawn(server.serve_connection(stream, client, stop));
+            connections.spawn(async move {
+                server.serve_connection(stream, client, stop).await;
+                drop(place);
+            });
         }
         drop(listener);
 
@@ -91,13 +95,12 @@ impl Server {
         client: SocketAddr,
         mut stop: watch::Receiver<bool>,
     ) {
+        let http1 = self.limits.http1();
         let service = hyper::service::service_fn(move |req| {
             let server = self.clone();
             async move { Ok::<_, Infallible>(server.handle(req, client).await) }
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
+        let conn = http1.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,
@@ -145,7 +148,7 @@ impl Server {
             return log.wrap(empty(StatusCode::INTERNAL_SERVER_ERROR));
         };
 
-        let req = match prepare_request(req, &route, client) {
+        let req = match prepare_request(req, &route, client, &self.limits) {
             Ok(req) => req,
             Err(message) => {
                 log.error = Some(message.to_string());
@@ -202,6 +205,7 @@ fn prepare_request(
     req: Request<Incoming>,
     route: &RouteMatch<'_>,
     client: SocketAddr,
+    limits: &http_limits::Limits,
 ) -> Result<Request<WasiBody>, &'static str> {
     let (mut parts, body) = req.into_parts();
 
@@ -249,7 +253,15 @@ fn prepare_request(
         set(headers, &name, value);
     }
 
-    let body = body.map_err(HttpError::from).boxed_unsync();
+    // A body that stalls or crawls ends in an error the component sees as a broken
+    // read (and its connection closes), instead of holding the connection.
+    let body = limits
+        .pace(body)
+        .map_err(|e| match e {
+            http_limits::PaceError::Inner(e) => HttpError::from(e),
+            _ => HttpError::ConnectionReadTimeout,
+        })
+        .boxed_unsync();
     Ok(Request::from_parts(parts, body))
 }
 

@@ -7,6 +7,7 @@
 pub mod images;
 pub mod process;
 pub mod runtime;
+pub mod slow_clients;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

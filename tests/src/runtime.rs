@@ -29,6 +29,8 @@ pub struct RuntimeOptions {
     /// fresh temporary one when None. Give the same one to a restarted runtime
     /// to find what the last one stored.
     pub state_dir: Option<PathBuf>,
+    /// More environment for the runtime's process (edge-host's flags, say).
+    pub env: Vec<(String, String)>,
 }
 
 /// What EDGE_RUNTIME asks for: Ok(runtime), or Err(why it can't be had).
@@ -150,6 +152,7 @@ pub fn command(
     for (name, value) in vars {
         cmd.env(format!("SPIN_VARIABLE_{name}"), value);
     }
+    cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
     (cmd, scratch)
 }
 

@@ -122,6 +122,7 @@ fn the_key_value_store_on_redis_from_the_documented_runtime_config() {
     let opts = |state: &Path| RuntimeOptions {
         runtime_config: Some(file.clone()),
         state_dir: Some(state.to_path_buf()),
+        ..Default::default()
     };
     let first_state = tempfile::tempdir().unwrap();
     let (first, edge) = start_edge_with(&config(&inference_url), &[], &opts(first_state.path()));
@@ -182,5 +183,30 @@ fn routes_and_the_runtimes_own_endpoint() {
             .as_str()
             .unwrap()
             .contains("no stored image")
+    );
+}
+
+#[test]
+fn edge_host_cuts_off_clients_that_never_finish() {
+    if !edge_runtime_present() {
+        return;
+    }
+    if !matches!(runtime(), Runtime::EdgeHost) {
+        skip("these are edge-host's own limits (Spin has its own)");
+        return;
+    }
+    let (_inference, inference_url) = start_inference();
+    let opts = RuntimeOptions {
+        env: e2e::slow_clients::LIMITS_ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let (_edge, edge) = start_edge_with(&config(&inference_url), &[], &opts);
+    e2e::slow_clients::check(
+        edge.strip_prefix("http://").unwrap(),
+        "/.well-known/spin/health",
+        "/api/v6/images/text2img",
     );
 }

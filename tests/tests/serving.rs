@@ -537,3 +537,26 @@ fn a_full_queue_refuses_before_reading_an_init_image() {
         assert_eq!(t.join().unwrap().status, 200);
     }
 }
+
+#[test]
+fn the_server_cuts_off_clients_that_never_finish() {
+    if e2e::spin_pass_skips_edgeless_test() {
+        return;
+    }
+    let flags: Vec<String> = e2e::slow_clients::LIMITS_ENV
+        .iter()
+        .flat_map(|(k, v)| {
+            [
+                format!("--{}", k.to_ascii_lowercase().replace('_', "-")),
+                v.to_string(),
+            ]
+        })
+        .collect();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (_server, server) = start_inference_with(&flags);
+    e2e::slow_clients::check(
+        server.strip_prefix("http://").unwrap(),
+        contract::HEALTH_PATH,
+        contract::GENERATE_PATH,
+    );
+}

@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// header can only shorten it).
     #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 3600)]
     pub max_wait_secs: u64,
+    /// Time limits and the connection cap for clients.
+    #[command(flatten)]
+    pub limits: http_limits::Limits,
 }
 
 /// What the request handlers and the worker share.
@@ -190,12 +193,58 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, routes::router(app.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    serve_http(listener, routes::router(app.clone()), &args.limits).await;
     app.queue.close();
     drop(worker);
     Ok(())
+}
+
+/// Serves `router` until a shutdown signal, then lets open connections finish.
+/// hyper's own loop rather than `axum::serve`, for the limits (`http_limits`): the
+/// head timeout, request bodies that must keep coming, the connection cap.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: &http_limits::Limits,
+) {
+    use hyper_util::rt::TokioIo;
+    let gate = limits.gate();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, client, place) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = gate.accept(&listener) => accepted,
+        };
+        let (router, limits, mut stop) = (router.clone(), limits.clone(), stop_rx.clone());
+        connections.spawn(async move {
+            let http1 = limits.http1();
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let req = req.map(|body| axum::body::Body::new(limits.pace(body)));
+                    tower::ServiceExt::oneshot(router.clone(), req)
+                });
+            let conn = http1.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%client, "connection ended: {e}");
+            }
+            drop(place);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
 }
 
 async fn shutdown_signal() {
