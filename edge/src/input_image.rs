@@ -1,7 +1,7 @@
 //! Input images, however they arrived (URL, base64, upload): recognised by content and
 //! size-checked from the header, without decoding a pixel, then forwarded as the
 //! client sent them. The inference server decodes them once (EXIF orientation,
-//! transparency, fitting to the size: inference/src/server/init_image.rs); what the
+//! transparency, fitting to the size: contract::init_image, wit/src/init_image.rs); what the
 //! edge needs of the image is its upright size, for the dialects' size rules.
 
 use base64::Engine as _;

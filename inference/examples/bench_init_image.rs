@@ -1,4 +1,4 @@
-//! The inference server's own decode + fit of init images (server/init_image.rs), for
+//! The inference server's own decode + fit of init images (contract::init_image), for
 //! `scripts/bench-edge`, which saves its inputs for this:
 //!
 //!   bench_init_image [--runs N] [--size S] FILE...   (default 20 runs, 1024)
@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use inference::server::init_image::{decode, fit};
+use contract::init_image::{decode, fit};
 
 /// The server's pixel cap for init images.
 const MAX_PIXELS: u64 = 64_000_000;

@@ -2,9 +2,12 @@
 //! (never written by hand); this file adds only what HTTP.md says about carrying
 //! them: the route, the headers and the status of each error case; `wire`, the
 //! request body (JSON, or multipart with the init image's own bytes); and
-//! `image_header`, what an image in the contract may be, checked from its header.
+//! `image_header`, what an image in the contract may be, checked from its header;
+//! and, with the `decode` feature (the server's), `init_image`: its decoding and fit.
 
 pub mod image_header;
+#[cfg(feature = "decode")]
+pub mod init_image;
 pub mod limits;
 pub mod wire;
 

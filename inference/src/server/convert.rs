@@ -8,8 +8,8 @@ use base64::Engine as _;
 use contract::{Error, GenerateRequest, GeneratedImage, Timings};
 
 use super::catalog::Defaults;
-use super::init_image;
 use crate::engine::{EngineError, GenerateParams, ModelInfo, StageTimings};
+use contract::init_image;
 use contract::limits::{
     MAX_INIT_PIXELS, MAX_MODEL_CHARS, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SIDE, MAX_STEPS,
 };

@@ -6,7 +6,6 @@
 
 pub mod catalog;
 mod convert;
-pub mod init_image;
 mod metrics;
 mod queue;
 pub mod registry;
