@@ -102,7 +102,25 @@ fn invalid(message: impl Into<String>) -> Error {
 }
 
 fn parse_request(json: &[u8]) -> Result<GenerateRequest, Error> {
-    serde_json::from_slice(json).map_err(|e| invalid(format!("body: not a generate-request ({e})")))
+    let request: GenerateRequest = serde_json::from_slice(json)
+        .map_err(|e| invalid(format!("body: not a generate-request ({e})")))?;
+    // serde_json reads a number beyond f32's range as infinity, which JSON cannot
+    // carry on (it would be written as null, a different request): refused here.
+    let floats = [
+        ("guidance", request.guidance),
+        (
+            "init_image.strength",
+            request.init_image.as_ref().map(|i| i.strength),
+        ),
+    ];
+    for (name, value) in floats {
+        if value.is_some_and(|v| !v.is_finite()) {
+            return Err(invalid(format!(
+                "{name}: a number beyond the 32-bit float range"
+            )));
+        }
+    }
+    Ok(request)
 }
 
 fn from_json(body: &[u8]) -> Result<Received, Error> {
@@ -230,6 +248,25 @@ mod tests {
         match r {
             Err(Error::InvalidRequest(m)) => m,
             other => panic!("expected an invalid-request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn numbers_beyond_f32_are_refused_not_made_infinite() {
+        // Found by the contract_json fuzz target: 5.5e38 read as infinity, written
+        // back as null.
+        for (body, field) in [
+            (
+                r#"{"model":"m","prompt":"p","samples":1,"guidance":5.5e38}"#,
+                "guidance",
+            ),
+            (
+                r#"{"model":"m","prompt":"p","samples":1,"init_image":{"image":"","strength":-1e39}}"#,
+                "init_image.strength",
+            ),
+        ] {
+            let got = message(read(Some(JSON), Bytes::from(body)));
+            assert!(got.starts_with(field), "{got}");
         }
     }
 
