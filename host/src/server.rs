@@ -136,10 +136,12 @@ impl Server {
                 "health" => text(StatusCode::OK, "OK"),
                 _ => empty(StatusCode::NOT_FOUND),
             };
+            discard(req).await;
             return log.wrap(response);
         }
 
         let Some(route) = self.router.route(&log.path) else {
+            discard(req).await;
             return log.wrap(empty(StatusCode::NOT_FOUND));
         };
         log.component = Some(route.component.to_string());
@@ -376,4 +378,13 @@ impl Drop for LoggedBody {
             ),
         }
     }
+}
+
+/// Reads and drops the body of a request answered without it (see
+/// `http_limits::discard`): a keep-alive client's next request then finds its
+/// connection open. Found by scripts/soak: 4 in 2,410 requests sent after a 404 on
+/// the same connection failed at once.
+async fn discard(req: Request<Incoming>) {
+    const MAX: usize = 16 * 1024 * 1024;
+    http_limits::discard(req.into_body(), MAX, std::time::Duration::from_secs(10)).await;
 }

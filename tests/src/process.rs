@@ -50,6 +50,16 @@ impl Process {
         }
     }
 
+    /// Its process id (for reading its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Every line the process has printed so far (stdout and stderr).
     pub fn output(&self) -> Vec<String> {
         self.output.lock().unwrap().clone()

@@ -67,14 +67,9 @@ async fn require_token(State(app): State<Arc<AppState>>, req: Request, next: Nex
     next.run(req).await
 }
 
-/// Reads a refused request's body to its end without keeping it. Answering first and
-/// closing with unread bytes in the socket makes the kernel reset the connection, and
-/// the caller then sees a broken connection instead of the answer.
+/// Reads a refused request's body to its end without keeping it (`http_limits::discard`).
 async fn discard_body(req: Request) {
-    use http_body_util::{BodyExt as _, Limited};
-    let mut body = Limited::new(req.into_body(), MAX_BODY_BYTES);
-    let read_all = async { while let Some(Ok(_)) = body.frame().await {} };
-    let _ = tokio::time::timeout(Duration::from_secs(10), read_all).await;
+    http_limits::discard(req.into_body(), MAX_BODY_BYTES, Duration::from_secs(10)).await;
 }
 
 async fn generate(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
