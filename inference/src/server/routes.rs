@@ -40,7 +40,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(contract::READY_PATH, get(ready))
         .route(contract::METRICS_PATH, get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::map_response(close_after_too_large))
         .with_state(state)
+}
+
+/// A body over the limit is left unread, so hyper closes the connection after the
+/// 413: saying so keeps a keep-alive client from sending its next request on it
+/// (scripts/soak saw one in 500 such requests fail at once).
+async fn close_after_too_large(mut resp: Response) -> Response {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// The edge's shared token, when the server has one (`Authorization: Bearer ...`).
