@@ -13,7 +13,7 @@ use contract::{GenerateRequest, GenerateResult};
 use edge::dialects::{self, Incoming};
 use edge::image_url::{ImageHosts, Origin};
 use edge::input_image::{self, ImageLimits, Provenance};
-use edge::job::{ImageSource, SizeRule};
+use edge::job::ImageSource;
 
 use crate::split_line;
 
@@ -91,7 +91,6 @@ pub fn image(data: &[u8]) {
     {
         let _ = read_header(&bytes, MAX_INIT_PIXELS);
     }
-    let _ = SizeRule::DEFAULT;
 }
 
 /// A URL, host or address as text: image URLs against the edge's rules, the

@@ -8,8 +8,7 @@ use std::process::Command;
 
 use e2e::images::{ImageServer, Route, encode, test_picture};
 use e2e::{
-    EdgeConfig, RuntimeOptions, edge_runtime_present, get, repo_root, start_edge_with,
-    start_inference, target_dir,
+    EdgeConfig, edge_runtime_present, get, repo_root, start_edge, start_inference, target_dir,
 };
 use image::ImageFormat;
 use serde_json::Value;
@@ -44,17 +43,13 @@ fn stack(async_after: &str) -> (ImageServer, Vec<e2e::Process>, String) {
     routes.insert("/hook".to_string(), Route::Status(200));
     let images = ImageServer::start(routes);
     let (inference, inference_url) = start_inference();
-    let (edge_proc, edge) = start_edge_with(
-        &EdgeConfig {
-            inference_url: &inference_url,
-            api_keys: KEY,
-            image_hosts: &images.origin,
-            variables: vec![("ASYNC_AFTER_SECS", async_after)],
-            runtime_allows_image_hosts: true,
-        },
-        &[],
-        &RuntimeOptions::default(),
-    );
+    let (edge_proc, edge) = start_edge(&EdgeConfig {
+        inference_url: &inference_url,
+        api_keys: KEY,
+        image_hosts: &images.origin,
+        variables: vec![("ASYNC_AFTER_SECS", async_after)],
+        runtime_allows_image_hosts: true,
+    });
     (images, vec![inference, edge_proc], edge)
 }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use e2e::images::loopback_server;
 use e2e::{
-    EdgeConfig, RuntimeOptions, edge_runtime_present, free_port, get, post, start_edge_with,
-    start_inference, start_inference_with,
+    EdgeConfig, RuntimeOptions, edge_runtime_present, free_port, get, post, start_edge,
+    start_edge_with, start_inference, start_inference_with,
 };
 use serde_json::{Value, json};
 
@@ -114,11 +114,7 @@ fn a_webhook_job_is_processing_then_fetched_and_delivered() {
     }
     let hooks = Hooks::start();
     let (_inference, inference_url) = start_inference();
-    let (_edge_proc, edge) = start_edge_with(
-        &config(&inference_url, &hooks.origin, vec![]),
-        &[],
-        &RuntimeOptions::default(),
-    );
+    let (_edge_proc, edge) = start_edge(&config(&inference_url, &hooks.origin, vec![]));
     let queued = submit(
         &edge,
         json!({"key": KEY, "prompt": "a lighthouse", "width": 64, "height": 64,
@@ -174,11 +170,7 @@ fn webhooks_obey_the_image_host_rules() {
         return;
     }
     let (_inference, inference_url) = start_inference();
-    let (_edge_proc, edge) = start_edge_with(
-        &config(&inference_url, "", vec![]),
-        &[],
-        &RuntimeOptions::default(),
-    );
+    let (_edge_proc, edge) = start_edge(&config(&inference_url, "", vec![]));
     let reply = post(
         &format!("{edge}{T2I}"),
         &[("Content-Type", "application/json")],
@@ -275,11 +267,7 @@ fn each_key_has_its_share_of_the_store() {
     }
     let (_inference, inference_url) = start_inference();
     let vars = vec![("KEY_MAX_STORED_MB", "1"), ("KEY_MAX_IMAGES", "2")];
-    let (_edge_proc, edge) = start_edge_with(
-        &config(&inference_url, "", vars),
-        &[],
-        &RuntimeOptions::default(),
-    );
+    let (_edge_proc, edge) = start_edge(&config(&inference_url, "", vars));
     let ask = |key: &str, side: u32, samples: u32| {
         post(
             &format!("{edge}{T2I}"),
@@ -319,11 +307,7 @@ fn a_failed_job_reaches_fetch_and_the_webhook_as_an_error() {
     let hooks = Hooks::start();
     // No inference server listens there.
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let (_edge_proc, edge) = start_edge_with(
-        &config(&dead, &hooks.origin, vec![]),
-        &[],
-        &RuntimeOptions::default(),
-    );
+    let (_edge_proc, edge) = start_edge(&config(&dead, &hooks.origin, vec![]));
     let queued = submit(
         &edge,
         json!({"key": KEY, "prompt": "p", "width": 64, "height": 64,
@@ -362,11 +346,7 @@ fn links_are_never_built_on_a_foreign_host_header() {
     }
     use std::io::{Read as _, Write as _};
     let (_inference, inference_url) = start_inference();
-    let (_edge_proc, edge) = start_edge_with(
-        &config(&inference_url, "", vec![]),
-        &[],
-        &RuntimeOptions::default(),
-    );
+    let (_edge_proc, edge) = start_edge(&config(&inference_url, "", vec![]));
     let body = json!({"key": KEY, "prompt": "p", "width": 64, "height": 64,
                       "num_inference_steps": 2})
     .to_string();
