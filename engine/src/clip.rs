@@ -5,6 +5,7 @@
 //! transformers 5 writes a bare `CLIPTextModel` without the `text_model.` prefix, which is
 //! accepted too.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -101,6 +102,8 @@ pub struct ClipTextEncoder {
     pub config: ClipTextConfig,
     /// The class named in config.json `architectures` / model_index.json.
     pub with_projection: bool,
+    /// The checkpoint's root weights, to build a patched copy ([`Self::patched`]).
+    weights: Weights,
     device: Device,
 }
 
@@ -159,8 +162,29 @@ impl ClipTextEncoder {
             projection,
             config: cfg,
             with_projection,
+            weights: root.clone(),
             device: root.device().clone(),
         })
+    }
+
+    /// This encoder with `patches` added to the weights they name (full checkpoint names);
+    /// the unchanged weights are shared with this one.
+    pub fn patched(&self, patches: HashMap<String, Tensor>) -> Result<Self> {
+        Self::build(
+            &self.weights.patched(patches),
+            self.config.clone(),
+            self.with_projection,
+        )
+    }
+
+    /// The checkpoint's root weights.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// The final layer norm, for a hidden state other than the last (`clip_skip`).
+    pub fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.final_layer_norm.forward(hidden)
     }
 
     /// Runs the encoder on `ids` (one row of token ids per prompt, all the same length), with

@@ -57,6 +57,7 @@ pub mod cpu_conv;
 pub mod cpu_kernels;
 pub mod error;
 pub mod image_io;
+pub mod lora;
 pub mod nn;
 pub mod noise;
 pub mod pipeline;
@@ -82,6 +83,15 @@ pub struct GenerateParams {
     /// negative embeddings when the model sets `force_zeros_for_empty_prompt`. SD 1.x / 2.x
     /// encode `""` for `None`. Unused without CFG (and by LCM UNets).
     pub negative_prompt: Option<String>,
+    /// SDXL: the prompt of the second text encoder (`tokenizer_2` / `text_encoder_2`);
+    /// `None` or empty: `prompt`, as diffusers. Refused by models with one text encoder.
+    pub prompt_2: Option<String>,
+    /// SDXL: the second encoder's negative prompt; `None` or empty: `negative_prompt`.
+    pub negative_prompt_2: Option<String>,
+    /// diffusers' `clip_skip`: condition on the text encoder output this many layers before
+    /// the one the model uses (SD: the last, SDXL: the penultimate); `None` = 0. Applies to
+    /// the prompt only, as in diffusers.
+    pub clip_skip: Option<usize>,
     /// Pixels; a positive multiple of the VAE scale factor.
     pub width: usize,
     pub height: usize,
@@ -109,6 +119,9 @@ impl Default for GenerateParams {
         GenerateParams {
             prompt: String::new(),
             negative_prompt: None,
+            prompt_2: None,
+            negative_prompt_2: None,
+            clip_skip: None,
             algorithm_type: None,
             width: 1024,
             height: 1024,

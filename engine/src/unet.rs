@@ -7,6 +7,7 @@
 //! SDXL's `text_time` added conditioning; LCM's `time_cond_proj_dim`. Timesteps are per
 //! sample (a tensor of batch size).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -109,6 +110,8 @@ pub struct UNet {
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     pub config: UNetConfig,
+    /// What it was built from, to build a patched copy ([`UNet::patched`]).
+    weights: Weights,
     device: Device,
     dtype: DType,
 }
@@ -295,7 +298,19 @@ impl UNet {
             device: w.device().clone(),
             dtype: w.dtype(),
             config: cfg,
+            weights: w.clone(),
         })
+    }
+
+    /// This UNet with `patches` added to the weights they name ([`Weights::patched`]);
+    /// the unchanged weights are shared with this one.
+    pub fn patched(&self, patches: HashMap<String, Tensor>) -> Result<UNet> {
+        UNet::build(&self.weights.patched(patches), self.config.clone())
+    }
+
+    /// The weights it was built from (names and shapes of what a patch may target).
+    pub fn weights(&self) -> &Weights {
+        &self.weights
     }
 
     pub fn dtype(&self) -> DType {

@@ -1,9 +1,8 @@
 //! Safetensors weights with errors that name the file and the tensor.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-#[cfg(feature = "random-weights")]
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
@@ -72,6 +71,10 @@ enum Backend {
     Files {
         files: Arc<Vec<PathBuf>>,
         st: Arc<MmapedSafetensors>,
+        /// Every tensor handed out so far (converted), so that a model rebuilt with
+        /// [`Weights::patched`] shares the tensors it does not change instead of loading
+        /// them again (candle tensors are reference-counted: no copy).
+        memo: Arc<Mutex<HashMap<String, Tensor>>>,
     },
     #[cfg(feature = "random-weights")]
     Random(Arc<Mutex<RandomInit>>),
@@ -89,6 +92,8 @@ pub struct RandomInit {
 #[derive(Clone)]
 pub struct Weights {
     backend: Backend,
+    /// Tensors to add to the stored ones (full names), e.g. merged LoRA deltas.
+    patches: Option<Arc<HashMap<String, Tensor>>>,
     prefix: String,
     device: Device,
     dtype: DType,
@@ -109,7 +114,9 @@ impl Weights {
             backend: Backend::Files {
                 files: Arc::new(files.to_vec()),
                 st: Arc::new(st),
+                memo: Arc::default(),
             },
+            patches: None,
             prefix: String::new(),
             device: device.clone(),
             dtype,
@@ -124,6 +131,7 @@ impl Weights {
                 generator: super::noise::TorchGenerator::new(seed),
                 tensors: Vec::new(),
             }))),
+            patches: None,
             prefix: String::new(),
             device: Device::Cpu,
             dtype: DType::F32,
@@ -136,6 +144,33 @@ impl Weights {
         match &self.backend {
             Backend::Random(r) => r.lock().map(|r| r.tensors.clone()).unwrap_or_default(),
             Backend::Files { .. } => Vec::new(),
+        }
+    }
+
+    /// The same weights with `patches` (full tensor name -> tensor of the same shape, any
+    /// float dtype) added to the stored tensors they name; added in f32, then converted
+    /// to the engine dtype. Tensors already handed out are shared, not loaded again.
+    pub fn patched(&self, patches: HashMap<String, Tensor>) -> Weights {
+        let mut w = self.clone();
+        w.patches = (!patches.is_empty()).then(|| Arc::new(patches));
+        w
+    }
+
+    /// The full names of every stored tensor (empty for random weights).
+    pub fn names(&self) -> Vec<String> {
+        match &self.backend {
+            Backend::Files { st, .. } => st.tensors().into_iter().map(|(n, _)| n).collect(),
+            #[cfg(feature = "random-weights")]
+            Backend::Random(_) => Vec::new(),
+        }
+    }
+
+    /// The shape of stored tensor `prefix.name`, if there is one.
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        match &self.backend {
+            Backend::Files { st, .. } => st.get(&self.full(name)).ok().map(|v| v.shape().to_vec()),
+            #[cfg(feature = "random-weights")]
+            Backend::Random(_) => None,
         }
     }
 
@@ -171,23 +206,47 @@ impl Weights {
         }
     }
 
-    /// Loads `prefix.name`, checks its shape and converts it to the engine dtype and device.
+    /// Loads `prefix.name`, checks its shape and converts it to the engine dtype and device
+    /// (plus its patch, if it has one).
     pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
         let full = self.full(name);
         let expected: Shape = shape.into();
-        let (files, st) = match &self.backend {
-            Backend::Files { files, st } => (files, st),
+        let stored = self.get_stored(&expected, &full)?;
+        match self.patches.as_ref().and_then(|p| p.get(&full)) {
+            None => Ok(stored),
+            Some(patch) => {
+                if patch.dims() != expected.dims() {
+                    bail!(
+                        "a patch of `{full}` has shape {:?}, the tensor {:?}",
+                        patch.dims(),
+                        expected.dims()
+                    );
+                }
+                let sum = (stored.to_dtype(DType::F32)?
+                    + patch.to_dtype(DType::F32)?.to_device(stored.device())?)?;
+                Ok(sum.to_dtype(self.dtype)?)
+            }
+        }
+    }
+
+    fn get_stored(&self, expected: &Shape, full: &str) -> Result<Tensor> {
+        let (files, st, memo) = match &self.backend {
+            Backend::Files { files, st, memo } => (files, st, memo),
             #[cfg(feature = "random-weights")]
             Backend::Random(r) => {
                 let mut r = r
                     .lock()
                     .map_err(|_| anyhow::anyhow!("random init poisoned"))?;
-                let t = random_tensor(&mut r.generator, &full, expected.dims())?;
-                r.tensors.push((full, t.clone()));
+                let t = random_tensor(&mut r.generator, full, expected.dims())?;
+                r.tensors.push((full.to_string(), t.clone()));
                 return Ok(t);
             }
         };
-        let view = st.get(&full).map_err(|_| {
+        let memo_key = format!("{full}@{:?}", self.dtype);
+        if let Some(t) = memo.lock().ok().and_then(|m| m.get(&memo_key).cloned()) {
+            return Ok(t);
+        }
+        let view = st.get(full).map_err(|_| {
             anyhow::anyhow!(
                 "{}: missing tensor `{full}` (expected shape {expected:?})",
                 describe(files)
@@ -202,9 +261,13 @@ impl Weights {
             );
         }
         let t = st
-            .load(&full, &Device::Cpu)
+            .load(full, &Device::Cpu)
             .with_context(|| format!("{}: cannot load tensor `{full}`", describe(files)))?;
-        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+        let t = t.to_dtype(self.dtype)?.to_device(&self.device)?;
+        if let Ok(mut m) = memo.lock() {
+            m.insert(memo_key, t.clone());
+        }
+        Ok(t)
     }
 }
 

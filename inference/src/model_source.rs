@@ -27,6 +27,121 @@ pub fn resolve(spec: &str) -> anyhow::Result<PathBuf> {
     download(spec)
 }
 
+/// A LoRA's safetensors file: `spec` itself, the one `.safetensors` in folder `spec` (or
+/// its `pytorch_lora_weights.safetensors`), or the same in hub repository `owner/name`
+/// (`owner/name/FILE` names the file), downloaded if needed.
+pub fn resolve_lora(spec: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.is_dir() {
+        let files: Vec<String> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        let file = pick_lora_file(spec, files.iter().map(String::as_str))?;
+        return Ok(path.join(file));
+    }
+    let (id, file) = match spec.rsplit_once('/') {
+        Some((id, file)) if file.ends_with(".safetensors") => (id, Some(file)),
+        _ => (spec, None),
+    };
+    if !looks_like_hub_id(id) {
+        bail!(
+            "{spec}: no such file or folder, and not a Hugging Face hub id (owner/name or owner/name/FILE.safetensors)"
+        );
+    }
+    let repo = hub()?.model(id.to_string());
+    let file = match file {
+        Some(f) => f.to_string(),
+        None => match repo.info() {
+            Ok(info) => pick_lora_file(spec, info.siblings.iter().map(|s| s.rfilename.as_str()))?,
+            Err(err) => bail!(
+                "{spec}: the Hugging Face hub could not be reached to list its files ({err}); name the file (owner/name/FILE.safetensors) or use a local path"
+            ),
+        },
+    };
+    repo.get(&file)
+        .with_context(|| format!("downloading {file} of {id}"))
+}
+
+fn pick_lora_file<'a>(spec: &str, names: impl Iterator<Item = &'a str>) -> anyhow::Result<String> {
+    let files: Vec<&str> = names
+        .filter(|n| !n.contains('/') && n.ends_with(".safetensors"))
+        .collect();
+    match files.as_slice() {
+        [one] => Ok(one.to_string()),
+        _ if files.contains(&"pytorch_lora_weights.safetensors") => {
+            Ok("pytorch_lora_weights.safetensors".into())
+        }
+        [] => bail!("{spec} has no .safetensors file"),
+        many => bail!(
+            "{spec} has several .safetensors files ({}): name one",
+            many.join(", ")
+        ),
+    }
+}
+
+/// A VAE's folder (config.json and diffusion_pytorch_model weights): `spec` itself, the
+/// `vae/` folder of model folder `spec`, or hub repository `owner/name` (its top level,
+/// else its `vae/` folder), downloaded if needed.
+pub fn resolve_vae(spec: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        for dir in [path.to_path_buf(), path.join("vae")] {
+            if dir.join("config.json").is_file() {
+                return Ok(dir);
+            }
+        }
+        bail!("{spec} is a folder but holds no VAE (no config.json, nor vae/config.json)");
+    }
+    if !looks_like_hub_id(spec) {
+        bail!("{spec}: no such folder, and not a Hugging Face hub id (owner/name)");
+    }
+    let repo = hub()?.model(spec.to_string());
+    let names: Vec<String> = match repo.info() {
+        Ok(info) => info.siblings.into_iter().map(|s| s.rfilename).collect(),
+        Err(err) => bail!("{spec}: the Hugging Face hub could not be reached ({err})"),
+    };
+    let prefix = if names.iter().any(|n| n == "config.json") {
+        ""
+    } else if names.iter().any(|n| n == "vae/config.json") {
+        "vae/"
+    } else {
+        bail!("{spec} on the Hugging Face hub holds no VAE (no config.json, nor vae/config.json)");
+    };
+    let weights: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            n.strip_prefix(prefix).is_some_and(|f| {
+                !f.contains('/')
+                    && f.starts_with("diffusion_pytorch_model")
+                    && f.contains(".safetensors")
+            })
+        })
+        .collect();
+    let plain: Vec<&&String> = weights.iter().filter(|n| !n.contains(".fp16")).collect();
+    let mut config = None;
+    for file in std::iter::once(&format!("{prefix}config.json")).chain(if plain.is_empty() {
+        weights.clone()
+    } else {
+        plain.into_iter().copied().collect()
+    }) {
+        let got = repo
+            .get(file)
+            .with_context(|| format!("downloading {file} of {spec}"))?;
+        config.get_or_insert(got);
+    }
+    snapshot_dir(config.expect("config.json was fetched"))
+}
+
+fn hub() -> anyhow::Result<hf_hub::api::sync::Api> {
+    hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .context("setting up the Hugging Face hub client")
+}
+
 fn looks_like_hub_id(spec: &str) -> bool {
     let mut parts = spec.split('/');
     let ok = |s: Option<&str>| {
@@ -41,11 +156,7 @@ fn looks_like_hub_id(spec: &str) -> bool {
 }
 
 fn download(id: &str) -> anyhow::Result<PathBuf> {
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(true)
-        .build()
-        .context("setting up the Hugging Face hub client")?;
-    let repo = api.model(id.to_string());
+    let repo = hub()?.model(id.to_string());
     let files = match repo.info() {
         Ok(info) => pick_files(info.siblings.iter().map(|s| s.rfilename.as_str())),
         Err(err) => return from_cache_or_explain(id, err),

@@ -13,10 +13,16 @@ use candle_core::{DType, Device};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::engine::lora::Lora;
 use crate::engine::{GenerateParams, Pipeline, tiny};
 
 /// The fixture sets, in the order `inference parity` runs them.
-pub const SETS: &[&str] = &["parity", "parity_arch", "scheduler_parity"];
+pub const SETS: &[&str] = &[
+    "parity",
+    "parity_arch",
+    "scheduler_parity",
+    "parity_features",
+];
 
 /// One generated image against its reference.
 #[derive(Debug, Clone, Serialize)]
@@ -131,6 +137,9 @@ pub fn params_of(case: &Value, dir: &Path) -> Result<GenerateParams> {
     Ok(GenerateParams {
         prompt: s("prompt").context("prompt")?,
         negative_prompt: s("negative_prompt"),
+        prompt_2: s("prompt_2"),
+        negative_prompt_2: s("negative_prompt_2"),
+        clip_skip: u("clip_skip").map(|k| k as usize),
         width: u("width").context("width")? as usize,
         height: u("height").context("height")? as usize,
         steps: u("steps").unwrap_or(4) as usize,
@@ -145,6 +154,25 @@ pub fn params_of(case: &Value, dir: &Path) -> Result<GenerateParams> {
             .map(String::from),
         init_image,
     })
+}
+
+/// The case's model with its `vae` (a folder in the set) and `loras` (`[file, weight]`).
+fn variant_of(pipeline: &Pipeline, case: &Value, dir: &Path) -> Result<Pipeline> {
+    let mut p = match case.get("vae").and_then(|v| v.as_str()) {
+        Some(vae) => pipeline.with_vae(&dir.join(vae))?,
+        None => pipeline.clone(),
+    };
+    if let Some(loras) = case.get("loras").and_then(|v| v.as_array()) {
+        let mut read = Vec::new();
+        for l in loras {
+            let file = l[0].as_str().context("loras: [file, weight]")?;
+            let weight = l[1].as_f64().context("loras: [file, weight]")?;
+            read.push((Lora::load(&dir.join(file))?, weight));
+        }
+        let refs: Vec<(&Lora, f64)> = read.iter().map(|(l, w)| (l, *w)).collect();
+        p = p.with_loras(&refs)?;
+    }
+    Ok(p)
 }
 
 /// Per-channel absolute differences: (max, mean).
@@ -187,6 +215,7 @@ fn run_case(models: &SetModels, case: &Value, dir: &Path, report: &mut SetReport
         .get(model)
         .with_context(|| format!("no model {model}"))?;
     let params = params_of(case, dir)?;
+    let pipeline = variant_of(pipeline, case, dir)?;
     let out = pipeline.generate(&params, &mut |_, _| true)?;
     let expected = case["expected"].as_array().context("expected")?;
     if out.images.len() != expected.len() {

@@ -1,5 +1,5 @@
-//! `inference bench` and `inference parity`, as scripts/gpu-check and scripts/bench-engine call
-//! them: the JSON they write is what those scripts read.
+//! `inference bench`, `inference parity` and `inference generate`, as scripts/gpu-check,
+//! scripts/bench-engine and users call them: the JSON they write is what those scripts read.
 
 use std::path::Path;
 use std::process::Command;
@@ -162,4 +162,82 @@ fn parity_runs_the_fixtures_and_judges_f32_only() {
     assert_eq!(v["dtype"], "f16");
     assert_eq!(v["passed"], true);
     assert_eq!(v["cases"].as_array().unwrap().len(), 27);
+}
+
+/// `generate` with LoRAs (both file forms, one negative), a VAE, `--clip-skip` and
+/// `--prompt-2` gives diffusers' images (the parity_features references).
+#[test]
+fn generate_takes_loras_a_vae_and_second_prompts() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let f = fixtures.join("parity_features");
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |path: &Path| path.to_str().unwrap().to_string();
+    let runs = [
+        (
+            "tiny-sd15",
+            vec![
+                "--guidance".into(),
+                "7.5".into(),
+                "--lora".into(),
+                format!("{}:0.7", p(&f.join("lora-sd15-peft.safetensors"))),
+                "--lora".into(),
+                format!("{}:-0.5", p(&f.join("lora-sd15-kohya.safetensors"))),
+                "--init-image".into(),
+                p(&f.join("init_64.png")),
+                "--strength".into(),
+                "0.7".into(),
+            ],
+            "sd15_lora_both_i2i_0.png",
+        ),
+        (
+            "tiny-sdxl",
+            vec![
+                "--guidance".into(),
+                "5".into(),
+                "--lora".into(),
+                format!("{}:0.8", p(&f.join("lora-sdxl-kohya.safetensors"))),
+                "--vae".into(),
+                p(&f.join("vae-sdxl")),
+                "--clip-skip".into(),
+                "1".into(),
+                "--prompt-2".into(),
+                "an oil painting of a lighthouse".into(),
+            ],
+            "sdxl_everything_0.png",
+        ),
+    ];
+    for (model, extra, reference) in runs {
+        let out = tmp.path().join(reference);
+        let mut args: Vec<String> = [
+            "generate",
+            "--model",
+            &p(&fixtures.join("models").join(model)),
+            "--prompt",
+            "a photo of a cat",
+            "--negative-prompt",
+            "blurry, low quality",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "4",
+            "--seed",
+            "3",
+            "--scheduler",
+            "Euler",
+            "--out",
+            &p(&out),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        inference(&refs);
+        let got = image::open(&out).unwrap().to_rgb8();
+        let want = image::open(f.join(reference)).unwrap().to_rgb8();
+        let (max, _) = inference::parity::image_diff(&want, &got);
+        assert!(max <= 2, "{reference}: {max}");
+    }
 }

@@ -87,3 +87,39 @@ fn architectures_match_diffusers() {
         }
     }
 }
+
+/// Second prompts, clip_skip, a replacement VAE and LoRAs (diffusers/PEFT and kohya files,
+/// several at once with their weights) against diffusers (scripts/reference/make_feature_fixtures.py).
+/// Each case's feature must matter: the model without it is far from the reference.
+#[test]
+fn features_match_diffusers() {
+    let report = assert_set_matches("parity_features");
+    let root = fixtures();
+    let dir = root.join("parity_features");
+    let manifest = parity::manifest(&root, "parity_features").unwrap();
+    let models = parity::load_models(&root, &manifest, &Device::Cpu, DType::F32).unwrap();
+    let cases = manifest["cases"].as_array().unwrap();
+    assert_eq!(
+        report.images.len(),
+        cases
+            .iter()
+            .map(|c| c["expected"].as_array().unwrap().len())
+            .sum::<usize>()
+    );
+    for case in cases {
+        let id = case["id"].as_str().unwrap();
+        let mut plain = parity::params_of(case, &dir).unwrap();
+        // Without the case's features (the VAE and LoRAs are left out by using the base model).
+        (plain.prompt_2, plain.negative_prompt_2, plain.clip_skip) = (None, None, None);
+        let base = &models.pipelines[case["model"].as_str().unwrap()];
+        let out = base.generate(&plain, &mut |_, _| true).unwrap();
+        let want = image::open(dir.join(case["expected"][0].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        let (max, _) = parity::image_diff(&want, &out.images[0].0);
+        assert!(
+            max > 10,
+            "{id}: the image without its features is as close as {max}"
+        );
+    }
+}

@@ -532,6 +532,19 @@ def load_variant(name):
     return pipes, base
 
 
+def save_images(case, images, out):
+    """Writes a case's reference images to `out` as `{id}_{i}.png` and lists them in
+    `case["expected"]`."""
+    files = []
+    for i, img in enumerate(images):
+        fname = f"{case['id']}_{i}.png"
+        img.save(os.path.join(out, fname))
+        files.append(fname)
+    case["expected"] = files
+    arr = np.asarray(images[0], dtype=np.float32)
+    print(case["id"], files, f"mean {arr.mean():.1f} std {arr.std():.1f}")
+
+
 def make_references(schedulers):
     unknown = [s for s in schedulers if s not in SCHEDULERS]
     if unknown:
@@ -549,15 +562,7 @@ def make_references(schedulers):
             if case["scheduler"] is None and not default_scheduler_supported(base):
                 # The model's own scheduler class is not implemented (yet): use the first listed.
                 case["scheduler"] = schedulers[0]
-            images = run_case(pipes, base, case)
-            files = []
-            for i, img in enumerate(images):
-                fname = f"{case['id']}_{i}.png"
-                img.save(os.path.join(OUT, fname))
-                files.append(fname)
-            case["expected"] = files
-            arr = np.asarray(images[0], dtype=np.float32)
-            print(case["id"], files, f"mean {arr.mean():.1f} std {arr.std():.1f}")
+            save_images(case, run_case(pipes, base, case), OUT)
             all_cases.append(case)
     manifest = {
         "max_abs_diff": 2,

@@ -604,12 +604,13 @@ fn cases(img: &str) -> Vec<Case> {
             "sampler: \"DDIMInverseScheduler\" is not supported",
         ),
         case(
-            "hyperbolic: second prompt",
+            "hyperbolic: a LoRA the catalog lacks",
             HYPER,
             b,
-            r#"{"prompt":"p","prompt_2":"q"}"#,
+            r#"{"prompt":"p","width":64,"height":64,"steps":1,"loras":{"Nope":0.5}}"#,
             400,
-            "prompt_2: a different prompt",
+            // The server's refusal, listing the catalog's LoRAs.
+            "loras: unknown LoRA \"Nope\"; this server has: Logo",
         ),
         case(
             "hyperbolic: body over 16 MiB",

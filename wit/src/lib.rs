@@ -20,8 +20,34 @@ wit_bindgen::generate!({
 });
 
 pub use sdgate::inference::types::{
-    Error, GenerateRequest, GenerateResult, GeneratedImage, ImageBase64, InitImage, Timings,
+    Error, GenerateRequest, GenerateResult, GeneratedImage, ImageBase64, InitImage, Lora, Timings,
 };
+
+impl Default for GenerateRequest {
+    /// One image of the default model from an empty prompt, everything else the model's.
+    fn default() -> Self {
+        GenerateRequest {
+            model: String::new(),
+            prompt: String::new(),
+            negative_prompt: None,
+            prompt_2: None,
+            negative_prompt_2: None,
+            clip_skip: None,
+            vae: None,
+            loras: None,
+            width: None,
+            height: None,
+            steps: None,
+            guidance: None,
+            seed: None,
+            samples: 1,
+            scheduler: None,
+            karras: None,
+            algorithm_type: None,
+            init_image: None,
+        }
+    }
+}
 
 /// The route of a generation request.
 pub const GENERATE_PATH: &str = "/v1/generate";
@@ -88,12 +114,15 @@ mod tests {
             seed: Some(u64::MAX),
             samples: 1,
             scheduler: Some("Euler a".into()),
-            karras: None,
-            algorithm_type: None,
+            loras: Some(vec![Lora {
+                name: "pixel-art".into(),
+                strength: 0.7,
+            }]),
             init_image: Some(InitImage {
                 image: "iVBORw0KGgo=".into(),
                 strength: 0.5,
             }),
+            ..GenerateRequest::default()
         };
         let json = serde_json::to_string(&req).unwrap();
         assert!(json.contains("\"negative_prompt\":null"), "{json}");

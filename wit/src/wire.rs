@@ -109,6 +109,15 @@ fn parse_request(json: &[u8]) -> Result<GenerateRequest, Error> {
     let floats = [
         ("guidance", request.guidance),
         (
+            "loras",
+            request
+                .loras
+                .iter()
+                .flatten()
+                .map(|l| l.strength)
+                .find(|s| !s.is_finite()),
+        ),
+        (
             "init_image.strength",
             request.init_image.as_ref().map(|i| i.strength),
         ),
@@ -237,6 +246,7 @@ mod tests {
                 image: image.into(),
                 strength: 0.5,
             }),
+            ..GenerateRequest::default()
         }
     }
 

@@ -109,6 +109,7 @@ impl Dialect for Appypie {
                 karras: None,
                 algorithm_type: None,
                 init_image: None,
+                ..GenerateRequest::default()
             },
             init,
         ))

@@ -139,6 +139,7 @@ fn common(f: &Fields, (width, height): (u32, u32)) -> Result<GenerateRequest, Ap
         karras: None,
         algorithm_type: None,
         init_image: None,
+        ..GenerateRequest::default()
     })
 }
 

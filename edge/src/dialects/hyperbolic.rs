@@ -6,15 +6,17 @@
 //!   `image` and no size, the image's size), negative_prompt, image (base64) with
 //!   strength (0.8), seed, cfg_scale (7.5), sampler (a scheduler name), steps (30),
 //!   backend (auto / tvm / torch: one backend here, all accepted).
-//! - SDXL's second prompts (prompt_2, negative_prompt_2), style_preset,
-//!   enable_refiner, controlnet_name / controlnet_image and loras change the image
-//!   in ways this server does not implement: sent with a value, they are refused
-//!   with a message saying so rather than dropped.
+//! - prompt_2 / negative_prompt_2 go to SDXL's second text encoder (diffusers'
+//!   meaning; refused by models with one encoder), loras (`{"name": weight}`) are
+//!   merged from the server's catalog (`[loras]`).
+//! - style_preset, enable_refiner and controlnet_name / controlnet_image change the
+//!   image in ways this server does not implement: sent with a value, they are
+//!   refused with a message saying so rather than dropped.
 //! - Success: `{"images":[{"index":0,"image":"<base64 PNG>","random_seed":N}],"inference_time":S}`.
 //!   Errors: `{code, message, traceId}` (the seed documents none).
 
 use contract::limits::{MAX_SIDE, MAX_STEPS};
-use contract::{GenerateRequest, GenerateResult};
+use contract::{GenerateRequest, GenerateResult, Lora};
 use serde::Serialize;
 
 use super::{Base64Png, Dialect, Incoming, Outgoing};
@@ -72,6 +74,9 @@ impl Dialect for Hyperbolic {
         };
         let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
         let negative_prompt = job::optional_prompt(f, "negative_prompt")?;
+        let prompt_2 = job::optional_prompt(f, "prompt_2")?;
+        let negative_prompt_2 = job::optional_prompt(f, "negative_prompt_2")?;
+        let loras = loras(f)?;
         if let Some(backend) = f.string("backend")?
             && !BACKENDS.contains(&backend.trim().to_ascii_lowercase().as_str())
         {
@@ -118,6 +123,9 @@ impl Dialect for Hyperbolic {
                 model,
                 prompt,
                 negative_prompt,
+                prompt_2,
+                negative_prompt_2,
+                loras,
                 width,
                 height,
                 steps,
@@ -128,6 +136,7 @@ impl Dialect for Hyperbolic {
                 karras: None,
                 algorithm_type: None,
                 init_image: None,
+                ..GenerateRequest::default()
             },
             init,
         );
@@ -162,19 +171,6 @@ impl Dialect for Hyperbolic {
 
 /// Options that would change the image in ways we don't implement: refused when set.
 fn refuse_unsupported(f: &Fields) -> Result<(), ApiError> {
-    let prompt = f.string("prompt")?.unwrap_or_default();
-    let negative = f.string("negative_prompt")?.unwrap_or_default();
-    for (name, first) in [("prompt_2", &prompt), ("negative_prompt_2", &negative)] {
-        if let Some(second) = f.string(name)?
-            && !second.is_empty()
-            && second != *first
-        {
-            return Err(ApiError::field(
-                name,
-                "a different prompt for SDXL's second text encoder is not supported here; leave it out (both encoders read `prompt`)",
-            ));
-        }
-    }
     for name in ["style_preset", "controlnet_name", "controlnet_image"] {
         if f.string(name)?.is_some_and(|v| !v.trim().is_empty()) {
             return Err(ApiError::field(
@@ -189,13 +185,36 @@ fn refuse_unsupported(f: &Fields) -> Result<(), ApiError> {
             "the SDXL refiner is not supported by this server; leave it out or send false",
         ));
     }
-    if f.has("loras") {
-        return Err(ApiError::field(
-            "loras",
-            "LoRAs are not supported by this server; leave it out",
-        ));
-    }
     Ok(())
+}
+
+/// `loras`: `{"name": weight, ...}` as Hyperbolic documents it (null or `{}`: none).
+fn loras(f: &Fields) -> Result<Option<Vec<Lora>>, ApiError> {
+    let shape =
+        "must be an object of LoRA names and weights, e.g. {\"Pixel_Art\": 0.7, \"Logo\": 0.6}";
+    match f.get_raw("loras") {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Object(map) => {
+            let mut loras = Vec::with_capacity(map.len());
+            for (name, weight) in map {
+                let strength = weight
+                    .as_f64()
+                    .filter(|w| w.is_finite() && w.abs() <= f64::from(f32::MAX))
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            "loras",
+                            format!("the weight of {name:?} is not a number; {shape}"),
+                        )
+                    })?;
+                loras.push(Lora {
+                    name,
+                    strength: strength as f32,
+                });
+            }
+            Ok((!loras.is_empty()).then_some(loras))
+        }
+        _ => Err(ApiError::field("loras", shape)),
+    }
 }
 
 #[derive(Serialize)]
@@ -249,6 +268,32 @@ mod tests {
             ),
             (Some(7), Some("Euler a"), Some(12), Some("n"))
         );
+        assert_eq!(r.prompt_2.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn second_prompts_and_loras_go_to_the_server() {
+        let job = parse(r#"{"prompt":"p","prompt_2":"q","negative_prompt_2":"n2","loras":{"Pixel_Art":0.7,"Logo":-0.5}}"#).unwrap();
+        let r = &job.request;
+        assert_eq!(
+            (r.prompt_2.as_deref(), r.negative_prompt_2.as_deref()),
+            (Some("q"), Some("n2"))
+        );
+        let mut loras: Vec<(String, f32)> = r
+            .loras
+            .iter()
+            .flatten()
+            .map(|l| (l.name.clone(), l.strength))
+            .collect();
+        loras.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            loras,
+            [("Logo".to_string(), -0.5), ("Pixel_Art".to_string(), 0.7)]
+        );
+        for empty in [r#""loras":{}"#, r#""loras":null"#] {
+            let job = parse(&format!(r#"{{"prompt":"p",{empty}}}"#)).unwrap();
+            assert_eq!(job.request.loras, None, "{empty}");
+        }
     }
 
     #[test]
@@ -276,12 +321,12 @@ mod tests {
                 "backend: must be one of auto, tvm, torch",
             ),
             (
-                r#"{"prompt":"p","prompt_2":"other"}"#,
-                "prompt_2: a different prompt",
+                r#"{"prompt":"p","loras":{"Pixel_Art":"strong"}}"#,
+                "loras: the weight of \"Pixel_Art\" is not a number",
             ),
             (
-                r#"{"prompt":"p","loras":{"Pixel_Art":0.7}}"#,
-                "loras: LoRAs are not supported",
+                r#"{"prompt":"p","loras":["Pixel_Art"]}"#,
+                "loras: must be an object of LoRA names and weights",
             ),
             (
                 r#"{"prompt":"p","enable_refiner":true}"#,

@@ -11,8 +11,11 @@
 //!   (yes: Karras sigmas where the scheduler has them), algorithm_type (with
 //!   DPMSolverMultistepScheduler: dpmsolver++ or sde-dpmsolver++), seed (null:
 //!   random), track_id, base64, temp.
-//! - Every other field (lora_model, webhook, safety_checker, enhance_prompt, tomesd,
-//!   vae, clip_skip, ...) is accepted and listed in `meta.ignored`, never dropped
+//! - lora_model (comma-separated names from the server's catalog) with lora_strength
+//!   (one number for all, or one per LoRA; absent: 1), vae (a catalog name) and
+//!   clip_skip (1-8, diffusers' meaning) are applied.
+//! - Every other field (webhook, safety_checker, enhance_prompt, tomesd,
+//!   embeddings_model, ...) is accepted and listed in `meta.ignored`, never dropped
 //!   silently.
 //! - Success: `{"status":"success","generationTime":S,"id":N,"output":[...],"meta":{...}}`:
 //!   `output` holds links the edge serves itself (images kept 24 hours in Spin's
@@ -21,7 +24,7 @@
 
 use base64::Engine;
 use contract::limits::MAX_SAMPLES;
-use contract::{GenerateRequest, GenerateResult};
+use contract::{GenerateRequest, GenerateResult, Lora};
 use serde_json::{Value, json};
 
 use super::{Dialect, Incoming, Outgoing, with_retry_after};
@@ -36,7 +39,11 @@ const DEFAULT_SIDE: u32 = 512;
 const DEFAULT_STRENGTH: f64 = 0.7;
 
 /// The fields this dialect reads; anything else present goes to `meta.ignored`.
-const KNOWN: [&str; 21] = [
+const KNOWN: [&str; 25] = [
+    "lora_model",
+    "lora_strength",
+    "vae",
+    "clip_skip",
     "key",
     "model_id",
     "prompt",
@@ -88,6 +95,70 @@ fn aspect_ratio(f: &Fields) -> Result<Option<(u32, u32)>, ApiError> {
 }
 
 /// `init_image`: a string, or (v7's image editing) a list of one.
+/// `lora_model` ("a,b") with `lora_strength` (a number for all, or "0.7,0.5" one per
+/// LoRA; absent: 1 each).
+fn loras(f: &Fields) -> Result<Option<Vec<Lora>>, ApiError> {
+    let names: Vec<String> = f
+        .string("lora_model")?
+        .unwrap_or_default()
+        .split(',')
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty() && n != "null")
+        .collect();
+    let strengths: Vec<f32> = match f.get_raw("lora_strength") {
+        Value::Null => Vec::new(),
+        Value::Number(n) => vec![n.as_f64().unwrap_or(f64::NAN) as f32],
+        Value::String(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<f32>().map_err(|_| s.to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(|s| {
+                ApiError::field(
+                    "lora_strength",
+                    format!("{s:?} is not a number; send one number, or one per LoRA separated by commas (\"0.7,0.5\")"),
+                )
+            })?,
+        _ => {
+            return Err(ApiError::field(
+                "lora_strength",
+                "must be a number, or numbers separated by commas (\"0.7,0.5\")",
+            ));
+        }
+    };
+    if strengths.iter().any(|s| !s.is_finite()) {
+        return Err(ApiError::field("lora_strength", "must be finite numbers"));
+    }
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let strength_of = |i: usize| match strengths.as_slice() {
+        [] => Ok(1.0),
+        [one] => Ok(*one),
+        many if many.len() == names.len() => Ok(many[i]),
+        many => Err(ApiError::field(
+            "lora_strength",
+            format!(
+                "{} strengths for {} LoRAs in lora_model: send one for all, or one per LoRA",
+                many.len(),
+                names.len()
+            ),
+        )),
+    };
+    let loras = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            Ok(Lora {
+                name: name.clone(),
+                strength: strength_of(i)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Some(loras))
+}
+
 fn one_init_image(f: &Fields) -> Result<String, ApiError> {
     if f.has("init_image_2") {
         return Err(ApiError::field(
@@ -165,6 +236,7 @@ impl Dialect for ModelsLab {
             ("karras", "use_karras_sigmas"),
             ("init_image.strength", "strength"),
             ("init_image.image", "init_image"),
+            ("loras", "lora_model"),
         ]
     }
 
@@ -206,6 +278,12 @@ impl Dialect for ModelsLab {
         let guidance = f.number("guidance_scale", 1.0..=20.0)?.map(|g| g as f32);
         let seed = job::seed_or_random(f.seed("seed")?);
         let karras = f.yes_no("use_karras_sigmas")?;
+        let clip_skip = f.integer("clip_skip", 1..=8)?.map(|n| n as u32);
+        let vae = f
+            .string("vae")?
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        let loras = loras(f)?;
         let base64_io = f.yes_no("base64")?.unwrap_or(false);
         f.yes_no("temp")?;
         let track_id = f.get_raw("track_id");
@@ -281,6 +359,9 @@ impl Dialect for ModelsLab {
                 model: model_id.clone(),
                 prompt: prompt.clone(),
                 negative_prompt: negative_prompt.clone(),
+                clip_skip,
+                vae: vae.clone(),
+                loras: loras.clone(),
                 width,
                 height,
                 steps,
@@ -291,6 +372,7 @@ impl Dialect for ModelsLab {
                 karras,
                 algorithm_type,
                 init_image: None,
+                ..GenerateRequest::default()
             },
             init,
         );
@@ -312,6 +394,10 @@ impl Dialect for ModelsLab {
                 "strength": job.init.as_ref().map(|i| f64::from(i.strength)),
                 "use_karras_sigmas": if karras == Some(true) { "yes" } else { "no" },
                 "base64": if base64_io { "yes" } else { "no" },
+                "vae": vae,
+                "lora_model": loras.as_ref().map(|l| l.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(",")),
+                "lora_strength": loras.as_ref().map(|l| l.iter().map(|l| l.strength.to_string()).collect::<Vec<_>>().join(",")),
+                "clip_skip": clip_skip,
                 "ignored": ignored,
             },
         });
@@ -613,6 +699,63 @@ mod tests {
         assert!(
             matches!(&job.init.as_ref().unwrap().source, ImageSource::Bytes(b) if b == b"hello")
         );
+    }
+
+    #[test]
+    fn loras_vae_and_clip_skip() {
+        let path = "/api/v1/enterprise/text2img";
+        let names = |job: &Job| -> Vec<(String, f32)> {
+            job.request
+                .loras
+                .iter()
+                .flatten()
+                .map(|l| (l.name.clone(), l.strength))
+                .collect()
+        };
+        let job = parse(path, r#"{"prompt":"p","lora_model":"contrast-fix, yae-miko-genshin","lora_strength":"0.7,0.5","vae":"sdxl-vae-fp16-fix","clip_skip":"2"}"#).unwrap();
+        assert_eq!(
+            names(&job),
+            [
+                ("contrast-fix".into(), 0.7),
+                ("yae-miko-genshin".into(), 0.5)
+            ]
+        );
+        assert_eq!(job.request.vae.as_deref(), Some("sdxl-vae-fp16-fix"));
+        assert_eq!(job.request.clip_skip, Some(2));
+        assert_eq!(
+            job.echo["meta"]["lora_model"],
+            "contrast-fix,yae-miko-genshin"
+        );
+        assert_eq!(job.echo["meta"]["ignored"], json!([]));
+        // One strength for all; none: 1; no LoRA: none.
+        let job = parse(
+            path,
+            r#"{"prompt":"p","lora_model":"a,b","lora_strength":0.6}"#,
+        )
+        .unwrap();
+        assert_eq!(names(&job), [("a".into(), 0.6), ("b".into(), 0.6)]);
+        let job = parse(path, r#"{"prompt":"p","lora_model":"a"}"#).unwrap();
+        assert_eq!(names(&job), [("a".into(), 1.0)]);
+        let job = parse(
+            path,
+            r#"{"prompt":"p","lora_model":null,"lora_strength":null,"vae":null}"#,
+        )
+        .unwrap();
+        assert_eq!((job.request.loras, job.request.vae), (None, None));
+        for (body, says) in [
+            (
+                r#"{"prompt":"p","lora_model":"a,b,c","lora_strength":"1,2"}"#,
+                "lora_strength: 2 strengths for 3 LoRAs",
+            ),
+            (
+                r#"{"prompt":"p","lora_model":"a","lora_strength":"strong"}"#,
+                "lora_strength: \"strong\" is not a number",
+            ),
+            (r#"{"prompt":"p","clip_skip":9}"#, "clip_skip: "),
+        ] {
+            let e = parse(path, body).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("400 {says}")), "{body}: {e}");
+        }
     }
 
     #[test]

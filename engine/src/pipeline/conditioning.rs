@@ -3,6 +3,8 @@
 //! conditioning (pooled text embeddings and micro-conditioning time ids), and LCM's guidance
 //! embedding.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
@@ -11,9 +13,10 @@ use crate::GenerateParams;
 use crate::clip::ClipTextEncoder;
 use crate::tokenizer::ClipTokenizer;
 
+#[derive(Clone)]
 pub(super) struct TextEncoderSlot {
-    pub tokenizer: ClipTokenizer,
-    pub encoder: ClipTextEncoder,
+    pub tokenizer: Arc<ClipTokenizer>,
+    pub encoder: Arc<ClipTextEncoder>,
 }
 
 /// Prompt conditioning for one prompt (batch 1).
@@ -93,11 +96,18 @@ impl UnetConditioning {
 }
 
 impl Pipeline {
-    /// Encodes one prompt: SD 1.x / 2.x: the last hidden state (after the final layer norm)
-    /// of the text encoder, with the attention mask when its config sets
-    /// `use_attention_mask`; SDXL: the concatenated penultimate hidden states of both
-    /// encoders (no mask, as diffusers), pooled from the last encoder.
-    fn encode_prompt(&self, text: &str) -> Result<Conditioning> {
+    /// Encodes one prompt (`text_2` for SDXL's second encoder): SD 1.x / 2.x: the last
+    /// hidden state (after the final layer norm) of the text encoder, with the attention mask
+    /// when its config sets `use_attention_mask`, or with `clip_skip` the final layer norm of
+    /// the output `clip_skip` layers before the last; SDXL: the concatenated penultimate
+    /// hidden states of both encoders (no mask, as diffusers; `clip_skip` more layers back),
+    /// pooled from the last encoder.
+    fn encode_prompt(
+        &self,
+        text: &str,
+        text_2: &str,
+        clip_skip: Option<usize>,
+    ) -> Result<Conditioning> {
         if !self.arch.is_xl() {
             let slot = &self.encoders[0];
             let (ids, len) = slot.tokenizer.encode_padded_with_len(text)?;
@@ -108,24 +118,47 @@ impl Pipeline {
                 .use_attention_mask
                 .then_some(&lengths[..]);
             let out = slot.encoder.forward_masked(&[ids], mask)?;
+            let embeds = match clip_skip {
+                None => out.last_hidden_state,
+                Some(k) => {
+                    let n = out.hidden_states.len();
+                    slot.encoder.final_norm(&out.hidden_states[n - 1 - k])?
+                }
+            };
             return Ok(Conditioning {
-                embeds: out.last_hidden_state,
+                embeds,
                 pooled: None,
             });
         }
         let mut parts = Vec::new();
         let mut pooled = None;
-        for slot in &self.encoders {
+        for (slot, text) in self.encoders.iter().zip([text, text_2]) {
             let ids = slot.tokenizer.encode_padded(text)?;
             let out = slot.encoder.forward(&[ids])?;
             let n = out.hidden_states.len();
-            parts.push(out.hidden_states[n - 2].clone());
+            parts.push(out.hidden_states[n - 2 - clip_skip.unwrap_or(0)].clone());
             if let Some(te) = out.text_embeds {
                 pooled = Some(te);
             }
         }
         let embeds = Tensor::cat(&parts, candle_core::D::Minus1)?;
         Ok(Conditioning { embeds, pooled })
+    }
+
+    /// The largest `clip_skip` this model's text encoders allow.
+    pub(super) fn max_clip_skip(&self) -> usize {
+        let layers = self
+            .encoders
+            .iter()
+            .map(|e| e.encoder.config.num_hidden_layers)
+            .min()
+            .unwrap_or(0);
+        // SD: hidden_states[-(k + 1)] of layers + 1; SDXL: [-(k + 2)].
+        if self.arch.is_xl() {
+            layers.saturating_sub(1)
+        } else {
+            layers
+        }
     }
 
     /// The conditioning of `n` images of one request; `do_cfg` adds the negative half.
@@ -136,7 +169,14 @@ impl Pipeline {
         do_cfg: bool,
     ) -> Result<UnetConditioning> {
         let (w, h) = (params.width, params.height);
-        let cond = self.encode_prompt(&params.prompt)?;
+        // As diffusers: an empty or missing second prompt is the first; the negative prompt
+        // is encoded without `clip_skip`.
+        let prompt_2 = params
+            .prompt_2
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .unwrap_or(&params.prompt);
+        let cond = self.encode_prompt(&params.prompt, prompt_2, params.clip_skip)?;
         let uncond = if do_cfg {
             if params.negative_prompt.is_none() && self.force_zeros_for_empty_prompt {
                 Some(Conditioning {
@@ -147,7 +187,13 @@ impl Pipeline {
                     },
                 })
             } else {
-                Some(self.encode_prompt(params.negative_prompt.as_deref().unwrap_or(""))?)
+                let negative = params.negative_prompt.as_deref().unwrap_or("");
+                let negative_2 = params
+                    .negative_prompt_2
+                    .as_deref()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or(negative);
+                Some(self.encode_prompt(negative, negative_2, None)?)
             }
         } else {
             None

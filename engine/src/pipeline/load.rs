@@ -2,6 +2,7 @@
 //! each component loaded from its folder.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
@@ -108,6 +109,25 @@ fn is_xl_folder(dir: &Path, index: &ModelIndex) -> Result<bool> {
     Ok(false)
 }
 
+/// Loads the VAE in `dir` for a model running in `dtype`. diffusers' SDXL pipelines run a
+/// `force_upcast` VAE in f32 when the model is in f16 (the SDXL VAE overflows f16; an
+/// fp16-fix VAE sets force_upcast false); bf16 has f32's range and stays as it is, and the
+/// SD pipelines never upcast.
+pub(super) fn load_vae(
+    dir: &Path,
+    xl: bool,
+    device: &Device,
+    dtype: DType,
+) -> Result<AutoencoderKl> {
+    let cfg: VaeConfig = read_config(&dir.join("config.json"), &[])?;
+    let vae_dtype = if xl && cfg.force_upcast && dtype == DType::F16 {
+        DType::F32
+    } else {
+        dtype
+    };
+    AutoencoderKl::load(dir, device, vae_dtype)
+}
+
 impl Pipeline {
     /// Loads a diffusers-format model folder. The architecture is decided from the components
     /// model_index.json lists (`text_encoder_2` → SDXL, else SD 1.x / 2.x) and from their
@@ -146,9 +166,11 @@ impl Pipeline {
             let class = index.component(enc).map(|c| c.1).unwrap_or_default();
             let with_projection = class == "CLIPTextModelWithProjection";
             encoders.push(TextEncoderSlot {
-                tokenizer: ClipTokenizer::load(&tdir)?,
-                encoder: ClipTextEncoder::load(&edir, with_projection, device, dtype)
-                    .with_context(|| format!("loading {}", edir.display()))?,
+                tokenizer: Arc::new(ClipTokenizer::load(&tdir)?),
+                encoder: Arc::new(
+                    ClipTextEncoder::load(&edir, with_projection, device, dtype)
+                        .with_context(|| format!("loading {}", edir.display()))?,
+                ),
             });
         }
         if xl && !encoders[1].encoder.with_projection {
@@ -168,16 +190,8 @@ impl Pipeline {
                 unet_cfg.out_channels
             );
         }
-        let unet = UNet::load(&unet_dir, device, dtype)?;
-        // diffusers' SDXL pipelines run a `force_upcast` VAE in f32 when the model is in f16
-        // (the SDXL VAE overflows f16; an fp16-fix VAE sets force_upcast false); bf16 has
-        // f32's range and stays as it is, and the SD pipelines never upcast.
-        let vae_dtype = if xl && vae_cfg.force_upcast && dtype == DType::F16 {
-            DType::F32
-        } else {
-            dtype
-        };
-        let vae = AutoencoderKl::load(&vae_dir, device, vae_dtype)?;
+        let unet = Arc::new(UNet::load(&unet_dir, device, dtype)?);
+        let vae = Arc::new(load_vae(&vae_dir, xl, device, dtype)?);
         let sched_path = component_dir(dir, &index, "scheduler")?.join("scheduler_config.json");
         let scheduler_config = SchedulerConfig::load(&sched_path)?;
         if xl && !unet.needs_added_cond() {

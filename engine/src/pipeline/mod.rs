@@ -22,6 +22,7 @@
 //!    when the VAE config has them), `(x / 2 + 0.5).clamp(0, 1)`, `(x * 255).round()`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -32,6 +33,7 @@ mod denoise;
 mod latents;
 mod load;
 mod plan;
+mod variant;
 
 pub use load::{Architecture, KNOWN_PIPELINE_CLASSES, model_dtype};
 pub use plan::{BatchKey, Plan};
@@ -53,13 +55,16 @@ pub const MAX_SIDE: usize = 4096;
 /// Largest number of images per request (the inference server's cap too).
 pub const MAX_SAMPLES: usize = 8;
 
+/// A loaded model. Cloning shares its components; [`Pipeline::with_vae`] and
+/// [`Pipeline::with_loras`] make variants that share what they do not change.
+#[derive(Clone)]
 pub struct Pipeline {
     dir: PathBuf,
     index: ModelIndex,
     arch: Architecture,
     encoders: Vec<TextEncoderSlot>,
-    unet: UNet,
-    vae: AutoencoderKl,
+    unet: Arc<UNet>,
+    vae: Arc<AutoencoderKl>,
     scheduler_config: SchedulerConfig,
     force_zeros_for_empty_prompt: bool,
     device: Device,

@@ -52,6 +52,28 @@ impl Pipeline {
                 ),
             ));
         }
+        if !self.arch.is_xl() {
+            for (name, v) in [
+                ("prompt_2", &p.prompt_2),
+                ("negative_prompt_2", &p.negative_prompt_2),
+            ] {
+                if v.as_deref().is_some_and(|v| !v.is_empty()) {
+                    return Err(EngineError::invalid(
+                        name,
+                        "is for SDXL's second text encoder; this model has one (leave it out)",
+                    ));
+                }
+            }
+        }
+        if let Some(k) = p.clip_skip {
+            let max = self.max_clip_skip();
+            if k > max {
+                return Err(EngineError::invalid(
+                    "clip_skip",
+                    format!("{k} is not accepted: this model's text encoders allow 0 to {max}"),
+                ));
+            }
+        }
         if let Some((_, strength)) = &p.init_image {
             let s = *strength;
             if !(s.is_finite() && s > 0.0 && s <= 1.0) {

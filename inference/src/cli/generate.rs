@@ -4,7 +4,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use inference::engine::lora::Lora;
 use inference::engine::{GenerateParams, Pipeline};
+use inference::server::catalog::{BUILT_IN, Catalog};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -42,9 +44,75 @@ pub struct GenerateArgs {
     /// Number of images.
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
+    /// A VAE in place of the model's: a catalog name (`[vaes]` of CATALOG, else the built-in
+    /// catalog), a VAE folder, a model folder (its vae/) or a hub id.
+    #[arg(long)]
+    pub vae: Option<String>,
+    /// A LoRA to merge, at STRENGTH (default 1): a catalog name (`[loras]`), a .safetensors
+    /// file (diffusers/PEFT or kohya format), a folder holding one, or a hub id
+    /// (owner/name or owner/name/FILE.safetensors). Repeat for several.
+    #[arg(long = "lora", value_name = "PATH_OR_NAME[:STRENGTH]")]
+    pub loras: Vec<String>,
     /// Output PNG; with several samples, `-<i>` is added before the extension.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// The catalog that names LoRAs and VAEs: CATALOG's file, else the built-in one.
+fn catalog() -> anyhow::Result<Catalog> {
+    match std::env::var_os("CATALOG") {
+        Some(path) => Catalog::load(Path::new(&path)),
+        None => Catalog::parse(BUILT_IN),
+    }
+}
+
+/// `SPEC[:STRENGTH]`: the strength is what follows the last colon when it is a number.
+fn lora_arg(arg: &str) -> anyhow::Result<(&str, f64)> {
+    if let Some((spec, s)) = arg.rsplit_once(':')
+        && let Ok(strength) = s.trim().parse::<f64>()
+    {
+        anyhow::ensure!(
+            strength.is_finite(),
+            "--lora {arg}: the strength is not a number"
+        );
+        return Ok((spec, strength));
+    }
+    Ok((arg, 1.0))
+}
+
+fn with_add_ons(pipeline: Pipeline, args: &GenerateArgs) -> anyhow::Result<Pipeline> {
+    if args.vae.is_none() && args.loras.is_empty() {
+        return Ok(pipeline);
+    }
+    let catalog = catalog()?;
+    let mut pipeline = pipeline;
+    if let Some(spec) = &args.vae {
+        let source = catalog
+            .vaes
+            .lookup(spec)
+            .map_or(spec.as_str(), |v| v.source.as_str());
+        let dir = inference::model_source::resolve_vae(source)?;
+        pipeline = pipeline.with_vae(&dir)?;
+        eprintln!("VAE {}", dir.display());
+    }
+    let mut loras = Vec::new();
+    for arg in &args.loras {
+        let (spec, strength) = lora_arg(arg)?;
+        let source = catalog
+            .loras
+            .lookup(spec)
+            .map_or(spec, |l| l.source.as_str());
+        let file = inference::model_source::resolve_lora(source)?;
+        let lora = Lora::load(&file)?;
+        eprintln!(
+            "LoRA {} ({} layers) at {strength}",
+            file.display(),
+            lora.len()
+        );
+        loras.push((lora, strength));
+    }
+    let refs: Vec<(&Lora, f64)> = loras.iter().map(|(l, s)| (l, *s)).collect();
+    pipeline.with_loras(&refs)
 }
 
 fn output_path(out: &Path, i: usize, n: usize) -> PathBuf {
@@ -69,6 +137,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         info.architecture,
         t.elapsed()
     );
+    let pipeline = with_add_ons(pipeline, &args)?;
     let init_image = match &args.init_image {
         Some(p) => Some((
             image::open(p).with_context(|| format!("cannot read {}", p.display()))?,

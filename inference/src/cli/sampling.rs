@@ -11,6 +11,16 @@ pub struct SamplingArgs {
     /// conditioning when the model sets force_zeros_for_empty_prompt); SD 1.x / 2.x encode "".
     #[arg(long)]
     pub negative_prompt: Option<String>,
+    /// SDXL: the prompt of the second text encoder (default: --prompt).
+    #[arg(long)]
+    pub prompt_2: Option<String>,
+    /// SDXL: the negative prompt of the second text encoder (default: --negative-prompt).
+    #[arg(long)]
+    pub negative_prompt_2: Option<String>,
+    /// diffusers' clip_skip: condition on the text encoder output this many layers before the
+    /// one the model uses (the prompt only, as diffusers).
+    #[arg(long)]
+    pub clip_skip: Option<usize>,
     /// Width in pixels (default: the model's: unet sample_size x VAE scale factor, e.g. 1024 for
     /// SDXL, 512 for SD 1.5).
     #[arg(long)]
@@ -39,6 +49,9 @@ impl SamplingArgs {
         GenerateParams {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
+            prompt_2: self.prompt_2.clone(),
+            negative_prompt_2: self.negative_prompt_2.clone(),
+            clip_skip: self.clip_skip,
             width: self.width.unwrap_or(info.default_width),
             height: self.height.unwrap_or(info.default_height),
             steps: self.steps.unwrap_or(info.default_steps),

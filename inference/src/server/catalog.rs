@@ -23,6 +23,109 @@ struct CatalogFile {
     default: String,
     memory_budget_gb: Option<f64>,
     models: BTreeMap<String, EntryFile>,
+    #[serde(default)]
+    loras: BTreeMap<String, AddOnFile>,
+    #[serde(default)]
+    vaes: BTreeMap<String, AddOnFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddOnFile {
+    source: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    architecture: Option<String>,
+}
+
+/// The architectures a LoRA or VAE may declare (the engine's names).
+pub const ARCHITECTURES: [&str; 3] = [
+    "stable-diffusion-1",
+    "stable-diffusion-2",
+    "stable-diffusion-xl",
+];
+
+/// A LoRA or VAE of the catalog.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AddOn {
+    pub name: String,
+    pub aliases: Vec<String>,
+    /// A file, a folder or a hub id (`model_source::resolve_lora` / `resolve_vae`).
+    pub source: String,
+    /// The architecture it was made for; None: any whose weights it fits.
+    pub architecture: Option<String>,
+}
+
+/// LoRAs or VAEs, by the names clients send.
+#[derive(Debug, Clone, Default)]
+pub struct AddOns {
+    what: &'static str,
+    items: Vec<AddOn>,
+}
+
+impl AddOns {
+    fn parse(what: &'static str, table: BTreeMap<String, AddOnFile>) -> anyhow::Result<AddOns> {
+        let mut items: Vec<AddOn> = Vec::new();
+        for (name, f) in table {
+            if f.source.trim().is_empty() {
+                bail!("{what}.{name}: source must name a file, a folder or a hub id");
+            }
+            if let Some(a) = &f.architecture
+                && !ARCHITECTURES.contains(&a.as_str())
+            {
+                bail!(
+                    "{what}.{name}: architecture {a:?} is not one of {}",
+                    ARCHITECTURES.join(", ")
+                );
+            }
+            for n in std::iter::once(&name).chain(&f.aliases) {
+                if let Some(other) = items.iter().find(|i| i.is(n)) {
+                    bail!(
+                        "the name {n:?} is given to both {what}.{} and {what}.{name}",
+                        other.name
+                    );
+                }
+            }
+            items.push(AddOn {
+                name,
+                aliases: f.aliases,
+                source: f.source.trim().to_string(),
+                architecture: f.architecture,
+            });
+        }
+        Ok(AddOns { what, items })
+    }
+
+    /// The entry a request names (any case).
+    pub fn lookup(&self, name: &str) -> Option<&AddOn> {
+        self.items.iter().find(|i| i.is(name.trim()))
+    }
+
+    pub fn items(&self) -> &[AddOn] {
+        &self.items
+    }
+
+    /// The names clients may send, for error messages.
+    pub fn names(&self) -> String {
+        if self.items.is_empty() {
+            return format!("this server's catalog has no {}", self.what);
+        }
+        let names: Vec<&str> = self
+            .items
+            .iter()
+            .flat_map(|i| {
+                std::iter::once(i.name.as_str()).chain(i.aliases.iter().map(String::as_str))
+            })
+            .collect();
+        format!("this server has: {}", names.join(", "))
+    }
+}
+
+impl AddOn {
+    fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+            || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +182,8 @@ pub struct Catalog {
     default: usize,
     /// Bytes loaded models may take; None: no limit.
     pub memory_budget: Option<u64>,
+    pub loras: AddOns,
+    pub vaes: AddOns,
 }
 
 impl Catalog {
@@ -171,6 +276,8 @@ impl Catalog {
             entries,
             default: 0,
             memory_budget: file.memory_budget_gb.map(gib_to_bytes),
+            loras: AddOns::parse("loras", file.loras)?,
+            vaes: AddOns::parse("vaes", file.vaes)?,
         };
         catalog.default = catalog.position(&file.default).with_context(|| {
             format!("default = {:?} is not a model of the catalog", file.default)
@@ -251,6 +358,13 @@ mod tests {
             c.lookup("sdxl1.0-BASE").unwrap().source,
             "stabilityai/stable-diffusion-xl-base-1.0"
         );
+        assert_eq!(
+            c.loras.lookup("pixel_art").unwrap().source,
+            "nerijs/pixel-art-xl"
+        );
+        assert!(c.loras.lookup("Logo").is_some());
+        assert!(c.vaes.lookup("sdxl-vae-fp16-fix").is_some());
+        assert!(c.loras.lookup("nope").is_none());
         let one = c.with_single_source("/m");
         assert!(one.entries().iter().all(|e| e.source == "/m"));
     }
@@ -278,6 +392,22 @@ mod tests {
             err("default = \"a\"\n[models.a]\nsource = \"x\"\n[models.b]\nsource = \"y\"\naliases = [\"A\"]")
                 .contains("both")
         );
+        // LoRAs and VAEs: a known architecture, one name each.
+        let base = "default = \"a\"\n[models.a]\nsource = \"x\"\n";
+        assert!(
+            err(&format!(
+                "{base}[loras.l]\nsource = \"f\"\narchitecture = \"sd3\""
+            ))
+            .contains("loras.l: architecture \"sd3\" is not one of stable-diffusion-1")
+        );
+        assert!(
+            err(&format!(
+                "{base}[vaes.v]\nsource = \"f\"\n[vaes.w]\nsource = \"g\"\naliases = [\"V\"]"
+            ))
+            .contains("both vaes.v and vaes.w")
+        );
+        assert!(err(&format!("{base}[loras.l]\nsource = \" \"")).contains("loras.l: source"));
+        assert!(err(&format!("{base}[loras.l]\nsource = \"f\"\nweight = 1")).contains("weight"));
         let c = Catalog::parse(
             "default = \"a\"\nmemory_budget_gb = 1.5\n[models.a]\nsource = \"x\"\nwidth = 256",
         )

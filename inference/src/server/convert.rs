@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use contract::{Error, GenerateRequest, GeneratedImage, Timings};
 
-use super::catalog::Defaults;
+use super::catalog::{AddOn, Catalog, Defaults};
 use crate::engine::{EngineError, GenerateParams, ModelInfo, StageTimings};
 use contract::init_image;
 use contract::limits::{
@@ -39,6 +39,11 @@ fn invalid(msg: impl Into<String>) -> Error {
 pub struct Draft {
     pub prompt: String,
     pub negative_prompt: Option<String>,
+    pub prompt_2: Option<String>,
+    pub negative_prompt_2: Option<String>,
+    pub clip_skip: Option<usize>,
+    /// The VAE and LoRAs it runs with (requests share a batch only with the same ones).
+    pub add_ons: AddOnChoice,
     pub seed: u64,
     pub samples: usize,
     pub scheduler: Option<String>,
@@ -57,6 +62,9 @@ impl Draft {
         GenerateParams {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
+            prompt_2: self.prompt_2.clone(),
+            negative_prompt_2: self.negative_prompt_2.clone(),
+            clip_skip: self.clip_skip,
             width: self.width.unwrap_or(info.default_width),
             height: self.height.unwrap_or(info.default_height),
             steps: self.steps.unwrap_or(info.default_steps),
@@ -80,6 +88,8 @@ pub fn check_text(req: &GenerateRequest) -> Result<(), Error> {
     for (name, text) in [
         ("prompt", Some(&req.prompt)),
         ("negative_prompt", req.negative_prompt.as_ref()),
+        ("prompt_2", req.prompt_2.as_ref()),
+        ("negative_prompt_2", req.negative_prompt_2.as_ref()),
     ] {
         if text.is_some_and(|t| t.chars().count() > MAX_PROMPT_CHARS) {
             return Err(invalid(format!(
@@ -161,6 +171,10 @@ pub fn to_draft(
     Ok(Draft {
         prompt: req.prompt.clone(),
         negative_prompt: req.negative_prompt.clone(),
+        prompt_2: req.prompt_2.clone(),
+        negative_prompt_2: req.negative_prompt_2.clone(),
+        clip_skip: req.clip_skip.map(|k| k as usize),
+        add_ons: AddOnChoice::default(),
         seed: req.seed.unwrap_or_else(crate::random_seed),
         samples: req.samples as usize,
         scheduler: req.scheduler.clone().or_else(|| defaults.scheduler.clone()),
@@ -172,6 +186,72 @@ pub fn to_draft(
         steps: steps.map(|v| v as usize),
         guidance: guidance.map(f64::from),
     })
+}
+
+/// Most LoRAs one request may merge.
+pub const MAX_LORAS: usize = 8;
+/// The strengths a LoRA may have (diffusers takes any; beyond this no image survives).
+pub const LORA_STRENGTH: std::ops::RangeInclusive<f64> = -10.0..=10.0;
+
+/// The VAE and LoRAs a request asks for, found in the catalog.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AddOnChoice {
+    pub vae: Option<AddOn>,
+    /// Each LoRA with its strength, in the request's order.
+    pub loras: Vec<(AddOn, f64)>,
+}
+
+impl AddOnChoice {
+    pub fn is_empty(&self) -> bool {
+        self.vae.is_none() && self.loras.is_empty()
+    }
+}
+
+/// The catalog entries of `req`'s `vae` and `loras`; a name the catalog lacks is an
+/// invalid request listing those it has.
+pub fn add_ons(req: &GenerateRequest, catalog: &Catalog) -> Result<AddOnChoice, Error> {
+    let vae = match req.vae.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => None,
+        Some(name) => {
+            model_name_ok(name).map_err(|_| invalid("vae: longer than a VAE name"))?;
+            Some(catalog.vaes.lookup(name).cloned().ok_or_else(|| {
+                invalid(format!(
+                    "vae: unknown VAE {name:?}; {}",
+                    catalog.vaes.names()
+                ))
+            })?)
+        }
+    };
+    let asked = req.loras.as_deref().unwrap_or_default();
+    if asked.len() > MAX_LORAS {
+        return Err(invalid(format!(
+            "loras: at most {MAX_LORAS} LoRAs (got {})",
+            asked.len()
+        )));
+    }
+    let mut loras = Vec::with_capacity(asked.len());
+    for l in asked {
+        model_name_ok(&l.name).map_err(|_| invalid("loras: longer than a LoRA name"))?;
+        let strength = decimal(l.strength);
+        if !LORA_STRENGTH.contains(&strength) {
+            return Err(invalid(format!(
+                "loras: the strength of {:?} must be from {} to {} (got {})",
+                l.name,
+                LORA_STRENGTH.start(),
+                LORA_STRENGTH.end(),
+                l.strength
+            )));
+        }
+        let entry = catalog.loras.lookup(&l.name).cloned().ok_or_else(|| {
+            invalid(format!(
+                "loras: unknown LoRA {:?}; {}",
+                l.name,
+                catalog.loras.names()
+            ))
+        })?;
+        loras.push((entry, strength));
+    }
+    Ok(AddOnChoice { vae, loras })
 }
 
 /// The f64 a client meant by an f32 on the wire: 0.7, not 0.699999988079071. It
@@ -253,17 +333,11 @@ mod tests {
         GenerateRequest {
             model: "m".into(),
             prompt: "p".into(),
-            negative_prompt: None,
             width: Some(512),
             height: Some(512),
             steps: Some(4),
             guidance: Some(5.0),
-            seed: None,
-            samples: 1,
-            scheduler: None,
-            karras: None,
-            algorithm_type: None,
-            init_image: None,
+            ..GenerateRequest::default()
         }
     }
 
@@ -277,6 +351,49 @@ mod tests {
 
     fn to_params(req: &GenerateRequest, info: &ModelInfo) -> Result<GenerateParams, Error> {
         draft(req, &Defaults::default()).map(|d| d.resolve(info))
+    }
+
+    #[test]
+    fn loras_and_vaes_are_looked_up_in_the_catalog() {
+        let catalog = Catalog::parse(
+            "default = \"m\"\n[models.m]\nsource = \"x\"\n[loras.pixel]\nsource = \"p.safetensors\"\naliases = [\"Pixel_Art\"]\n[vaes.fix]\nsource = \"v\"",
+        )
+        .unwrap();
+        let lora = |name: &str, strength: f32| contract::Lora {
+            name: name.into(),
+            strength,
+        };
+        let with = |loras: Vec<contract::Lora>, vae: Option<&str>| GenerateRequest {
+            loras: Some(loras),
+            vae: vae.map(String::from),
+            ..request()
+        };
+        let got = add_ons(&with(vec![lora("pixel_art", 0.7)], Some("FIX")), &catalog).unwrap();
+        assert_eq!(got.loras[0].0.name, "pixel");
+        assert_eq!(got.loras[0].1, 0.7);
+        assert_eq!(got.vae.unwrap().name, "fix");
+        assert!(add_ons(&request(), &catalog).unwrap().is_empty());
+        for (req, says) in [
+            (
+                with(vec![lora("x", 1.0)], None),
+                "loras: unknown LoRA \"x\"; this server has: pixel, Pixel_Art",
+            ),
+            (
+                with(vec![], Some("y")),
+                "vae: unknown VAE \"y\"; this server has: fix",
+            ),
+            (
+                with(vec![lora("pixel", 11.0)], None),
+                "loras: the strength of \"pixel\" must be from -10 to 10",
+            ),
+            (
+                with(vec![lora("pixel", 1.0); 9], None),
+                "loras: at most 8 LoRAs",
+            ),
+        ] {
+            let e = add_ons(&req, &catalog).unwrap_err().to_string();
+            assert!(e.starts_with(says), "{e}");
+        }
     }
 
     #[test]

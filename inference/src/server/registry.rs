@@ -12,8 +12,11 @@ use anyhow::Context;
 use candle_core::{DType, Device};
 use serde::Serialize;
 
+use super::catalog::AddOn;
+use super::convert::AddOnChoice;
+use crate::engine::lora::Lora;
 use crate::engine::weights::find_weight_files;
-use crate::engine::{ModelInfo, Pipeline};
+use crate::engine::{EngineError, ModelInfo, Pipeline};
 
 /// A loaded model.
 #[derive(Clone)]
@@ -29,8 +32,21 @@ enum State {
     Failed(String),
 }
 
+/// Most variants (a model with a VAE or LoRAs) kept per loaded model; the least recently
+/// used goes first. A variant shares the model's unchanged weights: it costs the merged
+/// layers only.
+const MAX_VARIANTS: usize = 4;
+
+struct Variant {
+    add_ons: AddOnChoice,
+    loaded: Loaded,
+    last_used: u64,
+}
+
 struct Slot {
     state: State,
+    /// Variants of the loaded model (dropped with it).
+    variants: Vec<Variant>,
     /// Estimated bytes of the weights in memory.
     bytes: u64,
     last_used: u64,
@@ -128,6 +144,7 @@ impl Registry {
             source.to_string(),
             Slot {
                 state: State::Loading,
+                variants: Vec::new(),
                 bytes: 0,
                 last_used: 0,
             },
@@ -156,6 +173,81 @@ impl Registry {
         drop(slots);
         self.changed.notify_all();
         result
+    }
+
+    /// `base` (the model in `source`) with the VAE and LoRAs of `add_ons`, made once and
+    /// kept beside the model (blocking; LoRA and VAE files are read or downloaded here).
+    pub fn with_add_ons(
+        &self,
+        source: &str,
+        base: &Loaded,
+        add_ons: &AddOnChoice,
+    ) -> anyhow::Result<Loaded> {
+        if add_ons.is_empty() {
+            return Ok(base.clone());
+        }
+        let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+        if let Some(Slot { variants, .. }) = self.lock().get_mut(source)
+            && let Some(v) = variants.iter_mut().find(|v| v.add_ons == *add_ons)
+        {
+            v.last_used = tick;
+            return Ok(v.loaded.clone());
+        }
+        let started = std::time::Instant::now();
+        let arch = &base.info.architecture;
+        let fits = |field: &'static str, a: &AddOn| match &a.architecture {
+            Some(want) if want != arch => Err(EngineError::invalid(
+                field,
+                format!("{} is made for {want} models; this model is {arch}", a.name),
+            )),
+            _ => Ok(()),
+        };
+        let mut pipeline = (*base.pipeline).clone();
+        if let Some(vae) = &add_ons.vae {
+            fits("vae", vae)?;
+            let dir = crate::model_source::resolve_vae(&vae.source)
+                .with_context(|| format!("VAE {}", vae.name))?;
+            pipeline = pipeline.with_vae(&dir)?;
+        }
+        let mut loras = Vec::with_capacity(add_ons.loras.len());
+        for (lora, strength) in &add_ons.loras {
+            fits("loras", lora)?;
+            let file = crate::model_source::resolve_lora(&lora.source)
+                .with_context(|| format!("LoRA {}", lora.name))?;
+            loras.push((
+                Lora::load(&file).with_context(|| format!("LoRA {}", lora.name))?,
+                *strength,
+            ));
+        }
+        let refs: Vec<(&Lora, f64)> = loras.iter().map(|(l, s)| (l, *s)).collect();
+        let pipeline = pipeline.with_loras(&refs)?;
+        tracing::info!(
+            model = source,
+            ?add_ons,
+            secs = started.elapsed().as_secs_f32(),
+            "variant made"
+        );
+        let loaded = Loaded {
+            pipeline: Arc::new(pipeline),
+            info: base.info.clone(),
+        };
+        if let Some(Slot { variants, .. }) = self.lock().get_mut(source) {
+            if variants.len() >= MAX_VARIANTS
+                && let Some(oldest) = variants
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, v)| v.last_used)
+                    .map(|(i, _)| i)
+            {
+                variants.remove(oldest);
+            }
+            variants.push(Variant {
+                add_ons: add_ons.clone(),
+                loaded: loaded.clone(),
+                last_used: tick,
+            });
+        }
+        Ok(loaded)
     }
 
     fn load(&self, source: &str) -> anyhow::Result<(Loaded, u64)> {

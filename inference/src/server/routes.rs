@@ -146,7 +146,9 @@ async fn run(
             .lookup(&req.model)
             .cloned()
             .ok_or_else(|| unknown_model(&catalog, &req.model))?;
-        let draft = convert::to_draft(&req, received.init_image.as_deref(), &entry.defaults)?;
+        let add_ons = convert::add_ons(&req, &catalog.catalog)?;
+        let mut draft = convert::to_draft(&req, received.init_image.as_deref(), &entry.defaults)?;
+        draft.add_ons = add_ons;
         Ok::<_, Error>((entry, draft))
     })
     .await
@@ -308,7 +310,13 @@ async fn models(State(app): State<Arc<AppState>>) -> Response {
             })
         })
         .collect();
-    axum::Json(json!({ "default": default, "models": models })).into_response()
+    axum::Json(json!({
+        "default": default,
+        "models": models,
+        "loras": app.catalog.loras.items(),
+        "vaes": app.catalog.vaes.items(),
+    }))
+    .into_response()
 }
 
 /// `GET /ready`: 200 once the default model is loaded.

@@ -51,6 +51,14 @@ fn serve(app: &AppState, head: Job) {
             return;
         }
     };
+    let add_ons = head.draft.add_ons.clone();
+    let loaded = match app.registry.with_add_ons(&head.source, &loaded, &add_ons) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = head.reply.send(Err(engine_error(&e)));
+            return;
+        }
+    };
     app.metrics.stage("load", load_started.elapsed());
     let pipeline = loaded.pipeline.clone();
     let plan = match pipeline.plan(head.draft.resolve(&loaded.info)) {
@@ -69,7 +77,11 @@ fn serve(app: &AppState, head: Job) {
         let source = jobs[0].source.clone();
         let now = Instant::now();
         let others = app.queue.take_where(|job| {
-            if job.source != source || images + job.samples() > app.max_batch || !job.wanted(now) {
+            if job.source != source
+                || job.draft.add_ons != add_ons
+                || images + job.samples() > app.max_batch
+                || !job.wanted(now)
+            {
                 return None;
             }
             // A job whose plan fails stays queued: it gets its error when it is the head.

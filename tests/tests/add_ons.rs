@@ -1,0 +1,282 @@
+//! LoRAs, a replacement VAE, SDXL's second prompts and clip_skip through the real edge
+//! and server, as Hyperbolic and ModelsLab clients send them: the images are diffusers'
+//! (the references of inference/tests/fixtures/parity_features, made by
+//! scripts/reference/make_feature_fixtures.py), requests with different LoRA sets each get
+//! their own, and what does not fit is a 400 naming the client's field.
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use e2e::{
+    EdgeConfig, edge_runtime_present, post, repo_root, spin_pass_skips_edgeless_test, start_edge,
+    start_inference_with,
+};
+use serde_json::{Value, json};
+
+const KEY: &str = "add-ons-key";
+const CAT: &str = "a photo of a cat";
+const NEG: &str = "blurry, low quality";
+
+fn features() -> PathBuf {
+    repo_root().join("inference/tests/fixtures/parity_features")
+}
+
+/// The server on the committed tiny SDXL and SD 1.5 models, with the fixture LoRAs and
+/// VAE in its catalog under names the APIs' own examples use.
+fn start_server() -> (e2e::process::Process, String, tempfile::TempDir) {
+    let models = repo_root().join("inference/tests/fixtures/models");
+    let f = features();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        format!(
+            r#"default = "SDXL1.0-base"
+[models."SDXL1.0-base"]
+source = "{sdxl}"
+[models."SD1.5"]
+source = "{sd15}"
+[loras.pixel-art]
+source = "{f}/lora-sdxl-kohya.safetensors"
+aliases = ["Pixel_Art"]
+architecture = "stable-diffusion-xl"
+[loras.logo]
+source = "{f}/lora-sdxl-peft.safetensors"
+aliases = ["Logo"]
+[loras.contrast-fix]
+source = "{f}/lora-sd15-peft.safetensors"
+architecture = "stable-diffusion-1"
+[loras.sd15-kohya]
+source = "{f}/lora-sd15-kohya.safetensors"
+[vaes.vae-sd15]
+source = "{f}/vae-sd15"
+"#,
+            sdxl = models.join("tiny-sdxl").display(),
+            sd15 = models.join("tiny-sd15").display(),
+            f = f.display(),
+        ),
+    )
+    .unwrap();
+    let (p, url) = start_inference_with(&["--catalog", catalog.to_str().unwrap()]);
+    (p, url, dir)
+}
+
+fn edge_config(inference_url: &str) -> EdgeConfig<'_> {
+    EdgeConfig {
+        inference_url,
+        api_keys: KEY,
+        image_hosts: "",
+        variables: vec![],
+        runtime_allows_image_hosts: false,
+    }
+}
+
+fn png(b64: &str) -> image::RgbImage {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    image::load_from_memory(&bytes).expect("a PNG").to_rgb8()
+}
+
+/// The largest per-channel difference to reference `name`.
+fn diff_to(name: &str, img: &image::RgbImage) -> i32 {
+    let want = image::open(features().join(name)).unwrap().to_rgb8();
+    assert_eq!(want.dimensions(), img.dimensions(), "{name}");
+    want.as_raw()
+        .iter()
+        .zip(img.as_raw())
+        .map(|(a, b)| (*a as i32 - *b as i32).abs())
+        .max()
+        .unwrap_or(0)
+}
+
+fn hyperbolic(edge: &str, body: Value) -> (u16, Value) {
+    let reply = post(
+        &format!("{edge}/v1/image/generation"),
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {KEY}")),
+        ],
+        &body.to_string(),
+    );
+    (reply.status, reply.json())
+}
+
+fn modelslab(edge: &str, body: Value) -> (u16, Value) {
+    let mut body = body;
+    body["key"] = json!(KEY);
+    let reply = post(
+        &format!("{edge}/api/v1/enterprise/text2img"),
+        &[("Content-Type", "application/json")],
+        &body.to_string(),
+    );
+    (reply.status, reply.json())
+}
+
+/// The reference cases' settings, in Hyperbolic's fields (tiny SDXL, Euler, 4 steps).
+fn sdxl_case(extra: Value) -> Value {
+    let mut body = json!({"model_name": "SDXL1.0-base", "prompt": CAT, "negative_prompt": NEG,
+        "width": 64, "height": 64, "steps": 4, "cfg_scale": 5, "seed": 3, "sampler": "Euler"});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// ... and in ModelsLab's (tiny SD 1.5).
+fn sd15_case(extra: Value) -> Value {
+    let mut body = json!({"model_id": "SD1.5", "prompt": CAT, "negative_prompt": NEG,
+        "width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 7.5, "seed": 3,
+        "scheduler": "EulerDiscreteScheduler", "base64": "yes"});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+#[test]
+fn hyperbolic_loras_and_second_prompts_give_diffusers_images() {
+    if !edge_runtime_present() {
+        return;
+    }
+    let (_server, url, _dir) = start_server();
+    let (_edge_proc, edge) = start_edge(&edge_config(&url));
+    for (extra, reference) in [
+        (
+            json!({"loras": {"Logo": 0.6, "Pixel_Art": 1.2}}),
+            "sdxl_lora_both_0.png",
+        ),
+        (
+            json!({"loras": {"pixel-art": 1.0}}),
+            "sdxl_lora_kohya_0.png",
+        ),
+        (
+            json!({"prompt_2": "an oil painting of a lighthouse", "negative_prompt_2": "grainy"}),
+            "sdxl_prompt_2_0.png",
+        ),
+    ] {
+        let (status, answer) = hyperbolic(&edge, sdxl_case(extra.clone()));
+        assert_eq!(status, 200, "{extra}: {answer}");
+        let img = png(answer["images"][0]["image"].as_str().unwrap());
+        let d = diff_to(reference, &img);
+        assert!(d <= 2, "{extra}: {d} from {reference}");
+    }
+    // What does not fit is refused, naming the field.
+    for (extra, says) in [
+        (json!({"loras": {"Nope": 1}}), "unknown LoRA \"Nope\""),
+        (
+            json!({"loras": {"contrast-fix": 1}}),
+            "contrast-fix is made for stable-diffusion-1 models",
+        ),
+        (
+            json!({"loras": {"sd15-kohya": 1}}),
+            "does not fit this model",
+        ),
+        (
+            json!({"model_name": "SD1.5", "prompt_2": "other"}),
+            "prompt_2: is for SDXL's second text encoder",
+        ),
+    ] {
+        let (status, answer) = hyperbolic(&edge, sdxl_case(extra.clone()));
+        assert_eq!(status, 400, "{extra}: {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{extra}: {answer}");
+        if extra.get("loras").is_some() {
+            assert!(message.starts_with("loras: "), "{answer}");
+        }
+    }
+}
+
+#[test]
+fn modelslab_lora_vae_and_clip_skip_give_diffusers_images() {
+    if !edge_runtime_present() {
+        return;
+    }
+    let (_server, url, _dir) = start_server();
+    let (_edge_proc, edge) = start_edge(&edge_config(&url));
+    for (extra, reference) in [
+        (
+            json!({"lora_model": "contrast-fix", "lora_strength": "0.8"}),
+            "sd15_lora_peft_0.png",
+        ),
+        (json!({"vae": "vae-sd15"}), "sd15_vae_0.png"),
+        (json!({"clip_skip": 1}), "sd15_clip_skip_1_0.png"),
+    ] {
+        let (status, answer) = modelslab(&edge, sd15_case(extra.clone()));
+        assert_eq!(status, 200, "{extra}: {answer}");
+        assert_eq!(answer["status"], "success", "{extra}: {answer}");
+        assert_eq!(answer["meta"]["ignored"], json!([]), "{answer}");
+        let img = png(answer["output"][0].as_str().unwrap());
+        let d = diff_to(reference, &img);
+        assert!(d <= 2, "{extra}: {d} from {reference}");
+    }
+    let (status, answer) = modelslab(
+        &edge,
+        sd15_case(json!({"lora_model": "contrast-fix,yae-miko-genshin"})),
+    );
+    assert_eq!(status, 400, "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("lora_model: unknown LoRA \"yae-miko-genshin\"")
+            && message.contains("contrast-fix"),
+        "{answer}"
+    );
+}
+
+/// Requests with different LoRA sets sent at once each get the image of their own set
+/// (the server batches only requests with the same set).
+#[test]
+fn concurrent_requests_with_different_loras_each_get_their_own() {
+    if spin_pass_skips_edgeless_test() {
+        return;
+    }
+    let (_server, url, _dir) = start_server();
+    let cases = [
+        (
+            json!([{"name": "logo", "strength": 0.9}]),
+            "sdxl_lora_peft_0.png",
+        ),
+        (
+            json!([{"name": "Pixel_Art", "strength": 1.0}]),
+            "sdxl_lora_kohya_0.png",
+        ),
+        (json!(null), ""),
+    ];
+    let threads: Vec<_> = cases
+        .iter()
+        .map(|(loras, reference)| {
+            let body = json!({"model": "SDXL1.0-base", "prompt": CAT, "negative_prompt": NEG,
+                "width": 64, "height": 64, "steps": 4, "guidance": 5.0, "seed": 3, "samples": 1,
+                "scheduler": "Euler", "loras": loras});
+            let url = url.clone();
+            let reference = reference.to_string();
+            std::thread::spawn(move || {
+                let reply = post(
+                    &format!("{url}/v1/generate"),
+                    &[("Content-Type", "application/json")],
+                    &body.to_string(),
+                );
+                assert_eq!(
+                    reply.status,
+                    200,
+                    "{}",
+                    String::from_utf8_lossy(&reply.body)
+                );
+                let img = png(reply.json()["images"][0]["png"].as_str().unwrap());
+                (reference, img)
+            })
+        })
+        .collect();
+    let results: Vec<(String, image::RgbImage)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (reference, img) in &results {
+        if reference.is_empty() {
+            // No LoRA: far from both LoRA images.
+            assert!(diff_to("sdxl_lora_peft_0.png", img) > 10);
+            assert!(diff_to("sdxl_lora_kohya_0.png", img) > 10);
+        } else {
+            let d = diff_to(reference, img);
+            assert!(d <= 2, "{d} from {reference}");
+        }
+    }
+}
