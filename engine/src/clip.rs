@@ -104,6 +104,8 @@ pub struct ClipTextEncoder {
     pub with_projection: bool,
     /// The checkpoint's root weights, to build a patched copy ([`Self::patched`]).
     weights: Weights,
+    /// Textual-inversion rows for token ids from the first on (`(first, (n, hidden))`).
+    extra: Option<(u32, Tensor)>,
     device: Device,
 }
 
@@ -163,8 +165,61 @@ impl ClipTextEncoder {
             config: cfg,
             with_projection,
             weights: root.clone(),
+            extra: None,
             device: root.device().clone(),
         })
+    }
+
+    /// This encoder with `rows` (`(n, hidden)`) as the embeddings of token ids `first`,
+    /// `first + 1`, ... (after any it has already), as transformers'
+    /// `resize_token_embeddings` and diffusers' textual inversion set them.
+    pub fn with_extra_tokens(&self, first: u32, rows: &Tensor) -> Result<Self> {
+        let hidden = self.config.hidden_size;
+        anyhow::ensure!(
+            rows.rank() == 2 && rows.dim(1)? == hidden,
+            "token embeddings of shape {:?} for an encoder of hidden size {hidden}",
+            rows.dims()
+        );
+        let mut e = Self::build(&self.weights, self.config.clone(), self.with_projection)?;
+        let rows = rows
+            .to_dtype(self.token_embedding.dtype())?
+            .to_device(&self.device)?;
+        e.extra = Some(match &self.extra {
+            Some((f, old)) => {
+                anyhow::ensure!(
+                    first == f + old.dim(0)? as u32,
+                    "new token ids must follow the last ({} rows from {f}, new from {first})",
+                    old.dim(0)?
+                );
+                (*f, Tensor::cat(&[old, &rows], 0)?)
+            }
+            None => (first, rows),
+        });
+        Ok(e)
+    }
+
+    /// The token embeddings of `flat` ids (with the textual-inversion rows).
+    fn embed_tokens(&self, flat: &[u32]) -> Result<Tensor> {
+        let index = |v: Vec<u32>| Tensor::from_vec(v, (flat.len(),), &self.device);
+        let Some((first, rows)) = &self.extra else {
+            return Ok(self
+                .token_embedding
+                .index_select(&index(flat.to_vec())?, 0)?);
+        };
+        let last = rows.dim(0)? as u32 - 1;
+        let base: Vec<u32> = flat
+            .iter()
+            .map(|&i| if i < *first { i } else { 0 })
+            .collect();
+        let extra: Vec<u32> = flat
+            .iter()
+            .map(|&i| i.saturating_sub(*first).min(last))
+            .collect();
+        let mask: Vec<u8> = flat.iter().map(|&i| u8::from(i >= *first)).collect();
+        let a = self.token_embedding.index_select(&index(base)?, 0)?;
+        let b = rows.index_select(&index(extra)?, 0)?;
+        let m = Tensor::from_vec(mask, (flat.len(), 1), &self.device)?.broadcast_as(a.shape())?;
+        Ok(m.where_cond(&b, &a)?)
     }
 
     /// This encoder with `patches` added to the weights they name (full checkpoint names);
@@ -204,11 +259,7 @@ impl ClipTextEncoder {
         let b = ids.len();
         let n = ids.first().map(|r| r.len()).unwrap_or(0);
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let ids_t = Tensor::from_vec(flat, (b * n,), &self.device)?;
-        let tok = self
-            .token_embedding
-            .index_select(&ids_t, 0)?
-            .reshape((b, n, ()))?;
+        let tok = self.embed_tokens(&flat)?.reshape((b, n, ()))?;
         let pos = self.position_embedding.i(0..n)?.unsqueeze(0)?;
         let mut x = tok.broadcast_add(&pos)?;
         let causal = |i: usize, j: usize, len: usize| {

@@ -55,6 +55,7 @@ pub mod clip;
 pub mod config;
 pub mod cpu_conv;
 pub mod cpu_kernels;
+pub mod embeddings;
 pub mod error;
 pub mod image_io;
 pub mod lora;

@@ -30,8 +30,12 @@ use super::config::{TokenizerConfig, read_config, token_content};
 const CLIP_SPLIT: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
+#[derive(Clone)]
 pub struct ClipTokenizer {
     inner: Tokenizer,
+    /// Textual inversions of several vectors: the token, what a prompt's token becomes
+    /// (`tok tok_1 ...`) and the token's id.
+    expansions: Vec<(String, String, u32)>,
     pub bos_id: u32,
     pub eos_id: u32,
     pub pad_id: u32,
@@ -145,7 +149,57 @@ impl ClipTokenizer {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             inner: tok,
+            expansions: Vec::new(),
         })
+    }
+
+    /// This tokenizer with `tokens` added to its vocabulary in order, after everything in
+    /// it (transformers' `add_tokens`: not special, matched on the normalized text), and
+    /// their ids. A token already in the vocabulary is an error.
+    pub fn with_added_tokens(&self, tokens: &[String]) -> Result<(ClipTokenizer, Vec<u32>)> {
+        let mut t = self.clone();
+        if let Some(known) = tokens.iter().find(|tok| t.inner.token_to_id(tok).is_some()) {
+            anyhow::bail!(
+                "the token {known:?} is already in the {} vocabulary",
+                self.name
+            );
+        }
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .map(|tok| AddedToken::from(tok.clone(), false))
+            .collect();
+        t.inner.add_tokens(added).map_err(err)?;
+        let ids = tokens
+            .iter()
+            .map(|tok| {
+                t.inner
+                    .token_to_id(tok)
+                    .with_context(|| format!("the token {tok:?} was not added"))
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        Ok((t, ids))
+    }
+
+    /// Has [`Self::convert_prompt`] write `token` (of id `id`) as `replacement`.
+    pub fn expand(&mut self, token: String, replacement: String, id: u32) {
+        self.expansions.push((token, replacement, id));
+    }
+
+    /// diffusers' `maybe_convert_prompt`: each multi-vector textual-inversion token the
+    /// prompt's tokens hold is replaced (as plain text, every occurrence) by its tokens
+    /// `tok tok_1 ...`.
+    pub fn convert_prompt<'a>(&self, text: &'a str) -> Result<std::borrow::Cow<'a, str>> {
+        if self.expansions.is_empty() {
+            return Ok(text.into());
+        }
+        let ids = self.tokenize(text)?;
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for (token, replacement, id) in &self.expansions {
+            if ids.contains(id) {
+                out = out.replace(token.as_str(), replacement).into();
+            }
+        }
+        Ok(out)
     }
 
     /// The content tokens of `text`, without BOS/EOS.

@@ -31,6 +31,33 @@ pub fn resolve(spec: &str) -> anyhow::Result<PathBuf> {
 /// its `pytorch_lora_weights.safetensors`), or the same in hub repository `owner/name`
 /// (`owner/name/FILE` names the file), downloaded if needed.
 pub fn resolve_lora(spec: &str) -> anyhow::Result<PathBuf> {
+    resolve_file(spec, LORA_FILES)
+}
+
+/// A textual-inversion file: as [`resolve_lora`], with diffusers' `learned_embeds`
+/// names and A1111's `.pt` files too.
+pub fn resolve_embedding(spec: &str) -> anyhow::Result<PathBuf> {
+    resolve_file(spec, EMBEDDING_FILES)
+}
+
+/// The file a folder or repository holds: its one file with one of the extensions, else
+/// the first of the usual names it has.
+struct FileKind {
+    extensions: &'static [&'static str],
+    usual: &'static [&'static str],
+}
+
+const LORA_FILES: FileKind = FileKind {
+    extensions: &[".safetensors"],
+    usual: &["pytorch_lora_weights.safetensors"],
+};
+
+const EMBEDDING_FILES: FileKind = FileKind {
+    extensions: &[".safetensors", ".pt", ".bin"],
+    usual: &["learned_embeds.safetensors", "learned_embeds.bin"],
+};
+
+fn resolve_file(spec: &str, kind: FileKind) -> anyhow::Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_file() {
         return Ok(path.to_path_buf());
@@ -39,11 +66,11 @@ pub fn resolve_lora(spec: &str) -> anyhow::Result<PathBuf> {
         let files: Vec<String> = std::fs::read_dir(path)?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .collect();
-        let file = pick_lora_file(spec, files.iter().map(String::as_str))?;
+        let file = pick_file(spec, &kind, files.iter().map(String::as_str))?;
         return Ok(path.join(file));
     }
     let (id, file) = match spec.rsplit_once('/') {
-        Some((id, file)) if file.ends_with(".safetensors") => (id, Some(file)),
+        Some((id, file)) if kind.extensions.iter().any(|e| file.ends_with(e)) => (id, Some(file)),
         _ => (spec, None),
     };
     if !looks_like_hub_id(id) {
@@ -55,7 +82,11 @@ pub fn resolve_lora(spec: &str) -> anyhow::Result<PathBuf> {
     let file = match file {
         Some(f) => f.to_string(),
         None => match repo.info() {
-            Ok(info) => pick_lora_file(spec, info.siblings.iter().map(|s| s.rfilename.as_str()))?,
+            Ok(info) => pick_file(
+                spec,
+                &kind,
+                info.siblings.iter().map(|s| s.rfilename.as_str()),
+            )?,
             Err(err) => bail!(
                 "{spec}: the Hugging Face hub could not be reached to list its files ({err}); name the file (owner/name/FILE.safetensors) or use a local path"
             ),
@@ -65,16 +96,20 @@ pub fn resolve_lora(spec: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("downloading {file} of {id}"))
 }
 
-fn pick_lora_file<'a>(spec: &str, names: impl Iterator<Item = &'a str>) -> anyhow::Result<String> {
+fn pick_file<'a>(
+    spec: &str,
+    kind: &FileKind,
+    names: impl Iterator<Item = &'a str>,
+) -> anyhow::Result<String> {
     let files: Vec<&str> = names
-        .filter(|n| !n.contains('/') && n.ends_with(".safetensors"))
+        .filter(|n| !n.contains('/') && kind.extensions.iter().any(|e| n.ends_with(e)))
         .collect();
+    if let Some(usual) = kind.usual.iter().find(|u| files.contains(u)) {
+        return Ok(usual.to_string());
+    }
     match files.as_slice() {
         [one] => Ok(one.to_string()),
-        _ if files.contains(&"pytorch_lora_weights.safetensors") => {
-            Ok("pytorch_lora_weights.safetensors".into())
-        }
-        [] => bail!("{spec} has no .safetensors file"),
+        [] => bail!("{spec} has no {} file", kind.extensions.join(" / ")),
         many => bail!(
             "{spec} has several .safetensors files ({}): name one",
             many.join(", ")

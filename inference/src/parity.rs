@@ -13,6 +13,7 @@ use candle_core::{DType, Device};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::engine::embeddings::Embedding;
 use crate::engine::lora::Lora;
 use crate::engine::{GenerateParams, Pipeline, tiny};
 
@@ -156,12 +157,21 @@ pub fn params_of(case: &Value, dir: &Path) -> Result<GenerateParams> {
     })
 }
 
-/// The case's model with its `vae` (a folder in the set) and `loras` (`[file, weight]`).
+/// The case's model with its `vae` (a folder in the set), `embeddings` (`[file, token or
+/// null]`) and `loras` (`[file, weight]`).
 fn variant_of(pipeline: &Pipeline, case: &Value, dir: &Path) -> Result<Pipeline> {
     let mut p = match case.get("vae").and_then(|v| v.as_str()) {
         Some(vae) => pipeline.with_vae(&dir.join(vae))?,
         None => pipeline.clone(),
     };
+    if let Some(list) = case.get("embeddings").and_then(|v| v.as_array()) {
+        let mut read = Vec::new();
+        for e in list {
+            let file = e[0].as_str().context("embeddings: [file, token or null]")?;
+            read.push(Embedding::load(&dir.join(file), e[1].as_str(), None)?);
+        }
+        p = p.with_embeddings(&read.iter().collect::<Vec<_>>())?;
+    }
     if let Some(loras) = case.get("loras").and_then(|v| v.as_array()) {
         let mut read = Vec::new();
         for l in loras {

@@ -776,3 +776,58 @@ fn incompatible_requests_have_different_batch_keys() {
         .unwrap_err();
     assert_eq!(ErrorKind::of(&err), ErrorKind::InvalidParam);
 }
+
+/// Add-ons that do not fit the model are refused as the parameter they came in, naming
+/// the file and why; nothing is changed in the model.
+#[test]
+fn add_ons_that_do_not_fit_are_invalid_params() {
+    use inference::engine::embeddings::Embedding;
+    use inference::engine::lora::Lora;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let f = fixtures.join("parity_features");
+    let sdxl = Pipeline::load(&fixtures.join("models/tiny-sdxl"), &Device::Cpu).unwrap();
+    let refused = |r: anyhow::Result<Pipeline>, param: &str, says: &str| {
+        let e = r.err().expect("refused");
+        assert_eq!(ErrorKind::of(&e), ErrorKind::InvalidParam, "{e:#}");
+        match e.downcast_ref::<EngineError>() {
+            Some(EngineError::InvalidParam { param: p, message }) => {
+                assert_eq!(*p, param);
+                assert!(message.contains(says), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    // An SD 1.5 LoRA: its text-encoder layers match SDXL's first encoder by name, its UNet
+    // layers have other shapes.
+    let sd15_lora = Lora::load(&f.join("lora-sd15-kohya.safetensors")).unwrap();
+    refused(
+        sdxl.with_loras(&[(&sd15_lora, 1.0)]),
+        "loras",
+        "does not fit this model",
+    );
+    // Vectors of a size no text encoder has; a token the vocabulary already has.
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, token: &str, dim: usize| {
+        let path = tmp.path().join(name);
+        let t =
+            candle_core::Tensor::zeros((2, dim), candle_core::DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([(token.to_string(), t)]),
+            &path,
+        )
+        .unwrap();
+        Embedding::load(&path, None, None).unwrap()
+    };
+    let wide = write("wide.safetensors", "<wide>", 48);
+    refused(
+        sdxl.with_embeddings(&[&wide]),
+        "embeddings",
+        "fit none of this model's text encoders",
+    );
+    let known = write("known.safetensors", "a", 32);
+    refused(
+        sdxl.with_embeddings(&[&known]),
+        "embeddings",
+        "already in the",
+    );
+}

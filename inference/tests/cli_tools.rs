@@ -164,10 +164,11 @@ fn parity_runs_the_fixtures_and_judges_f32_only() {
     assert_eq!(v["cases"].as_array().unwrap().len(), 27);
 }
 
-/// `generate` with LoRAs (both file forms, one negative), a VAE, `--clip-skip` and
-/// `--prompt-2` gives diffusers' images (the parity_features references).
+/// `generate` with LoRAs (both file forms, one negative), a VAE, `--clip-skip`,
+/// `--prompt-2` and textual-inversion embeddings (each file form) gives diffusers' images
+/// (the parity_features references).
 #[test]
-fn generate_takes_loras_a_vae_and_second_prompts() {
+fn generate_takes_loras_a_vae_embeddings_and_second_prompts() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let f = fixtures.join("parity_features");
     let tmp = tempfile::tempdir().unwrap();
@@ -205,6 +206,24 @@ fn generate_takes_loras_a_vae_and_second_prompts() {
             ],
             "sdxl_everything_0.png",
         ),
+        (
+            "tiny-sd15",
+            vec![
+                "--guidance".into(),
+                "7.5".into(),
+                "--embeddings".into(),
+                p(&f.join("ti-sd15-diffusers.safetensors")),
+                "--embeddings".into(),
+                format!("{}=<style>", p(&f.join("ti-sd15-a1111.safetensors"))),
+                "--embeddings".into(),
+                p(&f.join("ti-sd15-a1111.pt")),
+                "--prompt".into(),
+                "a photo of <cat-toy> in <style> style, <pt-style>".into(),
+                "--negative-prompt".into(),
+                "blurry, <style>".into(),
+            ],
+            "sd15_embeddings_0.png",
+        ),
     ];
     for (model, extra, reference) in runs {
         let out = tmp.path().join(reference);
@@ -212,10 +231,6 @@ fn generate_takes_loras_a_vae_and_second_prompts() {
             "generate",
             "--model",
             &p(&fixtures.join("models").join(model)),
-            "--prompt",
-            "a photo of a cat",
-            "--negative-prompt",
-            "blurry, low quality",
             "--width",
             "64",
             "--height",
@@ -232,6 +247,17 @@ fn generate_takes_loras_a_vae_and_second_prompts() {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if !extra.iter().any(|a| a == "--prompt") {
+            args.extend(
+                [
+                    "--prompt",
+                    "a photo of a cat",
+                    "--negative-prompt",
+                    "blurry, low quality",
+                ]
+                .map(String::from),
+            );
+        }
         args.extend(extra);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         inference(&refs);

@@ -1,4 +1,5 @@
-//! LoRAs, a replacement VAE, SDXL's second prompts and clip_skip through the real edge
+//! LoRAs, a replacement VAE, textual-inversion embeddings, SDXL's second prompts and
+//! clip_skip through the real edge
 //! and server, as Hyperbolic and ModelsLab clients send them: the images are diffusers'
 //! (the references of inference/tests/fixtures/parity_features, made by
 //! scripts/reference/make_feature_fixtures.py), requests with different LoRA sets each get
@@ -50,6 +51,13 @@ architecture = "stable-diffusion-1"
 source = "{f}/lora-sd15-kohya.safetensors"
 [vaes.vae-sd15]
 source = "{f}/vae-sd15"
+[embeddings.cat-toy]
+source = "{f}/ti-sd15-diffusers.safetensors"
+[embeddings.style]
+source = "{f}/ti-sd15-a1111.safetensors"
+token = "<style>"
+[embeddings.pt-style]
+source = "{f}/ti-sd15-a1111.pt"
 "#,
             sdxl = models.join("tiny-sdxl").display(),
             sd15 = models.join("tiny-sd15").display(),
@@ -201,6 +209,12 @@ fn modelslab_lora_vae_and_clip_skip_give_diffusers_images() {
         ),
         (json!({"vae": "vae-sd15"}), "sd15_vae_0.png"),
         (json!({"clip_skip": 1}), "sd15_clip_skip_1_0.png"),
+        (
+            json!({"embeddings_model": "cat-toy, style,pt-style",
+                   "prompt": "a photo of <cat-toy> in <style> style, <pt-style>",
+                   "negative_prompt": "blurry, <style>"}),
+            "sd15_embeddings_0.png",
+        ),
     ] {
         let (status, answer) = modelslab(&edge, sd15_case(extra.clone()));
         assert_eq!(status, 200, "{extra}: {answer}");

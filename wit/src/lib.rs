@@ -35,6 +35,7 @@ impl Default for GenerateRequest {
             clip_skip: None,
             vae: None,
             loras: None,
+            embeddings: None,
             width: None,
             height: None,
             steps: None,

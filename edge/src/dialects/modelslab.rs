@@ -14,9 +14,9 @@
 //! - lora_model (comma-separated names from the server's catalog) with lora_strength
 //!   (one number for all, or one per LoRA; absent: 1), vae (a catalog name) and
 //!   clip_skip (1-8, diffusers' meaning) are applied.
-//! - Every other field (webhook, safety_checker, enhance_prompt, tomesd,
-//!   embeddings_model, ...) is accepted and listed in `meta.ignored`, never dropped
-//!   silently.
+//! - embeddings_model: comma-separated textual-inversion names from the catalog.
+//! - Every other field (webhook, safety_checker, enhance_prompt, tomesd, ...) is
+//!   accepted and listed in `meta.ignored`, never dropped silently.
 //! - Success: `{"status":"success","generationTime":S,"id":N,"output":[...],"meta":{...}}`:
 //!   `output` holds links the edge serves itself (images kept 24 hours in Spin's
 //!   key-value store, like their temp links), or base64 PNGs with "base64":"yes".
@@ -39,7 +39,8 @@ const DEFAULT_SIDE: u32 = 512;
 const DEFAULT_STRENGTH: f64 = 0.7;
 
 /// The fields this dialect reads; anything else present goes to `meta.ignored`.
-const KNOWN: [&str; 25] = [
+const KNOWN: [&str; 26] = [
+    "embeddings_model",
     "lora_model",
     "lora_strength",
     "vae",
@@ -94,17 +95,21 @@ fn aspect_ratio(f: &Fields) -> Result<Option<(u32, u32)>, ApiError> {
     Ok(Some((side(w), side(h))))
 }
 
-/// `init_image`: a string, or (v7's image editing) a list of one.
-/// `lora_model` ("a,b") with `lora_strength` (a number for all, or "0.7,0.5" one per
-/// LoRA; absent: 1 each).
-fn loras(f: &Fields) -> Result<Option<Vec<Lora>>, ApiError> {
-    let names: Vec<String> = f
-        .string("lora_model")?
+/// A comma-separated list of names ("contrast-fix,yae-miko-genshin"), as ModelsLab takes
+/// several LoRAs or embeddings.
+fn names(f: &Fields, field: &str) -> Result<Vec<String>, ApiError> {
+    Ok(f.string(field)?
         .unwrap_or_default()
         .split(',')
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty() && n != "null")
-        .collect();
+        .collect())
+}
+
+/// `lora_model` ("a,b") with `lora_strength` (a number for all, or "0.7,0.5" one per
+/// LoRA; absent: 1 each).
+fn loras(f: &Fields) -> Result<Option<Vec<Lora>>, ApiError> {
+    let names = names(f, "lora_model")?;
     let strengths: Vec<f32> = match f.get_raw("lora_strength") {
         Value::Null => Vec::new(),
         Value::Number(n) => vec![n.as_f64().unwrap_or(f64::NAN) as f32],
@@ -159,6 +164,7 @@ fn loras(f: &Fields) -> Result<Option<Vec<Lora>>, ApiError> {
     Ok(Some(loras))
 }
 
+/// `init_image`: a string, or (v7's image editing) a list of one.
 fn one_init_image(f: &Fields) -> Result<String, ApiError> {
     if f.has("init_image_2") {
         return Err(ApiError::field(
@@ -237,6 +243,7 @@ impl Dialect for ModelsLab {
             ("init_image.strength", "strength"),
             ("init_image.image", "init_image"),
             ("loras", "lora_model"),
+            ("embeddings", "embeddings_model"),
         ]
     }
 
@@ -284,6 +291,7 @@ impl Dialect for ModelsLab {
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty());
         let loras = loras(f)?;
+        let embeddings = Some(names(f, "embeddings_model")?).filter(|e| !e.is_empty());
         let base64_io = f.yes_no("base64")?.unwrap_or(false);
         f.yes_no("temp")?;
         let track_id = f.get_raw("track_id");
@@ -362,6 +370,7 @@ impl Dialect for ModelsLab {
                 clip_skip,
                 vae: vae.clone(),
                 loras: loras.clone(),
+                embeddings: embeddings.clone(),
                 width,
                 height,
                 steps,
@@ -398,6 +407,7 @@ impl Dialect for ModelsLab {
                 "lora_model": loras.as_ref().map(|l| l.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(",")),
                 "lora_strength": loras.as_ref().map(|l| l.iter().map(|l| l.strength.to_string()).collect::<Vec<_>>().join(",")),
                 "clip_skip": clip_skip,
+                "embeddings_model": embeddings.as_ref().map(|e| e.join(",")),
                 "ignored": ignored,
             },
         });
@@ -702,7 +712,7 @@ mod tests {
     }
 
     #[test]
-    fn loras_vae_and_clip_skip() {
+    fn loras_vae_clip_skip_and_embeddings() {
         let path = "/api/v1/enterprise/text2img";
         let names = |job: &Job| -> Vec<(String, f32)> {
             job.request
@@ -712,7 +722,7 @@ mod tests {
                 .map(|l| (l.name.clone(), l.strength))
                 .collect()
         };
-        let job = parse(path, r#"{"prompt":"p","lora_model":"contrast-fix, yae-miko-genshin","lora_strength":"0.7,0.5","vae":"sdxl-vae-fp16-fix","clip_skip":"2"}"#).unwrap();
+        let job = parse(path, r#"{"prompt":"p","lora_model":"contrast-fix, yae-miko-genshin","lora_strength":"0.7,0.5","vae":"sdxl-vae-fp16-fix","clip_skip":"2","embeddings_model":"easynegative, bad-hands"}"#).unwrap();
         assert_eq!(
             names(&job),
             [
@@ -722,6 +732,14 @@ mod tests {
         );
         assert_eq!(job.request.vae.as_deref(), Some("sdxl-vae-fp16-fix"));
         assert_eq!(job.request.clip_skip, Some(2));
+        assert_eq!(
+            job.request.embeddings,
+            Some(vec!["easynegative".to_string(), "bad-hands".to_string()])
+        );
+        assert_eq!(
+            job.echo["meta"]["embeddings_model"],
+            "easynegative,bad-hands"
+        );
         assert_eq!(
             job.echo["meta"]["lora_model"],
             "contrast-fix,yae-miko-genshin"

@@ -110,7 +110,8 @@ impl Pipeline {
     ) -> Result<Conditioning> {
         if !self.arch.is_xl() {
             let slot = &self.encoders[0];
-            let (ids, len) = slot.tokenizer.encode_padded_with_len(text)?;
+            let text = slot.tokenizer.convert_prompt(text)?;
+            let (ids, len) = slot.tokenizer.encode_padded_with_len(&text)?;
             let lengths = [len];
             let mask = slot
                 .encoder
@@ -133,7 +134,8 @@ impl Pipeline {
         let mut parts = Vec::new();
         let mut pooled = None;
         for (slot, text) in self.encoders.iter().zip([text, text_2]) {
-            let ids = slot.tokenizer.encode_padded(text)?;
+            let text = slot.tokenizer.convert_prompt(text)?;
+            let ids = slot.tokenizer.encode_padded(&text)?;
             let out = slot.encoder.forward(&[ids])?;
             let n = out.hidden_states.len();
             parts.push(out.hidden_states[n - 2 - clip_skip.unwrap_or(0)].clone());

@@ -11,6 +11,7 @@ use candle_core::Tensor;
 use super::Pipeline;
 use super::load::load_vae;
 use crate::config::OneOrMany;
+use crate::embeddings::Embedding;
 use crate::error::EngineError;
 use crate::lora::{Component, Lora, Targets};
 
@@ -108,6 +109,85 @@ impl Pipeline {
         }
         self.with_patches(unet, encoders)
             .context("merging LoRA weights")
+    }
+
+    /// This model with textual-inversion `embeddings` in its tokenizers and text encoders
+    /// (diffusers' `load_textual_inversion` of each; SDXL `clip_l` / `clip_g` files into
+    /// each encoder under one token, as diffusers' documentation loads them). Vectors of a
+    /// size no text encoder has, or a token already in the vocabulary, are an invalid
+    /// `embeddings`.
+    pub fn with_embeddings(&self, embeddings: &[&Embedding]) -> Result<Pipeline> {
+        let invalid = |e: &Embedding, why: String| {
+            EngineError::invalid("embeddings", format!("{}: {why}", e.path.display()))
+        };
+        let hidden: Vec<usize> = self
+            .encoders
+            .iter()
+            .map(|s| s.encoder.config.hidden_size)
+            .collect();
+        for e in embeddings {
+            if let Some(h) = e.any_hidden()
+                && !hidden.contains(&h)
+            {
+                return Err(invalid(
+                    e,
+                    format!(
+                        "vectors of size {h} fit none of this model's text encoders (sizes {hidden:?})"
+                    ),
+                ));
+            }
+        }
+        let mut p = self.clone();
+        for (i, slot) in p.encoders.iter_mut().enumerate() {
+            let mut tokens = Vec::new();
+            let mut rows = Vec::new();
+            let mut multi = Vec::new();
+            for e in embeddings {
+                let first_fit = e
+                    .any_hidden()
+                    .and_then(|h| hidden.iter().position(|&x| x == h))
+                    == Some(i);
+                let Some(v) = e.for_encoder(i, first_fit) else {
+                    continue;
+                };
+                if v.dim(1)? != hidden[i] {
+                    return Err(invalid(
+                        e,
+                        format!(
+                            "vectors of size {} for a text encoder of size {}",
+                            v.dim(1)?,
+                            hidden[i]
+                        ),
+                    ));
+                }
+                let names = e.tokens(v.dim(0)?);
+                if names.len() > 1 {
+                    multi.push((e.token.clone(), names.join(" ")));
+                }
+                tokens.extend(names);
+                rows.push(v.clone());
+            }
+            if tokens.is_empty() {
+                continue;
+            }
+            let (mut tokenizer, ids) = slot
+                .tokenizer
+                .with_added_tokens(&tokens)
+                .map_err(|e| EngineError::invalid("embeddings", format!("{e:#}")))?;
+            if ids.windows(2).any(|w| w[1] != w[0] + 1) {
+                anyhow::bail!("textual inversion: the new token ids are not consecutive ({ids:?})");
+            }
+            for (token, replacement) in multi {
+                let id = ids[tokens.iter().position(|t| *t == token).expect("listed")];
+                tokenizer.expand(token, replacement, id);
+            }
+            slot.tokenizer = Arc::new(tokenizer);
+            slot.encoder = Arc::new(
+                slot.encoder
+                    .with_extra_tokens(ids[0], &Tensor::cat(&rows, 0)?)?,
+            );
+        }
+        Ok(p)
     }
 
     /// This model with `unet` added to its UNet's weights and `encoders[i]` to text encoder

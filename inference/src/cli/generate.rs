@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use inference::engine::embeddings::Embedding;
 use inference::engine::lora::Lora;
 use inference::engine::{GenerateParams, Pipeline};
 use inference::server::catalog::{BUILT_IN, Catalog};
@@ -53,6 +54,12 @@ pub struct GenerateArgs {
     /// (owner/name or owner/name/FILE.safetensors). Repeat for several.
     #[arg(long = "lora", value_name = "PATH_OR_NAME[:STRENGTH]")]
     pub loras: Vec<String>,
+    /// A textual-inversion embedding whose token the prompts may use: a catalog name
+    /// (`[embeddings]`), a file (diffusers' `{token: vectors}`, A1111's `.pt` or
+    /// `emb_params`, SDXL's `clip_l` + `clip_g`), a folder holding one or a hub id; `=TOKEN`
+    /// names its token (else the file's own, else the file's name). Repeat for several.
+    #[arg(long = "embeddings", value_name = "PATH_OR_NAME[=TOKEN]")]
+    pub embeddings: Vec<String>,
     /// Output PNG; with several samples, `-<i>` is added before the extension.
     #[arg(long)]
     pub out: PathBuf,
@@ -81,7 +88,7 @@ fn lora_arg(arg: &str) -> anyhow::Result<(&str, f64)> {
 }
 
 fn with_add_ons(pipeline: Pipeline, args: &GenerateArgs) -> anyhow::Result<Pipeline> {
-    if args.vae.is_none() && args.loras.is_empty() {
+    if args.vae.is_none() && args.loras.is_empty() && args.embeddings.is_empty() {
         return Ok(pipeline);
     }
     let catalog = catalog()?;
@@ -94,6 +101,23 @@ fn with_add_ons(pipeline: Pipeline, args: &GenerateArgs) -> anyhow::Result<Pipel
         let dir = inference::model_source::resolve_vae(source)?;
         pipeline = pipeline.with_vae(&dir)?;
         eprintln!("VAE {}", dir.display());
+    }
+    let mut embeddings = Vec::new();
+    for arg in &args.embeddings {
+        let (spec, token) = match arg.rsplit_once('=') {
+            Some((spec, token)) if !token.contains('/') => (spec, Some(token)),
+            _ => (arg.as_str(), None),
+        };
+        let entry = catalog.embeddings.lookup(spec);
+        let source = entry.map_or(spec, |e| e.source.as_str());
+        let token = token.or(entry.and_then(|e| e.token.as_deref()));
+        let file = inference::model_source::resolve_embedding(source)?;
+        let e = Embedding::load(&file, token, entry.map(|e| e.name.as_str()))?;
+        eprintln!("embedding {} as {}", file.display(), e.token);
+        embeddings.push(e);
+    }
+    if !embeddings.is_empty() {
+        pipeline = pipeline.with_embeddings(&embeddings.iter().collect::<Vec<_>>())?;
     }
     let mut loras = Vec::new();
     for arg in &args.loras {

@@ -27,6 +27,8 @@ struct CatalogFile {
     loras: BTreeMap<String, AddOnFile>,
     #[serde(default)]
     vaes: BTreeMap<String, AddOnFile>,
+    #[serde(default)]
+    embeddings: BTreeMap<String, AddOnFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +38,8 @@ struct AddOnFile {
     #[serde(default)]
     aliases: Vec<String>,
     architecture: Option<String>,
+    /// Embeddings only: the token prompts use (else the file's own, else its name).
+    token: Option<String>,
 }
 
 /// The architectures a LoRA or VAE may declare (the engine's names).
@@ -54,6 +58,9 @@ pub struct AddOn {
     pub source: String,
     /// The architecture it was made for; None: any whose weights it fits.
     pub architecture: Option<String>,
+    /// Embeddings: the token prompts use (None: the file's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// LoRAs or VAEs, by the names clients send.
@@ -78,6 +85,15 @@ impl AddOns {
                     ARCHITECTURES.join(", ")
                 );
             }
+            if f.token.is_some() && what != "embeddings" {
+                bail!("{what}.{name}: token is for [embeddings] entries only");
+            }
+            if f.token
+                .as_deref()
+                .is_some_and(|t| t.trim().is_empty() || t.contains(char::is_whitespace))
+            {
+                bail!("{what}.{name}: token must be one word");
+            }
             for n in std::iter::once(&name).chain(&f.aliases) {
                 if let Some(other) = items.iter().find(|i| i.is(n)) {
                     bail!(
@@ -91,6 +107,7 @@ impl AddOns {
                 aliases: f.aliases,
                 source: f.source.trim().to_string(),
                 architecture: f.architecture,
+                token: f.token,
             });
         }
         Ok(AddOns { what, items })
@@ -184,6 +201,7 @@ pub struct Catalog {
     pub memory_budget: Option<u64>,
     pub loras: AddOns,
     pub vaes: AddOns,
+    pub embeddings: AddOns,
 }
 
 impl Catalog {
@@ -278,6 +296,7 @@ impl Catalog {
             memory_budget: file.memory_budget_gb.map(gib_to_bytes),
             loras: AddOns::parse("loras", file.loras)?,
             vaes: AddOns::parse("vaes", file.vaes)?,
+            embeddings: AddOns::parse("embeddings", file.embeddings)?,
         };
         catalog.default = catalog.position(&file.default).with_context(|| {
             format!("default = {:?} is not a model of the catalog", file.default)
@@ -408,6 +427,24 @@ mod tests {
         );
         assert!(err(&format!("{base}[loras.l]\nsource = \" \"")).contains("loras.l: source"));
         assert!(err(&format!("{base}[loras.l]\nsource = \"f\"\nweight = 1")).contains("weight"));
+        assert!(
+            err(&format!("{base}[loras.l]\nsource = \"f\"\ntoken = \"<t>\""))
+                .contains("loras.l: token is for [embeddings] entries only")
+        );
+        assert!(
+            err(&format!(
+                "{base}[embeddings.e]\nsource = \"f\"\ntoken = \"a b\""
+            ))
+            .contains("embeddings.e: token must be one word")
+        );
+        let c = Catalog::parse(&format!(
+            "{base}[embeddings.e]\nsource = \"f\"\ntoken = \"<t>\""
+        ))
+        .unwrap();
+        assert_eq!(
+            c.embeddings.lookup("E").unwrap().token.as_deref(),
+            Some("<t>")
+        );
         let c = Catalog::parse(
             "default = \"a\"\nmemory_budget_gb = 1.5\n[models.a]\nsource = \"x\"\nwidth = 256",
         )

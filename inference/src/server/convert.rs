@@ -190,6 +190,8 @@ pub fn to_draft(
 
 /// Most LoRAs one request may merge.
 pub const MAX_LORAS: usize = 8;
+/// Most textual-inversion embeddings one request may use.
+pub const MAX_EMBEDDINGS: usize = 16;
 /// The strengths a LoRA may have (diffusers takes any; beyond this no image survives).
 pub const LORA_STRENGTH: std::ops::RangeInclusive<f64> = -10.0..=10.0;
 
@@ -199,11 +201,13 @@ pub struct AddOnChoice {
     pub vae: Option<AddOn>,
     /// Each LoRA with its strength, in the request's order.
     pub loras: Vec<(AddOn, f64)>,
+    /// Textual-inversion embeddings, in the request's order.
+    pub embeddings: Vec<AddOn>,
 }
 
 impl AddOnChoice {
     pub fn is_empty(&self) -> bool {
-        self.vae.is_none() && self.loras.is_empty()
+        self.vae.is_none() && self.loras.is_empty() && self.embeddings.is_empty()
     }
 }
 
@@ -251,7 +255,32 @@ pub fn add_ons(req: &GenerateRequest, catalog: &Catalog) -> Result<AddOnChoice, 
         })?;
         loras.push((entry, strength));
     }
-    Ok(AddOnChoice { vae, loras })
+    let asked = req.embeddings.as_deref().unwrap_or_default();
+    if asked.len() > MAX_EMBEDDINGS {
+        return Err(invalid(format!(
+            "embeddings: at most {MAX_EMBEDDINGS} (got {})",
+            asked.len()
+        )));
+    }
+    let mut embeddings: Vec<AddOn> = Vec::with_capacity(asked.len());
+    for name in asked {
+        model_name_ok(name).map_err(|_| invalid("embeddings: longer than a name"))?;
+        let entry = catalog.embeddings.lookup(name).cloned().ok_or_else(|| {
+            invalid(format!(
+                "embeddings: unknown embedding {name:?}; {}",
+                catalog.embeddings.names()
+            ))
+        })?;
+        // The same one twice would add its token twice.
+        if !embeddings.contains(&entry) {
+            embeddings.push(entry);
+        }
+    }
+    Ok(AddOnChoice {
+        vae,
+        loras,
+        embeddings,
+    })
 }
 
 /// The f64 a client meant by an f32 on the wire: 0.7, not 0.699999988079071. It
@@ -389,6 +418,13 @@ mod tests {
             (
                 with(vec![lora("pixel", 1.0); 9], None),
                 "loras: at most 8 LoRAs",
+            ),
+            (
+                GenerateRequest {
+                    embeddings: Some(vec!["cat-toy".into()]),
+                    ..request()
+                },
+                "embeddings: unknown embedding \"cat-toy\"; this server's catalog has no embeddings",
             ),
         ] {
             let e = add_ons(&req, &catalog).unwrap_err().to_string();

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::catalog::AddOn;
 use super::convert::AddOnChoice;
+use crate::engine::embeddings::Embedding;
 use crate::engine::lora::Lora;
 use crate::engine::weights::find_weight_files;
 use crate::engine::{EngineError, ModelInfo, Pipeline};
@@ -208,6 +209,19 @@ impl Registry {
             let dir = crate::model_source::resolve_vae(&vae.source)
                 .with_context(|| format!("VAE {}", vae.name))?;
             pipeline = pipeline.with_vae(&dir)?;
+        }
+        let mut embeddings = Vec::with_capacity(add_ons.embeddings.len());
+        for e in &add_ons.embeddings {
+            fits("embeddings", e)?;
+            let file = crate::model_source::resolve_embedding(&e.source)
+                .with_context(|| format!("embedding {}", e.name))?;
+            embeddings.push(
+                Embedding::load(&file, e.token.as_deref(), Some(&e.name))
+                    .with_context(|| format!("embedding {}", e.name))?,
+            );
+        }
+        if !embeddings.is_empty() {
+            pipeline = pipeline.with_embeddings(&embeddings.iter().collect::<Vec<_>>())?;
         }
         let mut loras = Vec::with_capacity(add_ons.loras.len());
         for (lora, strength) in &add_ons.loras {

@@ -315,6 +315,7 @@ async fn models(State(app): State<Arc<AppState>>) -> Response {
         "models": models,
         "loras": app.catalog.loras.items(),
         "vaes": app.catalog.vaes.items(),
+        "embeddings": app.catalog.embeddings.items(),
     }))
     .into_response()
 }
