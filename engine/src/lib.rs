@@ -56,6 +56,7 @@ pub mod config;
 pub mod cpu_conv;
 pub mod cpu_kernels;
 pub mod embeddings;
+pub mod emphasis;
 pub mod error;
 pub mod image_io;
 pub mod lora;
@@ -93,6 +94,9 @@ pub struct GenerateParams {
     /// the one the model uses (SD: the last, SDXL: the penultimate); `None` = 0. Applies to
     /// the prompt only, as in diffusers.
     pub clip_skip: Option<usize>,
+    /// How the prompts are read: as diffusers reads them, or with A1111's emphasis syntax
+    /// and 75-token chunks.
+    pub emphasis: Emphasis,
     /// Pixels; a positive multiple of the VAE scale factor.
     pub width: usize,
     pub height: usize,
@@ -123,6 +127,7 @@ impl Default for GenerateParams {
             prompt_2: None,
             negative_prompt_2: None,
             clip_skip: None,
+            emphasis: Emphasis::None,
             algorithm_type: None,
             width: 1024,
             height: 1024,
@@ -133,6 +138,33 @@ impl Default for GenerateParams {
             scheduler: None,
             karras: None,
             init_image: None,
+        }
+    }
+}
+
+/// How prompts are read ([`GenerateParams::emphasis`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Emphasis {
+    /// As diffusers: the text as it is, truncated to the tokenizer's 77 tokens.
+    #[default]
+    None,
+    /// A1111's: `(word)`, `((word))`, `(word:1.3)`, `[word]` weight tokens, `\(` is a
+    /// bracket, `BREAK` ends a chunk, and prompts of any length are encoded in 75-token
+    /// chunks ([`emphasis`]).
+    A1111,
+}
+
+impl std::str::FromStr for Emphasis {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" | "diffusers" => Ok(Emphasis::None),
+            "a1111" => Ok(Emphasis::A1111),
+            _ => Err(EngineError::invalid(
+                "emphasis",
+                format!("{s:?} is not accepted: a1111 or none"),
+            )),
         }
     }
 }

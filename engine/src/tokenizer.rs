@@ -180,6 +180,16 @@ impl ClipTokenizer {
         Ok((t, ids))
     }
 
+    /// Its special tokens, as [`crate::emphasis::chunks`] needs them.
+    pub fn specials(&self) -> crate::emphasis::Specials {
+        crate::emphasis::Specials {
+            bos: self.bos_id,
+            eos: self.eos_id,
+            pad: self.pad_id,
+            comma: self.inner.token_to_id(",</w>"),
+        }
+    }
+
     /// Has [`Self::convert_prompt`] write `token` (of id `id`) as `replacement`.
     pub fn expand(&mut self, token: String, replacement: String, id: u32) {
         self.expansions.push((token, replacement, id));

@@ -141,6 +141,10 @@ pub fn params_of(case: &Value, dir: &Path) -> Result<GenerateParams> {
         prompt_2: s("prompt_2"),
         negative_prompt_2: s("negative_prompt_2"),
         clip_skip: u("clip_skip").map(|k| k as usize),
+        emphasis: match s("emphasis") {
+            Some(e) => e.parse()?,
+            None => Default::default(),
+        },
         width: u("width").context("width")? as usize,
         height: u("height").context("height")? as usize,
         steps: u("steps").unwrap_or(4) as usize,

@@ -164,6 +164,9 @@ fn parity_runs_the_fixtures_and_judges_f32_only() {
     assert_eq!(v["cases"].as_array().unwrap().len(), 27);
 }
 
+/// A long prompt with A1111 weights (as make_feature_fixtures.py writes it).
+const LONG_WEIGHTED: &str = "a (very detailed:1.2) oil painting of a lighthouse, [rocky] coast at ((dusk)), a (very detailed:1.2) oil painting of a lighthouse, [rocky] coast at ((dusk)), a (very detailed:1.2) oil painting of a lighthouse, [rocky] coast at ((dusk)), a (very detailed:1.2) oil painting of a lighthouse, [rocky] coast at ((dusk)), a (very detailed:1.2) oil painting of a lighthouse, [rocky] coast at ((dusk))";
+
 /// `generate` with LoRAs (both file forms, one negative), a VAE, `--clip-skip`,
 /// `--prompt-2` and textual-inversion embeddings (each file form) gives diffusers' images
 /// (the parity_features references).
@@ -223,6 +226,24 @@ fn generate_takes_loras_a_vae_embeddings_and_second_prompts() {
                 "blurry, <style>".into(),
             ],
             "sd15_embeddings_0.png",
+        ),
+        (
+            "tiny-sd2",
+            vec![
+                "--guidance".into(),
+                "7.5".into(),
+                "--emphasis".into(),
+                "a1111".into(),
+                "--prompt".into(),
+                LONG_WEIGHTED.into(),
+                "--negative-prompt".into(),
+                "(ugly:0.5)".into(),
+                "--init-image".into(),
+                p(&f.join("init_64.png")),
+                "--strength".into(),
+                "0.75".into(),
+            ],
+            "sd2_emphasis_long_i2i_0.png",
         ),
     ];
     for (model, extra, reference) in runs {

@@ -88,8 +88,10 @@ fn architectures_match_diffusers() {
     }
 }
 
-/// Second prompts, clip_skip, a replacement VAE and LoRAs (diffusers/PEFT and kohya files,
-/// several at once with their weights) against diffusers (scripts/reference/make_feature_fixtures.py).
+/// Second prompts, clip_skip, a replacement VAE, textual inversion, LoRAs (diffusers/PEFT
+/// and kohya files, several at once with their weights) and A1111 emphasis (against the
+/// embeddings of scripts/reference/a1111_emphasis.py) against diffusers
+/// (scripts/reference/make_feature_fixtures.py).
 /// Each case's feature must matter: the model without it is far from the reference.
 #[test]
 fn features_match_diffusers() {
@@ -111,6 +113,7 @@ fn features_match_diffusers() {
         let mut plain = parity::params_of(case, &dir).unwrap();
         // Without the case's features (the VAE and LoRAs are left out by using the base model).
         (plain.prompt_2, plain.negative_prompt_2, plain.clip_skip) = (None, None, None);
+        plain.emphasis = Default::default();
         let base = &models.pipelines[case["model"].as_str().unwrap()];
         let out = base.generate(&plain, &mut |_, _| true).unwrap();
         let want = image::open(dir.join(case["expected"][0].as_str().unwrap()))

@@ -19,6 +19,9 @@ Writes inference/tests/fixtures/parity_features/:
   key (`lora_unet_*`, `lora_te*_*`, `.lora_down` / `.lora_up` / `.alpha`), SD 1.5 in diffusers'
   block names, SDXL in the original model's (SGM) block names, with 3x3 LoCon convolutions and a
   resnet time embedding projection.
+* A1111 prompt emphasis (`emphasis: a1111` cases): the prompt embeddings made by
+  `a1111_emphasis.py` from diffusers' own text encoders, given to the pipelines as
+  `prompt_embeds` (A1111 has no library to call).
 * reference images: diffusers' pipelines with `torch.Generator("cpu").manual_seed(seed + i)`,
   LoRAs loaded with `load_lora_weights(path, adapter_name=...)` then
   `set_adapters(names, adapter_weights=weights)`; and `cases.json`.
@@ -38,6 +41,7 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+import a1111_emphasis
 import transformers.integrations.peft as _tf_peft
 
 # transformers 5.24 asks for peft >= 0.22, which PyPI does not have yet (0.21.2 is the newest):
@@ -265,7 +269,7 @@ def cases():
 
     def case(id, model, **kw):
         base = dict(id=id, model=model, prompt=CAT, negative_prompt=NEG, width=64, height=64, steps=4, seed=3,
-                    guidance=7.5 if model == "tiny-sd15" else 5.0, scheduler="Euler")
+                    guidance=5.0 if model == "tiny-sdxl" else 7.5, scheduler="Euler")
         base.update(kw)
         c.append(base)
 
@@ -292,6 +296,16 @@ def cases():
                      ["ti-sd15-a1111.pt", None]])
     case("sdxl_embeddings_i2i", "tiny-sdxl", prompt="a photo of <sdxl-emb> at dusk",
          embeddings=[["ti-sdxl.safetensors", "<sdxl-emb>"]], init_image="init_64.png", strength=0.8)
+    long_weighted = ", ".join(["a (very detailed:1.2) oil painting of a lighthouse", "[rocky] coast at ((dusk))"] * 5)
+    case("sd15_emphasis", "tiny-sd15", emphasis="a1111",
+         prompt="a (photo:1.3) of a ((cat)), [blurry], \\(literal\\) BREAK at dusk",
+         negative_prompt="(low quality:1.4), [[grainy]]")
+    case("sd15_emphasis_long_clip_skip", "tiny-sd15", emphasis="a1111", prompt=long_weighted, clip_skip=1)
+    case("sd2_emphasis_long_i2i", "tiny-sd2", emphasis="a1111", prompt=long_weighted,
+         negative_prompt="(ugly:0.5)", init_image="init_64.png", strength=0.75)
+    case("sdxl_emphasis_long_noneg", "tiny-sdxl", emphasis="a1111", prompt=long_weighted, negative_prompt=None)
+    case("sdxl_emphasis_long_negative", "tiny-sdxl", emphasis="a1111", prompt="a (cat:1.5) on a [mat]",
+         negative_prompt=long_weighted)
     case("sdxl_everything", "tiny-sdxl", loras=[["lora-sdxl-kohya.safetensors", 0.8]], vae="vae-sdxl",
          clip_skip=1, prompt_2="an oil painting of a lighthouse")
     return c
@@ -313,6 +327,17 @@ def run_case(case):
                   num_inference_steps=case["steps"], guidance_scale=case["guidance"],
                   num_images_per_prompt=samples, generator=gens, output_type="pil",
                   clip_skip=case.get("clip_skip"))
+    if case.get("emphasis") == "a1111":
+        pipe0 = t2i
+        if case["model"] == "tiny-sdxl":
+            cond, uncond, pooled, upooled = a1111_emphasis.sdxl_embeds(
+                pipe0, case["prompt"], case["negative_prompt"], case.get("clip_skip"))
+            common.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=upooled)
+        else:
+            cond, uncond = a1111_emphasis.sd_embeds(pipe0, case["prompt"], case["negative_prompt"],
+                                                    case.get("clip_skip"))
+        del common["prompt"], common["negative_prompt"], common["clip_skip"]
+        common.update(prompt_embeds=cond, negative_prompt_embeds=uncond)
     if "prompt_2" in case or "negative_prompt_2" in case:
         common.update(prompt_2=case.get("prompt_2"), negative_prompt_2=case.get("negative_prompt_2"))
     pipe = i2i if "init_image" in case else t2i
@@ -354,7 +379,8 @@ def main():
         all_cases.append(case)
     manifest = {
         "max_abs_diff": 2,
-        "models": {name: os.path.relpath(os.path.join(MODELS, name), FIXTURES) for name in ["tiny-sd15", "tiny-sdxl"]},
+        "models": {name: os.path.relpath(os.path.join(MODELS, name), FIXTURES)
+                   for name in ["tiny-sd15", "tiny-sd2", "tiny-sdxl"]},
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "peft": __import__("peft").__version__,

@@ -215,6 +215,12 @@ fn modelslab_lora_vae_and_clip_skip_give_diffusers_images() {
                    "negative_prompt": "blurry, <style>"}),
             "sd15_embeddings_0.png",
         ),
+        // ModelsLab reads A1111's emphasis by default.
+        (
+            json!({"prompt": "a (photo:1.3) of a ((cat)), [blurry], \\(literal\\) BREAK at dusk",
+                   "negative_prompt": "(low quality:1.4), [[grainy]]"}),
+            "sd15_emphasis_0.png",
+        ),
     ] {
         let (status, answer) = modelslab(&edge, sd15_case(extra.clone()));
         assert_eq!(status, 200, "{extra}: {answer}");
@@ -224,6 +230,20 @@ fn modelslab_lora_vae_and_clip_skip_give_diffusers_images() {
         let d = diff_to(reference, &img);
         assert!(d <= 2, "{extra}: {d} from {reference}");
     }
+    // "emphasis": "none" reads the same prompt as diffusers does: another image.
+    let (status, answer) = modelslab(
+        &edge,
+        sd15_case(json!({"emphasis": "none",
+            "prompt": "a (photo:1.3) of a ((cat)), [blurry], \\(literal\\) BREAK at dusk",
+            "negative_prompt": "(low quality:1.4), [[grainy]]"})),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        diff_to(
+            "sd15_emphasis_0.png",
+            &png(answer["output"][0].as_str().unwrap())
+        ) > 10
+    );
     let (status, answer) = modelslab(
         &edge,
         sd15_case(json!({"lora_model": "contrast-fix,yae-miko-genshin"})),

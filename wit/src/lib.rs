@@ -36,6 +36,7 @@ impl Default for GenerateRequest {
             vae: None,
             loras: None,
             embeddings: None,
+            emphasis: None,
             width: None,
             height: None,
             steps: None,

@@ -15,6 +15,9 @@
 //!   (one number for all, or one per LoRA; absent: 1), vae (a catalog name) and
 //!   clip_skip (1-8, diffusers' meaning) are applied.
 //! - embeddings_model: comma-separated textual-inversion names from the catalog.
+//! - Prompts are read with A1111's emphasis (`(word:1.3)`, 75-token chunks), as
+//!   ModelsLab's prompts are written; `"emphasis": "none"` (this server's field) reads
+//!   them as diffusers does.
 //! - Every other field (webhook, safety_checker, enhance_prompt, tomesd, ...) is
 //!   accepted and listed in `meta.ignored`, never dropped silently.
 //! - Success: `{"status":"success","generationTime":S,"id":N,"output":[...],"meta":{...}}`:
@@ -39,7 +42,8 @@ const DEFAULT_SIDE: u32 = 512;
 const DEFAULT_STRENGTH: f64 = 0.7;
 
 /// The fields this dialect reads; anything else present goes to `meta.ignored`.
-const KNOWN: [&str; 26] = [
+const KNOWN: [&str; 27] = [
+    "emphasis",
     "embeddings_model",
     "lora_model",
     "lora_strength",
@@ -292,6 +296,18 @@ impl Dialect for ModelsLab {
             .filter(|v| !v.is_empty());
         let loras = loras(f)?;
         let embeddings = Some(names(f, "embeddings_model")?).filter(|e| !e.is_empty());
+        // ModelsLab's prompts are written for A1111's emphasis ("(masterpiece:1.2)"): on
+        // unless the request asks for diffusers' reading (this server's own field).
+        let emphasis = match f.string("emphasis")?.map(|e| e.trim().to_ascii_lowercase()) {
+            None => "a1111".to_string(),
+            Some(e) if e == "a1111" || e == "none" => e,
+            Some(e) => {
+                return Err(ApiError::field(
+                    "emphasis",
+                    format!("must be a1111 or none (got {e:?})"),
+                ));
+            }
+        };
         let base64_io = f.yes_no("base64")?.unwrap_or(false);
         f.yes_no("temp")?;
         let track_id = f.get_raw("track_id");
@@ -371,6 +387,7 @@ impl Dialect for ModelsLab {
                 vae: vae.clone(),
                 loras: loras.clone(),
                 embeddings: embeddings.clone(),
+                emphasis: Some(emphasis.clone()),
                 width,
                 height,
                 steps,
@@ -408,6 +425,7 @@ impl Dialect for ModelsLab {
                 "lora_strength": loras.as_ref().map(|l| l.iter().map(|l| l.strength.to_string()).collect::<Vec<_>>().join(",")),
                 "clip_skip": clip_skip,
                 "embeddings_model": embeddings.as_ref().map(|e| e.join(",")),
+                "emphasis": emphasis,
                 "ignored": ignored,
             },
         });

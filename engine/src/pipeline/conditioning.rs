@@ -9,9 +9,10 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
 use super::Pipeline;
-use crate::GenerateParams;
 use crate::clip::ClipTextEncoder;
+use crate::emphasis::{self, Chunk};
 use crate::tokenizer::ClipTokenizer;
+use crate::{Emphasis, GenerateParams};
 
 #[derive(Clone)]
 pub(super) struct TextEncoderSlot {
@@ -25,6 +26,41 @@ struct Conditioning {
     embeds: Tensor,
     /// `(1, projection_dim)` (SDXL)
     pooled: Option<Tensor>,
+}
+
+/// A prompt's encoding before it is joined: each text encoder's chunks (`(1, 77, dim)`).
+struct Encoded {
+    chunks: Vec<Vec<Tensor>>,
+    pooled: Option<Tensor>,
+}
+
+impl Encoded {
+    /// Chunks per encoder.
+    fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
+    /// Appends `empty`'s first chunk until every encoder has `len`.
+    fn fill_up(&mut self, empty: &Encoded, len: usize) {
+        for (mine, theirs) in self.chunks.iter_mut().zip(&empty.chunks) {
+            while mine.len() < len {
+                mine.push(theirs[0].clone());
+            }
+        }
+    }
+
+    /// The chunks one after the other, the encoders side by side (SDXL's concatenation).
+    fn joined(&self) -> Result<Conditioning> {
+        let per_encoder = self
+            .chunks
+            .iter()
+            .map(|c| Tensor::cat(c, 1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Conditioning {
+            embeds: Tensor::cat(&per_encoder, candle_core::D::Minus1)?,
+            pooled: self.pooled.clone(),
+        })
+    }
 }
 
 /// Everything the UNet takes besides the latents and the timestep, for the whole
@@ -96,55 +132,101 @@ impl UnetConditioning {
 }
 
 impl Pipeline {
-    /// Encodes one prompt (`text_2` for SDXL's second encoder): SD 1.x / 2.x: the last
+    /// Encodes one prompt (`text_2` for SDXL's second encoder), in chunks of 77 tokens per
+    /// text encoder (one, unless A1111 emphasis reads a longer prompt): SD 1.x / 2.x: the last
     /// hidden state (after the final layer norm) of the text encoder, with the attention mask
     /// when its config sets `use_attention_mask`, or with `clip_skip` the final layer norm of
-    /// the output `clip_skip` layers before the last; SDXL: the concatenated penultimate
-    /// hidden states of both encoders (no mask, as diffusers; `clip_skip` more layers back),
-    /// pooled from the last encoder.
+    /// the output `clip_skip` layers before the last; SDXL: each encoder's penultimate hidden
+    /// state (no mask, as diffusers; `clip_skip` more layers back), pooled from the last
+    /// encoder's first chunk.
     fn encode_prompt(
         &self,
-        text: &str,
-        text_2: &str,
+        texts: [&str; 2],
         clip_skip: Option<usize>,
-    ) -> Result<Conditioning> {
-        if !self.arch.is_xl() {
-            let slot = &self.encoders[0];
-            let text = slot.tokenizer.convert_prompt(text)?;
-            let (ids, len) = slot.tokenizer.encode_padded_with_len(&text)?;
-            let lengths = [len];
-            let mask = slot
-                .encoder
-                .config
-                .use_attention_mask
-                .then_some(&lengths[..]);
-            let out = slot.encoder.forward_masked(&[ids], mask)?;
-            let embeds = match clip_skip {
-                None => out.last_hidden_state,
-                Some(k) => {
-                    let n = out.hidden_states.len();
-                    slot.encoder.final_norm(&out.hidden_states[n - 1 - k])?
+        emphasis: Emphasis,
+    ) -> Result<Encoded> {
+        let mut chunks = Vec::with_capacity(self.encoders.len());
+        let mut pooled = None;
+        for (slot, text) in self.encoders.iter().zip(texts) {
+            let tok = &slot.tokenizer;
+            let rows: Vec<Chunk> = match emphasis {
+                Emphasis::None => {
+                    let (ids, len) = tok.encode_padded_with_len(&tok.convert_prompt(text)?)?;
+                    let weights = vec![1.0; ids.len()];
+                    vec![Chunk { ids, weights, len }]
+                }
+                Emphasis::A1111 => {
+                    emphasis::chunks(&emphasis::parse(text), tok.specials(), &mut |t: &str| {
+                        tok.tokenize(&tok.convert_prompt(t)?)
+                    })?
                 }
             };
-            return Ok(Conditioning {
-                embeds,
-                pooled: None,
-            });
-        }
-        let mut parts = Vec::new();
-        let mut pooled = None;
-        for (slot, text) in self.encoders.iter().zip([text, text_2]) {
-            let text = slot.tokenizer.convert_prompt(text)?;
-            let ids = slot.tokenizer.encode_padded(&text)?;
-            let out = slot.encoder.forward(&[ids])?;
+            let ids: Vec<Vec<u32>> = rows.iter().map(|c| c.ids.clone()).collect();
+            let lengths: Vec<usize> = rows.iter().map(|c| c.len).collect();
+            // diffusers passes the attention mask only to SD 1.x / 2.x encoders that ask for it.
+            let mask = (!self.arch.is_xl() && slot.encoder.config.use_attention_mask)
+                .then_some(&lengths[..]);
+            let out = slot.encoder.forward_masked(&ids, mask)?;
             let n = out.hidden_states.len();
-            parts.push(out.hidden_states[n - 2 - clip_skip.unwrap_or(0)].clone());
+            let z = match (self.arch.is_xl(), clip_skip) {
+                (true, k) => out.hidden_states[n - 2 - k.unwrap_or(0)].clone(),
+                (false, None) => out.last_hidden_state,
+                (false, Some(k)) => slot.encoder.final_norm(&out.hidden_states[n - 1 - k])?,
+            };
+            let mut zs = Vec::with_capacity(rows.len());
+            for (r, c) in rows.iter().enumerate() {
+                zs.push(emphasis::reweight(&z.narrow(0, r, 1)?, &c.weights)?);
+            }
+            chunks.push(zs);
             if let Some(te) = out.text_embeds {
-                pooled = Some(te);
+                pooled = Some(te.narrow(0, 0, 1)?);
             }
         }
-        let embeds = Tensor::cat(&parts, candle_core::D::Minus1)?;
-        Ok(Conditioning { embeds, pooled })
+        Ok(Encoded { chunks, pooled })
+    }
+
+    /// How many 77-token chunks the request's prompts take (the longer of the prompt and,
+    /// with `do_cfg`, the negative prompt): requests share a batch only with the same count.
+    pub(super) fn text_chunks(&self, params: &GenerateParams, do_cfg: bool) -> Result<usize> {
+        if params.emphasis == Emphasis::None {
+            return Ok(1);
+        }
+        let (prompts, negatives) = self.prompts(params);
+        let zeroed = params.negative_prompt.is_none() && self.force_zeros_for_empty_prompt;
+        let mut most = 1;
+        for (slot, (p, n)) in self.encoders.iter().zip(prompts.into_iter().zip(negatives)) {
+            let tok = &slot.tokenizer;
+            let count = |text: &str| -> Result<usize> {
+                Ok(
+                    emphasis::chunks(&emphasis::parse(text), tok.specials(), &mut |t: &str| {
+                        tok.tokenize(&tok.convert_prompt(t)?)
+                    })?
+                    .len(),
+                )
+            };
+            most = most.max(count(p)?);
+            if do_cfg && !zeroed {
+                most = most.max(count(n)?);
+            }
+        }
+        Ok(most)
+    }
+
+    /// The prompts of each text encoder, as diffusers picks them: an empty or missing second
+    /// prompt is the first, a missing negative prompt is "".
+    fn prompts<'a>(&self, params: &'a GenerateParams) -> ([&'a str; 2], [&'a str; 2]) {
+        let prompt_2 = params
+            .prompt_2
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .unwrap_or(&params.prompt);
+        let negative = params.negative_prompt.as_deref().unwrap_or("");
+        let negative_2 = params
+            .negative_prompt_2
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .unwrap_or(negative);
+        ([&params.prompt, prompt_2], [negative, negative_2])
     }
 
     /// The largest `clip_skip` this model's text encoders allow.
@@ -171,35 +253,31 @@ impl Pipeline {
         do_cfg: bool,
     ) -> Result<UnetConditioning> {
         let (w, h) = (params.width, params.height);
-        // As diffusers: an empty or missing second prompt is the first; the negative prompt
-        // is encoded without `clip_skip`.
-        let prompt_2 = params
-            .prompt_2
-            .as_deref()
-            .filter(|p| !p.is_empty())
-            .unwrap_or(&params.prompt);
-        let cond = self.encode_prompt(&params.prompt, prompt_2, params.clip_skip)?;
-        let uncond = if do_cfg {
-            if params.negative_prompt.is_none() && self.force_zeros_for_empty_prompt {
-                Some(Conditioning {
-                    embeds: cond.embeds.zeros_like()?,
-                    pooled: match &cond.pooled {
-                        Some(p) => Some(p.zeros_like()?),
-                        None => None,
-                    },
-                })
-            } else {
-                let negative = params.negative_prompt.as_deref().unwrap_or("");
-                let negative_2 = params
-                    .negative_prompt_2
-                    .as_deref()
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or(negative);
-                Some(self.encode_prompt(negative, negative_2, None)?)
-            }
-        } else {
+        let (prompts, negatives) = self.prompts(params);
+        // The negative prompt is encoded without `clip_skip`, as diffusers does.
+        let mut cond = self.encode_prompt(prompts, params.clip_skip, params.emphasis)?;
+        let uncond = if !do_cfg {
             None
+        } else if params.negative_prompt.is_none() && self.force_zeros_for_empty_prompt {
+            let c = cond.joined()?;
+            Some(Conditioning {
+                embeds: c.embeds.zeros_like()?,
+                pooled: match &c.pooled {
+                    Some(p) => Some(p.zeros_like()?),
+                    None => None,
+                },
+            })
+        } else {
+            let mut u = self.encode_prompt(negatives, None, params.emphasis)?;
+            if cond.len() != u.len() {
+                // A1111 makes them the same length with the empty prompt's encoding.
+                let empty = self.encode_prompt(["", ""], None, params.emphasis)?;
+                cond.fill_up(&empty, u.len());
+                u.fill_up(&empty, cond.len());
+            }
+            Some(u.joined()?)
         };
+        let cond = cond.joined()?;
         let repeat = |t: &Tensor| -> Result<Tensor> {
             let dims = t.dims().to_vec();
             let mut rep = vec![1usize; dims.len()];

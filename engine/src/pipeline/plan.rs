@@ -116,13 +116,16 @@ impl Pipeline {
         )?;
         let has_time_cond = self.unet.config.time_cond_proj_dim.is_some();
         let strength = params.init_image.as_ref().map(|(_, s)| *s);
+        let do_cfg = params.guidance > 1.0 && !has_time_cond;
+        let text_chunks = self.text_chunks(&params, do_cfg)?;
         let key = BatchKey {
             width: params.width,
             height: params.height,
             steps: params.steps,
             scheduler,
             options,
-            do_cfg: params.guidance > 1.0 && !has_time_cond,
+            do_cfg,
+            text_chunks,
             img2img: strength.is_some(),
             begin: denoise::first_step(params.steps, strength, scheduler.order()),
         };
@@ -163,4 +166,6 @@ pub struct BatchKey {
     pub img2img: bool,
     /// The first timestep that runs (image-to-image skips the early ones).
     pub begin: usize,
+    /// 77-token chunks of text conditioning (more than one with A1111 emphasis).
+    pub text_chunks: usize,
 }

@@ -21,6 +21,10 @@ pub struct SamplingArgs {
     /// one the model uses (the prompt only, as diffusers).
     #[arg(long)]
     pub clip_skip: Option<usize>,
+    /// How prompts are read: none (as diffusers: cut at 77 tokens) or a1111 (A1111's
+    /// `(word:1.3)` emphasis and 75-token chunks for longer prompts).
+    #[arg(long, default_value = "none")]
+    pub emphasis: inference::engine::Emphasis,
     /// Width in pixels (default: the model's: unet sample_size x VAE scale factor, e.g. 1024 for
     /// SDXL, 512 for SD 1.5).
     #[arg(long)]
@@ -52,6 +56,7 @@ impl SamplingArgs {
             prompt_2: self.prompt_2.clone(),
             negative_prompt_2: self.negative_prompt_2.clone(),
             clip_skip: self.clip_skip,
+            emphasis: self.emphasis,
             width: self.width.unwrap_or(info.default_width),
             height: self.height.unwrap_or(info.default_height),
             steps: self.steps.unwrap_or(info.default_steps),

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use contract::{Error, GenerateRequest, GeneratedImage, Timings};
 
 use super::catalog::{AddOn, Catalog, Defaults};
-use crate::engine::{EngineError, GenerateParams, ModelInfo, StageTimings};
+use crate::engine::{Emphasis, EngineError, GenerateParams, ModelInfo, StageTimings};
 use contract::init_image;
 use contract::limits::{
     MAX_INIT_PIXELS, MAX_MODEL_CHARS, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SIDE, MAX_STEPS,
@@ -42,6 +42,7 @@ pub struct Draft {
     pub prompt_2: Option<String>,
     pub negative_prompt_2: Option<String>,
     pub clip_skip: Option<usize>,
+    pub emphasis: Emphasis,
     /// The VAE and LoRAs it runs with (requests share a batch only with the same ones).
     pub add_ons: AddOnChoice,
     pub seed: u64,
@@ -65,6 +66,7 @@ impl Draft {
             prompt_2: self.prompt_2.clone(),
             negative_prompt_2: self.negative_prompt_2.clone(),
             clip_skip: self.clip_skip,
+            emphasis: self.emphasis,
             width: self.width.unwrap_or(info.default_width),
             height: self.height.unwrap_or(info.default_height),
             steps: self.steps.unwrap_or(info.default_steps),
@@ -174,6 +176,12 @@ pub fn to_draft(
         prompt_2: req.prompt_2.clone(),
         negative_prompt_2: req.negative_prompt_2.clone(),
         clip_skip: req.clip_skip.map(|k| k as usize),
+        emphasis: match req.emphasis.as_deref() {
+            None => Emphasis::None,
+            Some(e) => e
+                .parse()
+                .map_err(|_| invalid(format!("emphasis: must be a1111 or none (got {e:?})")))?,
+        },
         add_ons: AddOnChoice::default(),
         seed: req.seed.unwrap_or_else(crate::random_seed),
         samples: req.samples as usize,
@@ -430,6 +438,12 @@ mod tests {
             let e = add_ons(&req, &catalog).unwrap_err().to_string();
             assert!(e.starts_with(says), "{e}");
         }
+        let odd = GenerateRequest {
+            emphasis: Some("compel".into()),
+            ..request()
+        };
+        let e = draft(&odd, &Defaults::default()).unwrap_err().to_string();
+        assert!(e.starts_with("emphasis: must be a1111 or none"), "{e}");
     }
 
     #[test]
