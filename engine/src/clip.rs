@@ -16,12 +16,23 @@ use super::nn::{LayerNorm, Linear, gelu, merge_heads, quick_gelu, split_heads};
 use super::weights::{Weights, find_weight_files};
 
 #[derive(Clone, Copy, Debug)]
-enum Activation {
+pub(crate) enum Activation {
     QuickGelu,
     Gelu,
 }
 
-struct EncoderLayer {
+/// The sizes of a CLIP encoder layer (text or vision).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LayerDims {
+    pub hidden: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub eps: f64,
+}
+
+/// One CLIP transformer layer: the text encoder's (with its causal mask) and the vision
+/// tower's (no mask).
+pub(crate) struct EncoderLayer {
     q: Linear,
     k: Linear,
     v: Linear,
@@ -36,7 +47,17 @@ struct EncoderLayer {
 
 impl EncoderLayer {
     fn load(w: &Weights, cfg: &ClipTextConfig, act: Activation) -> Result<Self> {
-        let h = cfg.hidden_size;
+        let dims = LayerDims {
+            hidden: cfg.hidden_size,
+            heads: cfg.num_attention_heads,
+            intermediate: cfg.intermediate_size,
+            eps: cfg.layer_norm_eps,
+        };
+        Self::load_dims(w, dims, act)
+    }
+
+    pub(crate) fn load_dims(w: &Weights, d: LayerDims, act: Activation) -> Result<Self> {
+        let h = d.hidden;
         let a = w.pp("self_attn");
         let m = w.pp("mlp");
         Ok(EncoderLayer {
@@ -44,16 +65,17 @@ impl EncoderLayer {
             k: Linear::load(&a.pp("k_proj"), h, h, true)?,
             v: Linear::load(&a.pp("v_proj"), h, h, true)?,
             out: Linear::load(&a.pp("out_proj"), h, h, true)?,
-            ln1: LayerNorm::load(&w.pp("layer_norm1"), h, cfg.layer_norm_eps)?,
-            ln2: LayerNorm::load(&w.pp("layer_norm2"), h, cfg.layer_norm_eps)?,
-            fc1: Linear::load(&m.pp("fc1"), h, cfg.intermediate_size, true)?,
-            fc2: Linear::load(&m.pp("fc2"), cfg.intermediate_size, h, true)?,
-            heads: cfg.num_attention_heads,
+            ln1: LayerNorm::load(&w.pp("layer_norm1"), h, d.eps)?,
+            ln2: LayerNorm::load(&w.pp("layer_norm2"), h, d.eps)?,
+            fc1: Linear::load(&m.pp("fc1"), h, d.intermediate, true)?,
+            fc2: Linear::load(&m.pp("fc2"), d.intermediate, h, true)?,
+            heads: d.heads,
             act,
         })
     }
 
-    fn forward(&self, x: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
+    /// `mask` is added to the attention scores (the text encoder's causal mask).
+    pub(crate) fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let residual = x;
         let h = self.ln1.forward(x)?;
         let (_, _, c) = h.dims3()?;
@@ -63,7 +85,11 @@ impl EncoderLayer {
         let k = split_heads(&self.k.forward(&h)?, self.heads)?;
         let v = split_heads(&self.v.forward(&h)?, self.heads)?;
         // 77 tokens: no need for the chunked attention; apply the causal mask to the scores.
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(causal_mask)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let attn = merge_heads(&probs.matmul(&v)?, self.heads)?;
         let x = (residual + self.out.forward(&attn)?)?;
@@ -300,7 +326,7 @@ impl ClipTextEncoder {
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         hidden_states.push(x.clone());
         for layer in &self.layers {
-            x = layer.forward(&x, &mask)?;
+            x = layer.forward(&x, Some(&mask))?;
             hidden_states.push(x.clone());
         }
         let last = self.final_layer_norm.forward(&x)?;

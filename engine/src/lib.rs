@@ -62,7 +62,9 @@ pub mod image_io;
 pub mod lora;
 pub mod nn;
 pub mod noise;
+pub mod pil_resize;
 pub mod pipeline;
+pub mod safety;
 pub mod scheduler;
 #[cfg(feature = "random-weights")]
 pub mod tiny;

@@ -170,6 +170,41 @@ pub fn resolve_vae(spec: &str) -> anyhow::Result<PathBuf> {
     snapshot_dir(config.expect("config.json was fetched"))
 }
 
+/// A safety checker's folder: a model folder with `safety_checker/` and
+/// `feature_extractor/`, a folder with the checker's `config.json` and
+/// `preprocessor_config.json` side by side, or such a hub repository
+/// (CompVis/stable-diffusion-safety-checker), downloaded if needed.
+pub fn resolve_safety_checker(spec: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        let model = path.join("safety_checker").is_dir() && path.join("feature_extractor").is_dir();
+        let flat =
+            path.join("config.json").is_file() && path.join("preprocessor_config.json").is_file();
+        if model || flat {
+            return Ok(path.to_path_buf());
+        }
+        bail!(
+            "{spec} holds no safety checker (safety_checker/ and feature_extractor/, or config.json and preprocessor_config.json)"
+        );
+    }
+    if !looks_like_hub_id(spec) {
+        bail!("{spec}: no such folder, and not a Hugging Face hub id (owner/name)");
+    }
+    let repo = hub()?.model(spec.to_string());
+    let mut config = None;
+    for file in [
+        "config.json",
+        "preprocessor_config.json",
+        "model.safetensors",
+    ] {
+        let got = repo
+            .get(file)
+            .with_context(|| format!("downloading {file} of {spec}"))?;
+        config.get_or_insert(got);
+    }
+    snapshot_dir(config.expect("config.json was fetched"))
+}
+
 fn hub() -> anyhow::Result<hf_hub::api::sync::Api> {
     hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
@@ -264,7 +299,8 @@ pub fn pick_files<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
             None => **name == "model_index.json",
             Some((_, file)) if file.contains('/') => false,
             Some((dir, file)) => match file {
-                "config.json" | "scheduler_config.json" => true,
+                // preprocessor_config.json: the safety checker's feature extractor.
+                "config.json" | "scheduler_config.json" | "preprocessor_config.json" => true,
                 "vocab.json"
                 | "merges.txt"
                 | "tokenizer.json"

@@ -164,6 +164,31 @@ fn parity_runs_the_fixtures_and_judges_f32_only() {
     assert_eq!(v["cases"].as_array().unwrap().len(), 27);
 }
 
+/// `generate` on a fixture model with the parity_features cases' settings (64x64, 4 Euler
+/// steps, seed 3), writing `out`.
+fn generate_args(model: &Path, out: &Path) -> Vec<String> {
+    let (model, out) = (model.to_str().unwrap(), out.to_str().unwrap());
+    [
+        "generate",
+        "--model",
+        model,
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "4",
+        "--seed",
+        "3",
+        "--scheduler",
+        "Euler",
+        "--out",
+        out,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A long prompt with A1111 weights (as make_feature_fixtures.py writes it).
 const LONG_WEIGHTED: &str = "a (very detailed:1.2) oil painting of a lighthouse, [rocky] coast at ((dusk)), a (very detailed:1.2) oil painting of a lighthouse, [rocky] coast at ((dusk)), a (very detailed:1.2) oil painting of a lighthouse, [rocky] coast at ((dusk)), a (very detailed:1.2) oil painting of a lighthouse, [rocky] coast at ((dusk)), a (very detailed:1.2) oil painting of a lighthouse, [rocky] coast at ((dusk))";
 
@@ -248,26 +273,7 @@ fn generate_takes_loras_a_vae_embeddings_and_second_prompts() {
     ];
     for (model, extra, reference) in runs {
         let out = tmp.path().join(reference);
-        let mut args: Vec<String> = [
-            "generate",
-            "--model",
-            &p(&fixtures.join("models").join(model)),
-            "--width",
-            "64",
-            "--height",
-            "64",
-            "--steps",
-            "4",
-            "--seed",
-            "3",
-            "--scheduler",
-            "Euler",
-            "--out",
-            &p(&out),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = generate_args(&fixtures.join("models").join(model), &out);
         if !extra.iter().any(|a| a == "--prompt") {
             args.extend(
                 [
@@ -287,4 +293,68 @@ fn generate_takes_loras_a_vae_embeddings_and_second_prompts() {
         let (max, _) = inference::parity::image_diff(&want, &got);
         assert!(max <= 2, "{reference}: {max}");
     }
+}
+
+/// `generate --safety-checker`: an image the checker flags (the tiny checker flags this
+/// reference, as diffusers does) is replaced; one it passes is left as it is.
+#[test]
+fn generate_runs_the_safety_checker() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let f = fixtures.join("parity_features");
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |path: &Path| path.to_str().unwrap().to_string();
+    let checker = p(&fixtures.join("safety_checker"));
+    let run = |model: &str, prompt: &str, negative: &str, extra: &[&str], out: &Path| {
+        let mut args = generate_args(&fixtures.join("models").join(model), out);
+        for a in [
+            "--prompt",
+            prompt,
+            "--negative-prompt",
+            negative,
+            "--guidance",
+            "7.5",
+        ] {
+            args.push(a.into());
+        }
+        args.extend(["--safety-checker".to_string(), checker.clone()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        String::from_utf8(inference(&refs).stdout).unwrap()
+    };
+    let flagged = tmp.path().join("flagged.png");
+    let init = p(&f.join("init_64.png"));
+    let said = run(
+        "tiny-sd2",
+        LONG_WEIGHTED,
+        "(ugly:0.5)",
+        &[
+            "--emphasis",
+            "a1111",
+            "--init-image",
+            &init,
+            "--strength",
+            "0.75",
+        ],
+        &flagged,
+    );
+    assert!(said.contains("flagged, replaced"), "{said}");
+    let img = image::open(&flagged).unwrap().to_rgb8();
+    assert!(
+        img.pixels().all(|p| p.0 == [0, 0, 0]),
+        "replaced with black"
+    );
+    let passed = tmp.path().join("passed.png");
+    let said = run(
+        "tiny-sd15",
+        "a photo of a cat",
+        "blurry, low quality",
+        &["--clip-skip", "1"],
+        &passed,
+    );
+    assert!(said.contains("passed"), "{said}");
+    let got = image::open(&passed).unwrap().to_rgb8();
+    let want = image::open(f.join("sd15_clip_skip_1_0.png"))
+        .unwrap()
+        .to_rgb8();
+    assert!(inference::parity::image_diff(&want, &got).0 <= 2);
 }

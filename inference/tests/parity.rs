@@ -126,3 +126,54 @@ fn features_match_diffusers() {
         );
     }
 }
+
+/// The safety checker's scores and flags are diffusers' (a tiny random
+/// StableDiffusionSafetyChecker and its feature extractor, from
+/// scripts/reference/make_safety_fixtures.py), on square and non-square images.
+#[test]
+fn safety_checker_scores_match_diffusers() {
+    use inference::engine::safety::SafetyChecker;
+    let root = fixtures();
+    let dir = root.join("safety_checker");
+    let checker = SafetyChecker::load(&dir, &Device::Cpu).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("scores.json")).unwrap()).unwrap();
+    let tolerance = manifest["tolerance"].as_f64().unwrap() as f32;
+    let images = manifest["images"].as_object().unwrap();
+    let files: Vec<&String> = images.keys().collect();
+    let pictures: Vec<image::RgbImage> = files
+        .iter()
+        .map(|f| image::open(root.join(f)).unwrap().to_rgb8())
+        .collect();
+    let verdicts = checker.check(&pictures.iter().collect::<Vec<_>>()).unwrap();
+    let mut worst = 0f32;
+    let mut flagged = 0;
+    for ((file, want), got) in files.iter().zip(images.values()).zip(&verdicts) {
+        for (key, ours) in [
+            ("special_scores", &got.special_scores),
+            ("concept_scores", &got.concept_scores),
+        ] {
+            let theirs: Vec<f32> = want[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            assert_eq!(theirs.len(), ours.len(), "{file} {key}");
+            for (a, b) in theirs.iter().zip(ours.iter()) {
+                worst = worst.max((a - b).abs());
+                assert!(
+                    (a - b).abs() <= tolerance,
+                    "{file} {key}: {theirs:?} vs {ours:?}"
+                );
+            }
+        }
+        assert_eq!(got.nsfw, want["nsfw"].as_bool().unwrap(), "{file}");
+        flagged += usize::from(got.nsfw);
+    }
+    println!(
+        "safety checker: {} images, {flagged} flagged, largest score difference {worst}",
+        files.len()
+    );
+    assert!(flagged > 0 && flagged < files.len());
+}

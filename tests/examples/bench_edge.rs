@@ -132,6 +132,7 @@ impl InstantBackend {
                 seed: 42,
                 width: OUT,
                 height: OUT,
+                nsfw: None,
             }],
             timings: contract::Timings {
                 queued_ms: 0,

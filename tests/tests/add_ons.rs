@@ -33,10 +33,13 @@ fn start_server() -> (e2e::process::Process, String, tempfile::TempDir) {
         &catalog,
         format!(
             r#"default = "SDXL1.0-base"
+safety_checker = "{checker}"
 [models."SDXL1.0-base"]
 source = "{sdxl}"
 [models."SD1.5"]
 source = "{sd15}"
+[models.SD2]
+source = "{sd2}"
 [loras.pixel-art]
 source = "{f}/lora-sdxl-kohya.safetensors"
 aliases = ["Pixel_Art"]
@@ -61,6 +64,10 @@ source = "{f}/ti-sd15-a1111.pt"
 "#,
             sdxl = models.join("tiny-sdxl").display(),
             sd15 = models.join("tiny-sd15").display(),
+            sd2 = models.join("tiny-sd2").display(),
+            checker = repo_root()
+                .join("inference/tests/fixtures/safety_checker")
+                .display(),
             f = f.display(),
         ),
     )
@@ -226,6 +233,8 @@ fn modelslab_lora_vae_and_clip_skip_give_diffusers_images() {
         assert_eq!(status, 200, "{extra}: {answer}");
         assert_eq!(answer["status"], "success", "{extra}: {answer}");
         assert_eq!(answer["meta"]["ignored"], json!([]), "{answer}");
+        // Checked (ModelsLab's default) and passed.
+        assert_eq!(answer["nsfw_content_detected"], json!([false]), "{answer}");
         let img = png(answer["output"][0].as_str().unwrap());
         let d = diff_to(reference, &img);
         assert!(d <= 2, "{extra}: {d} from {reference}");
@@ -255,6 +264,62 @@ fn modelslab_lora_vae_and_clip_skip_give_diffusers_images() {
             && message.contains("contrast-fix"),
         "{answer}"
     );
+}
+
+/// ModelsLab's safety checker (on by default): the catalog's checker flags this image as
+/// diffusers' does (make_safety_fixtures.py) and it is replaced with the "sensitive content"
+/// image; `"safety_checker":"no"` leaves it as diffusers makes it.
+#[test]
+fn modelslab_safety_checker_replaces_what_it_flags() {
+    if !edge_runtime_present() {
+        return;
+    }
+    let (_server, url, _dir) = start_server();
+    let (_edge_proc, edge) = start_edge(&edge_config(&url));
+    let init = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(features().join("init_64.png")).unwrap());
+    let long = ["a (very detailed:1.2) oil painting of a lighthouse, [rocky] coast at ((dusk))"; 5]
+        .join(", ");
+    let body = |extra: Value| {
+        let mut b = json!({"key": KEY, "model_id": "SD2", "prompt": long, "negative_prompt": "(ugly:0.5)",
+            "init_image": init, "base64": "yes", "strength": 0.75, "width": 64, "height": 64,
+            "num_inference_steps": 4, "guidance_scale": 7.5, "seed": 3,
+            "scheduler": "EulerDiscreteScheduler"});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let send = |b: Value| {
+        let reply = post(
+            &format!("{edge}/api/v1/enterprise/img2img"),
+            &[("Content-Type", "application/json")],
+            &b.to_string(),
+        );
+        let answer = reply.json();
+        assert_eq!(reply.status, 200, "{answer}");
+        answer
+    };
+    let flagged = send(body(json!({})));
+    assert_eq!(flagged["nsfw_content_detected"], json!([true]), "{flagged}");
+    let img = png(flagged["output"][0].as_str().unwrap());
+    assert!(diff_to("sd2_emphasis_long_i2i_0.png", &img) > 10);
+    let grey = img.pixels().filter(|p| p.0 == [32, 32, 32]).count();
+    assert!(
+        grey > img.pixels().count() / 2,
+        "the sensitive-content image"
+    );
+    let black = send(body(json!({"safety_checker_type": "black"})));
+    let img = png(black["output"][0].as_str().unwrap());
+    assert!(img.pixels().all(|p| p.0 == [0, 0, 0]));
+    let unchecked = send(body(json!({"safety_checker": "no"})));
+    assert_eq!(
+        unchecked["nsfw_content_detected"],
+        json!([null]),
+        "{unchecked}"
+    );
+    let img = png(unchecked["output"][0].as_str().unwrap());
+    assert!(diff_to("sd2_emphasis_long_i2i_0.png", &img) <= 2);
 }
 
 /// Requests with different LoRA sets sent at once each get the image of their own set

@@ -37,6 +37,7 @@ impl Default for GenerateRequest {
             loras: None,
             embeddings: None,
             emphasis: None,
+            safety_checker: None,
             width: None,
             height: None,
             steps: None,

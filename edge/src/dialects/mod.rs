@@ -244,6 +244,7 @@ pub mod test_support {
                     seed: 9 + i as u64,
                     width: 8,
                     height: 8,
+                    nsfw: (i == 1).then_some(true),
                 })
                 .collect(),
             timings: Timings {

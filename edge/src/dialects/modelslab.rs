@@ -18,7 +18,10 @@
 //! - Prompts are read with A1111's emphasis (`(word:1.3)`, 75-token chunks), as
 //!   ModelsLab's prompts are written; `"emphasis": "none"` (this server's field) reads
 //!   them as diffusers does.
-//! - Every other field (webhook, safety_checker, enhance_prompt, tomesd, ...) is
+//! - safety_checker (yes unless "no") runs the server's safety checker; flagged images
+//!   are replaced as safety_checker_type says (sensitive_content_text, blur, pixelate,
+//!   black) and `nsfw_content_detected` lists each image's verdict.
+//! - Every other field (webhook, enhance_prompt, tomesd, ...) is
 //!   accepted and listed in `meta.ignored`, never dropped silently.
 //! - Success: `{"status":"success","generationTime":S,"id":N,"output":[...],"meta":{...}}`:
 //!   `output` holds links the edge serves itself (images kept 24 hours in Spin's
@@ -40,9 +43,13 @@ use crate::stash::Stash;
 
 const DEFAULT_SIDE: u32 = 512;
 const DEFAULT_STRENGTH: f64 = 0.7;
+/// How flagged images are replaced (`safety_checker_type`).
+const SAFETY_TYPES: [&str; 4] = ["sensitive_content_text", "blur", "pixelate", "black"];
 
 /// The fields this dialect reads; anything else present goes to `meta.ignored`.
-const KNOWN: [&str; 27] = [
+const KNOWN: [&str; 29] = [
+    "safety_checker",
+    "safety_checker_type",
     "emphasis",
     "embeddings_model",
     "lora_model",
@@ -296,6 +303,26 @@ impl Dialect for ModelsLab {
             .filter(|v| !v.is_empty());
         let loras = loras(f)?;
         let embeddings = Some(names(f, "embeddings_model")?).filter(|e| !e.is_empty());
+        // ModelsLab checks by default (its samples send "yes"), replacing flagged images
+        // with a "sensitive content" image unless told otherwise.
+        let safety = match f.yes_no("safety_checker")? {
+            Some(false) => None,
+            _ => Some(
+                match f
+                    .string("safety_checker_type")?
+                    .map(|t| t.trim().to_ascii_lowercase())
+                {
+                    None => "sensitive_content_text".to_string(),
+                    Some(t) if SAFETY_TYPES.contains(&t.as_str()) => t,
+                    Some(t) => {
+                        return Err(ApiError::field(
+                            "safety_checker_type",
+                            format!("must be one of {} (got {t:?})", SAFETY_TYPES.join(", ")),
+                        ));
+                    }
+                },
+            ),
+        };
         // ModelsLab's prompts are written for A1111's emphasis ("(masterpiece:1.2)"): on
         // unless the request asks for diffusers' reading (this server's own field).
         let emphasis = match f.string("emphasis")?.map(|e| e.trim().to_ascii_lowercase()) {
@@ -388,6 +415,7 @@ impl Dialect for ModelsLab {
                 loras: loras.clone(),
                 embeddings: embeddings.clone(),
                 emphasis: Some(emphasis.clone()),
+                safety_checker: safety.clone(),
                 width,
                 height,
                 steps,
@@ -426,6 +454,8 @@ impl Dialect for ModelsLab {
                 "clip_skip": clip_skip,
                 "embeddings_model": embeddings.as_ref().map(|e| e.join(",")),
                 "emphasis": emphasis,
+                "safety_checker": if safety.is_some() { "yes" } else { "no" },
+                "safety_checker_type": safety,
                 "ignored": ignored,
             },
         });
@@ -441,6 +471,7 @@ impl Dialect for ModelsLab {
         let as_base64 = job.echo["base64"].as_bool().unwrap_or(false);
         let seeds: Vec<u64> = result.images.iter().map(|i| i.seed).collect();
         let sizes: Vec<(u32, u32)> = result.images.iter().map(|i| (i.width, i.height)).collect();
+        let nsfw: Vec<Option<bool>> = result.images.iter().map(|i| i.nsfw).collect();
         let mut output = Vec::with_capacity(result.images.len());
         for image in result.images {
             if as_base64 {
@@ -464,11 +495,19 @@ impl Dialect for ModelsLab {
         meta["scheduler"] = result.scheduler.into();
         meta["seed"] = seeds.first().copied().into();
         meta["seeds"] = seeds.into();
+        // Asked for, but the server has no checker for this model: said, not hidden.
+        if meta["safety_checker"] == "yes"
+            && nsfw.iter().any(Option::is_none)
+            && let Some(ignored) = meta["ignored"].as_array_mut()
+        {
+            ignored.push("safety_checker".into());
+        }
         let mut body = json!({
             "status": "success",
             "generationTime": f64::from(result.timings.total_ms) / 1000.0,
             "id": id,
             "output": output,
+            "nsfw_content_detected": nsfw,
             "meta": meta,
         });
         if !job.echo["track_id"].is_null() {
@@ -687,8 +726,10 @@ mod tests {
         assert_eq!(job.init.as_ref().unwrap().strength, 0.7);
         assert_eq!(
             job.echo["meta"]["ignored"],
-            json!(["enhance_prompt", "safety_checker", "tomesd"])
+            json!(["enhance_prompt", "tomesd"])
         );
+        // The sample's "safety_checker": "yes", with ModelsLab's default replacement.
+        assert_eq!(r.safety_checker.as_deref(), Some("sensitive_content_text"));
     }
 
     #[test]
@@ -718,6 +759,12 @@ mod tests {
             (Some("success"), Some(12), Some(1.5))
         );
         assert_eq!(body["meta"]["seeds"], json!([9, 10, 11]));
+        // Each image's verdict; images the server could not check are said to be so.
+        assert_eq!(body["nsfw_content_detected"], json!([null, true, null]));
+        assert_eq!(
+            body["meta"]["ignored"],
+            json!(["strength", "safety_checker"])
+        );
 
         let job = parse(
             "/api/v1/enterprise/img2img",

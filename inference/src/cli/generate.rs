@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use inference::engine::embeddings::Embedding;
 use inference::engine::lora::Lora;
+use inference::engine::safety::{self, Replacement, SafetyChecker};
 use inference::engine::{GenerateParams, Pipeline};
 use inference::server::catalog::{BUILT_IN, Catalog};
 
@@ -60,6 +61,16 @@ pub struct GenerateArgs {
     /// names its token (else the file's own, else the file's name). Repeat for several.
     #[arg(long = "embeddings", value_name = "PATH_OR_NAME[=TOKEN]")]
     pub embeddings: Vec<String>,
+    /// Run diffusers' safety checker on the images: a checker folder (a model folder with
+    /// safety_checker/ and feature_extractor/, or config.json and preprocessor_config.json
+    /// side by side), a hub id (CompVis/stable-diffusion-safety-checker), or `model` for the
+    /// model folder's own. Flagged images are replaced (--safety-replace) and reported.
+    #[arg(long, value_name = "PATH_OR_ID")]
+    pub safety_checker: Option<String>,
+    /// How flagged images are replaced: black (diffusers'), blur, pixelate or
+    /// sensitive_content_text.
+    #[arg(long, default_value = "black")]
+    pub safety_replace: Replacement,
     /// Output PNG; with several samples, `-<i>` is added before the extension.
     #[arg(long)]
     pub out: PathBuf,
@@ -183,8 +194,31 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let _ = std::io::stderr().flush();
         true
     };
-    let out = pipeline.generate(&params, &mut on_step)?;
+    let mut out = pipeline.generate(&params, &mut on_step)?;
     eprintln!();
+    if let Some(spec) = &args.safety_checker {
+        let checker_dir = if spec == "model" {
+            dir.clone()
+        } else {
+            inference::model_source::resolve_safety_checker(spec)?
+        };
+        let checker = SafetyChecker::load(&checker_dir, &device)?;
+        let verdicts = checker.check(&out.images.iter().map(|(i, _)| i).collect::<Vec<_>>())?;
+        for ((img, seed), v) in out.images.iter_mut().zip(verdicts) {
+            println!(
+                "safety checker, seed {seed}: {} (concept scores {:?})",
+                if v.nsfw {
+                    "flagged, replaced"
+                } else {
+                    "passed"
+                },
+                v.concept_scores
+            );
+            if v.nsfw {
+                *img = safety::replace(img, args.safety_replace);
+            }
+        }
+    }
     let n = out.images.len();
     for (i, (img, seed)) in out.images.iter().enumerate() {
         let path = output_path(&args.out, i, n);

@@ -22,6 +22,7 @@ pub const BUILT_IN: &str = include_str!("../../catalog.toml");
 struct CatalogFile {
     default: String,
     memory_budget_gb: Option<f64>,
+    safety_checker: Option<String>,
     models: BTreeMap<String, EntryFile>,
     #[serde(default)]
     loras: BTreeMap<String, AddOnFile>,
@@ -202,6 +203,8 @@ pub struct Catalog {
     pub loras: AddOns,
     pub vaes: AddOns,
     pub embeddings: AddOns,
+    /// The safety checker of models whose folder has none (a folder or a hub id).
+    pub safety_checker: Option<String>,
 }
 
 impl Catalog {
@@ -297,6 +300,10 @@ impl Catalog {
             loras: AddOns::parse("loras", file.loras)?,
             vaes: AddOns::parse("vaes", file.vaes)?,
             embeddings: AddOns::parse("embeddings", file.embeddings)?,
+            safety_checker: file
+                .safety_checker
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
         };
         catalog.default = catalog.position(&file.default).with_context(|| {
             format!("default = {:?} is not a model of the catalog", file.default)

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use contract::{Error, GenerateRequest, GeneratedImage, Timings};
 
 use super::catalog::{AddOn, Catalog, Defaults};
+use crate::engine::safety::Replacement;
 use crate::engine::{Emphasis, EngineError, GenerateParams, ModelInfo, StageTimings};
 use contract::init_image;
 use contract::limits::{
@@ -43,6 +44,8 @@ pub struct Draft {
     pub negative_prompt_2: Option<String>,
     pub clip_skip: Option<usize>,
     pub emphasis: Emphasis,
+    /// Check the images, replacing flagged ones so.
+    pub safety: Option<Replacement>,
     /// The VAE and LoRAs it runs with (requests share a batch only with the same ones).
     pub add_ons: AddOnChoice,
     pub seed: u64,
@@ -182,6 +185,13 @@ pub fn to_draft(
                 .parse()
                 .map_err(|_| invalid(format!("emphasis: must be a1111 or none (got {e:?})")))?,
         },
+        safety: match req.safety_checker.as_deref() {
+            None => None,
+            Some(how) => Some(
+                how.parse()
+                    .map_err(|e| invalid(format!("safety_checker: {e:#}")))?,
+            ),
+        },
         add_ons: AddOnChoice::default(),
         seed: req.seed.unwrap_or_else(crate::random_seed),
         samples: req.samples as usize,
@@ -319,10 +329,15 @@ fn contract_field(param: &str) -> &str {
     }
 }
 
-pub fn encode_images(images: &[(image::RgbImage, u64)]) -> anyhow::Result<Vec<GeneratedImage>> {
+/// The images in PNG, each with its seed and the safety checker's verdict (`nsfw[i]`).
+pub fn encode_images(
+    images: &[(image::RgbImage, u64)],
+    nsfw: &[Option<bool>],
+) -> anyhow::Result<Vec<GeneratedImage>> {
     images
         .iter()
-        .map(|(img, seed)| {
+        .enumerate()
+        .map(|(i, (img, seed))| {
             let mut png = Vec::new();
             img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
             Ok(GeneratedImage {
@@ -330,6 +345,7 @@ pub fn encode_images(images: &[(image::RgbImage, u64)]) -> anyhow::Result<Vec<Ge
                 seed: *seed,
                 width: img.width(),
                 height: img.height(),
+                nsfw: nsfw.get(i).copied().flatten(),
             })
         })
         .collect()

@@ -21,6 +21,8 @@ pub struct Done {
     pub guidance: f64,
     /// Time in the queue, and loading the model.
     pub queued: Duration,
+    /// The safety checker's verdict on each image (none: not checked).
+    pub nsfw: Vec<Option<bool>>,
 }
 
 pub type Reply = Result<Done, contract::Error>;

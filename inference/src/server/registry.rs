@@ -16,6 +16,7 @@ use super::catalog::AddOn;
 use super::convert::AddOnChoice;
 use crate::engine::embeddings::Embedding;
 use crate::engine::lora::Lora;
+use crate::engine::safety::SafetyChecker;
 use crate::engine::weights::find_weight_files;
 use crate::engine::{EngineError, ModelInfo, Pipeline};
 
@@ -55,6 +56,9 @@ struct Slot {
 
 pub struct Registry {
     device: Device,
+    /// Safety checkers by where they come from (a model folder, or the catalog's);
+    /// `None`: that model has none.
+    checkers: Mutex<HashMap<String, Option<Arc<SafetyChecker>>>>,
     /// The dtype each source runs in (the catalog's), else `default_dtype` (the server's).
     dtypes: HashMap<String, DType>,
     default_dtype: DType,
@@ -85,6 +89,7 @@ impl Registry {
     ) -> Registry {
         Registry {
             device,
+            checkers: Mutex::default(),
             dtypes,
             default_dtype,
             budget,
@@ -262,6 +267,44 @@ impl Registry {
             });
         }
         Ok(loaded)
+    }
+
+    /// The safety checker for the model in `source`: its folder's (`safety_checker/` and
+    /// `feature_extractor/`), else `fallback` (the catalog's), loaded once (blocking).
+    pub fn safety_checker(
+        &self,
+        source: &str,
+        fallback: Option<&str>,
+    ) -> anyhow::Result<Option<Arc<SafetyChecker>>> {
+        let key = format!("{source}\n{}", fallback.unwrap_or_default());
+        if let Some(c) = self
+            .checkers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(c.clone());
+        }
+        let dir = crate::model_source::resolve(source)?;
+        let own = dir.join("safety_checker").join("config.json").is_file()
+            && dir.join("feature_extractor").is_dir();
+        let checker_dir = match (own, fallback) {
+            (true, _) => Some(dir),
+            (false, Some(f)) => Some(crate::model_source::resolve_safety_checker(f)?),
+            (false, None) => None,
+        };
+        let checker = match checker_dir {
+            Some(d) => {
+                tracing::info!(model = source, checker = %d.display(), "loading the safety checker");
+                Some(Arc::new(SafetyChecker::load(&d, &self.device)?))
+            }
+            None => None,
+        };
+        self.checkers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, checker.clone());
+        Ok(checker)
     }
 
     fn load(&self, source: &str) -> anyhow::Result<(Loaded, u64)> {

@@ -203,7 +203,8 @@ async fn run(
 
     let encode_started = Instant::now();
     let images = done.generated.images;
-    let encoded = tokio::task::spawn_blocking(move || convert::encode_images(&images))
+    let nsfw = done.nsfw;
+    let encoded = tokio::task::spawn_blocking(move || convert::encode_images(&images, &nsfw))
         .await
         .map_err(|e| Error::Internal(format!("encoding the images: {e}")))?
         .map_err(|e| Error::Internal(format!("encoding the images: {e:#}")))?;

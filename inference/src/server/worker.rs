@@ -13,6 +13,7 @@ use super::AppState;
 use super::convert::param_message;
 use super::queue::{Done, Job};
 use crate::engine::ErrorKind;
+use crate::engine::safety::{self, Replacement};
 
 pub fn run(app: Arc<AppState>) {
     while let Some(head) = app.queue.pop() {
@@ -135,7 +136,19 @@ fn serve(app: &AppState, head: Job) {
                 app.metrics.stage("decode", first.timings.decode);
             }
             tracing::info!(secs, "batch done");
-            for ((job, plan), generated) in jobs.into_iter().zip(&plans).zip(outs) {
+            for ((job, plan), mut generated) in jobs.into_iter().zip(&plans).zip(outs) {
+                let nsfw = match job.draft.safety {
+                    None => vec![None; generated.images.len()],
+                    Some(how) => match check(app, &job.source, &mut generated, how) {
+                        Ok(flags) => flags,
+                        Err(e) => {
+                            let _ = job
+                                .reply
+                                .send(Err(Error::Internal(format!("the safety checker: {e:#}"))));
+                            continue;
+                        }
+                    },
+                };
                 app.metrics
                     .images
                     .with_label_values(&[&job.model])
@@ -145,6 +158,7 @@ fn serve(app: &AppState, head: Job) {
                     steps: plan.params().steps,
                     guidance: plan.params().guidance,
                     queued: started.duration_since(job.enqueued),
+                    nsfw,
                 };
                 let _ = job.reply.send(Ok(done));
             }
@@ -157,6 +171,36 @@ fn serve(app: &AppState, head: Job) {
             }
         }
     }
+}
+
+/// Runs the safety checker of the model in `source` over `generated`'s images and replaces
+/// the flagged ones; no checker for it: every verdict is none.
+fn check(
+    app: &AppState,
+    source: &str,
+    generated: &mut crate::engine::Generated,
+    how: Replacement,
+) -> anyhow::Result<Vec<Option<bool>>> {
+    let Some(checker) = app
+        .registry
+        .safety_checker(source, app.catalog.safety_checker.as_deref())?
+    else {
+        return Ok(vec![None; generated.images.len()]);
+    };
+    let started = Instant::now();
+    let verdicts = checker.check(&generated.images.iter().map(|(i, _)| i).collect::<Vec<_>>())?;
+    app.metrics.stage("safety", started.elapsed());
+    Ok(generated
+        .images
+        .iter_mut()
+        .zip(verdicts)
+        .map(|((img, _), v)| {
+            if v.nsfw {
+                *img = safety::replace(img, how);
+            }
+            Some(v.nsfw)
+        })
+        .collect())
 }
 
 /// A job nobody waits for any more: the caller left, or its deadline passed in the queue.
