@@ -40,7 +40,8 @@
 //! * Schedulers: `scheduler: None` uses the model's `scheduler_config.json`; names are
 //!   resolved by [`scheduler::resolve`] (diffusers class names or A1111 names such as
 //!   `"Euler a"`).
-//! * Architectures: SD 1.x, SD 2.x, SDXL (base, Turbo, SSD-1B) and LCM-distilled UNets, in
+//! * Architectures: SD 1.x, SD 2.x, SDXL (base, Turbo, SSD-1B, and its refiner: see
+//!   [`Pipeline::generate_refined`]) and LCM-distilled UNets, in
 //!   diffusers' folder layout (weights in safetensors, plain or `fp16` variant, single or
 //!   sharded), decided from the folder's components and configs ([`pipeline::Architecture`]).
 //! * Fidelity: same folder, prompt, seed, scheduler and steps give diffusers' image (fp32,

@@ -86,7 +86,8 @@ impl TimestepEmbedding {
 pub struct AddedCond<'a> {
     /// Pooled text embeddings, `(batch, projection_dim)`.
     pub text_embeds: &'a Tensor,
-    /// `batch` rows of 6: original size, crop top-left, target size. On the host: the UNet
+    /// `batch` rows of 6: original size, crop top-left, target size (the refiner: 5, an
+    /// aesthetic score for the target size). On the host: the UNet
     /// embeds them with sin/cos tables it builds there, so reading them back from a GPU
     /// would stall every step.
     pub time_ids: &'a [f32],
@@ -362,7 +363,8 @@ impl UNet {
         if let Some(add) = &self.add_embedding {
             let a = added.context("unet: SDXL conditioning (text_embeds, time_ids) is required")?;
             let dim = cfg.addition_time_embed_dim.unwrap_or(0);
-            if a.time_ids.len() != b * 6 {
+            // 6 per image (SDXL), 5 (its refiner: an aesthetic score for the target size).
+            if a.time_ids.is_empty() || a.time_ids.len() % b != 0 {
                 bail!("unet: {} time ids for a batch of {b}", a.time_ids.len());
             }
             let time_embeds = timestep_embedding(

@@ -23,6 +23,7 @@ pub const SETS: &[&str] = &[
     "parity_arch",
     "scheduler_parity",
     "parity_features",
+    "parity_refiner",
 ];
 
 /// One generated image against its reference.
@@ -230,7 +231,18 @@ fn run_case(models: &SetModels, case: &Value, dir: &Path, report: &mut SetReport
         .with_context(|| format!("no model {model}"))?;
     let params = params_of(case, dir)?;
     let pipeline = variant_of(pipeline, case, dir)?;
-    let out = pipeline.generate(&params, &mut |_, _| true)?;
+    let out = match case.get("refiner").and_then(|r| r.as_str()) {
+        // SDXL's ensemble: this model to `refiner_start`, the refiner from there.
+        Some(refiner) => {
+            let refiner = models
+                .pipelines
+                .get(refiner)
+                .with_context(|| format!("no model {refiner}"))?;
+            let start = case["refiner_start"].as_f64().context("refiner_start")?;
+            pipeline.generate_refined(refiner, &params, start, &mut |_, _| true)?
+        }
+        None => pipeline.generate(&params, &mut |_, _| true)?,
+    };
     let expected = case["expected"].as_array().context("expected")?;
     if out.images.len() != expected.len() {
         bail!("{} images, {} expected", out.images.len(), expected.len());

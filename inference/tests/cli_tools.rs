@@ -358,3 +358,36 @@ fn generate_runs_the_safety_checker() {
         .to_rgb8();
     assert!(inference::parity::image_diff(&want, &got).0 <= 2);
 }
+
+/// `generate --refiner`: SDXL's ensemble of base and refiner gives diffusers' image.
+#[test]
+fn generate_runs_the_refiner_after_the_base() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("refined.png");
+    let mut args = generate_args(&fixtures.join("models/tiny-sdxl"), &out);
+    let steps = args.iter().position(|a| a == "--steps").unwrap() + 1;
+    args[steps] = "6".into();
+    let refiner = fixtures.join("models/tiny-sdxl-refiner");
+    for a in [
+        "--prompt",
+        "a photo of a cat",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--guidance",
+        "5",
+        "--refiner",
+        refiner.to_str().unwrap(),
+        "--refiner-start",
+        "0.8",
+    ] {
+        args.push(a.into());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    inference(&refs);
+    let got = image::open(&out).unwrap().to_rgb8();
+    let want = image::open(fixtures.join("parity_refiner/ensemble_euler_0.png"))
+        .unwrap()
+        .to_rgb8();
+    assert!(inference::parity::image_diff(&want, &got).0 <= 2);
+}

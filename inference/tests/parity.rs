@@ -177,3 +177,12 @@ fn safety_checker_scores_match_diffusers() {
     );
     assert!(flagged > 0 && flagged < files.len());
 }
+
+/// SDXL's base and refiner as diffusers' ensemble of expert denoisers (`denoising_end` /
+/// `denoising_start`, one and two samples, an ancestral scheduler whose generators carry
+/// over), and the refiner alone as img2img (scripts/reference/make_refiner_fixtures.py).
+#[test]
+fn refiner_matches_diffusers() {
+    let report = assert_set_matches("parity_refiner");
+    assert_eq!(report.images.len(), 5);
+}

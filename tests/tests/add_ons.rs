@@ -36,6 +36,9 @@ fn start_server() -> (e2e::process::Process, String, tempfile::TempDir) {
 safety_checker = "{checker}"
 [models."SDXL1.0-base"]
 source = "{sdxl}"
+refiner = "sdxl-refiner"
+[models.sdxl-refiner]
+source = "{refiner}"
 [models."SD1.5"]
 source = "{sd15}"
 [models.SD2]
@@ -65,6 +68,7 @@ source = "{f}/ti-sd15-a1111.pt"
             sdxl = models.join("tiny-sdxl").display(),
             sd15 = models.join("tiny-sd15").display(),
             sd2 = models.join("tiny-sd2").display(),
+            refiner = models.join("tiny-sdxl-refiner").display(),
             checker = repo_root()
                 .join("inference/tests/fixtures/safety_checker")
                 .display(),
@@ -95,7 +99,19 @@ fn png(b64: &str) -> image::RgbImage {
 
 /// The largest per-channel difference to reference `name`.
 fn diff_to(name: &str, img: &image::RgbImage) -> i32 {
-    let want = image::open(features().join(name)).unwrap().to_rgb8();
+    diff_to_set("parity_features", name, img)
+}
+
+/// ... to reference `name` of another fixture set.
+fn diff_to_set(set: &str, name: &str, img: &image::RgbImage) -> i32 {
+    let want = image::open(
+        repo_root()
+            .join("inference/tests/fixtures")
+            .join(set)
+            .join(name),
+    )
+    .unwrap()
+    .to_rgb8();
     assert_eq!(want.dimensions(), img.dimensions(), "{name}");
     want.as_raw()
         .iter()
@@ -176,6 +192,18 @@ fn hyperbolic_loras_and_second_prompts_give_diffusers_images() {
         let d = diff_to(reference, &img);
         assert!(d <= 2, "{extra}: {d} from {reference}");
     }
+    // enable_refiner: the catalog's refiner after the base (diffusers' ensemble, 0.8).
+    let (status, answer) = hyperbolic(
+        &edge,
+        sdxl_case(json!({"steps": 6, "enable_refiner": true})),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let d = diff_to_set(
+        "parity_refiner",
+        "ensemble_euler_0.png",
+        &png(answer["images"][0]["image"].as_str().unwrap()),
+    );
+    assert!(d <= 2, "refiner: {d}");
     // What does not fit is refused, naming the field.
     for (extra, says) in [
         (json!({"loras": {"Nope": 1}}), "unknown LoRA \"Nope\""),
@@ -190,6 +218,10 @@ fn hyperbolic_loras_and_second_prompts_give_diffusers_images() {
         (
             json!({"model_name": "SD1.5", "prompt_2": "other"}),
             "prompt_2: is for SDXL's second text encoder",
+        ),
+        (
+            json!({"model_name": "SD1.5", "enable_refiner": true}),
+            "enable_refiner: the model SD1.5 has no refiner",
         ),
     ] {
         let (status, answer) = hyperbolic(&edge, sdxl_case(extra.clone()));

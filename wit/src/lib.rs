@@ -38,6 +38,7 @@ impl Default for GenerateRequest {
             embeddings: None,
             emphasis: None,
             safety_checker: None,
+            refiner_start: None,
             width: None,
             height: None,
             steps: None,

@@ -108,6 +108,7 @@ fn parse_request(json: &[u8]) -> Result<GenerateRequest, Error> {
     // carry on (it would be written as null, a different request): refused here.
     let floats = [
         ("guidance", request.guidance),
+        ("refiner_start", request.refiner_start),
         (
             "loras",
             request

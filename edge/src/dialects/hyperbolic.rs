@@ -9,7 +9,9 @@
 //! - prompt_2 / negative_prompt_2 go to SDXL's second text encoder (diffusers'
 //!   meaning; refused by models with one encoder), loras (`{"name": weight}`) are
 //!   merged from the server's catalog (`[loras]`).
-//! - style_preset, enable_refiner and controlnet_name / controlnet_image change the
+//! - enable_refiner runs the model's catalog refiner after it (SDXL's ensemble of
+//!   experts, handing over at 0.8).
+//! - style_preset and controlnet_name / controlnet_image change the
 //!   image in ways this server does not implement: sent with a value, they are
 //!   refused with a message saying so rather than dropped.
 //! - Success: `{"images":[{"index":0,"image":"<base64 PNG>","random_seed":N}],"inference_time":S}`.
@@ -54,6 +56,7 @@ impl Dialect for Hyperbolic {
             ("scheduler", "sampler"),
             ("init_image.strength", "strength"),
             ("init_image.image", "image"),
+            ("refiner_start", "enable_refiner"),
         ]
     }
 
@@ -77,6 +80,8 @@ impl Dialect for Hyperbolic {
         let prompt_2 = job::optional_prompt(f, "prompt_2")?;
         let negative_prompt_2 = job::optional_prompt(f, "negative_prompt_2")?;
         let loras = loras(f)?;
+        // diffusers' ensemble of experts hands over at 0.8 of the schedule by default.
+        let refiner_start = (f.yes_no("enable_refiner")? == Some(true)).then_some(0.8);
         if let Some(backend) = f.string("backend")?
             && !BACKENDS.contains(&backend.trim().to_ascii_lowercase().as_str())
         {
@@ -126,6 +131,7 @@ impl Dialect for Hyperbolic {
                 prompt_2,
                 negative_prompt_2,
                 loras,
+                refiner_start,
                 width,
                 height,
                 steps,
@@ -178,12 +184,6 @@ fn refuse_unsupported(f: &Fields) -> Result<(), ApiError> {
                 "not supported by this server; leave it out",
             ));
         }
-    }
-    if f.yes_no("enable_refiner")? == Some(true) {
-        return Err(ApiError::field(
-            "enable_refiner",
-            "the SDXL refiner is not supported by this server; leave it out or send false",
-        ));
     }
     Ok(())
 }
@@ -327,10 +327,6 @@ mod tests {
             (
                 r#"{"prompt":"p","loras":["Pixel_Art"]}"#,
                 "loras: must be an object of LoRA names and weights",
-            ),
-            (
-                r#"{"prompt":"p","enable_refiner":true}"#,
-                "enable_refiner: the SDXL refiner",
             ),
         ] {
             let e = parse(body).unwrap_err();

@@ -319,7 +319,18 @@ impl Pipeline {
             }
         };
         let batch = context.dim(0)?;
-        let time_ids = crate::unet::sdxl_time_ids(w, h, batch);
+        let time_ids = if self.aesthetics {
+            // diffusers' defaults: aesthetic_score 6, negative_aesthetic_score 2.5.
+            let row = |score: f32| [h as f32, w as f32, 0.0, 0.0, score];
+            let mut ids = Vec::with_capacity(batch * 5);
+            if uncond.is_some() {
+                ids.extend(row(2.5).repeat(n));
+            }
+            ids.extend(row(6.0).repeat(n));
+            ids
+        } else {
+            crate::unet::sdxl_time_ids(w, h, batch)
+        };
         Ok(UnetConditioning {
             context,
             text_embeds,

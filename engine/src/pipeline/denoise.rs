@@ -36,6 +36,9 @@ pub(super) struct DenoiseRun<'a> {
     /// The guidance scale of each image.
     pub guidance: &'a [f32],
     pub begin: usize,
+    /// The timestep index to stop before (an ensemble's base hands over there); `None`:
+    /// the end of the schedule.
+    pub end: Option<usize>,
 }
 
 impl Pipeline {
@@ -51,8 +54,8 @@ impl Pipeline {
     ) -> Result<Tensor> {
         let (n, cond) = (run.n, run.cond);
         let batch = cond.context.dim(0)?;
-        let total = sched.timesteps().len();
-        let steps_to_run = total - run.begin;
+        let total = run.end.unwrap_or(usize::MAX).min(sched.timesteps().len());
+        let steps_to_run = total.saturating_sub(run.begin);
         for (k, i) in (run.begin..total).enumerate() {
             let t = sched.timesteps()[i] as f32;
             let model_in = if run.do_cfg {

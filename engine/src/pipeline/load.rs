@@ -88,9 +88,11 @@ fn is_xl_folder(dir: &Path, index: &ModelIndex) -> Result<bool> {
     let has = |name: &str| index.component(name).is_some();
     let index_path = dir.join("model_index.json");
     if has("text_encoder_2") || has("tokenizer_2") {
-        if !has("text_encoder") || !has("tokenizer") {
+        // Both encoders (SDXL base), or the second alone (SDXL's refiner).
+        if has("text_encoder") != has("tokenizer") || !has("text_encoder_2") || !has("tokenizer_2")
+        {
             bail!(
-                "{}: a model with text_encoder_2 but no text_encoder (the SDXL refiner) is not supported yet",
+                "{}: an SDXL model needs tokenizer_2 and text_encoder_2, and tokenizer and text_encoder together",
                 index_path.display()
             );
         }
@@ -148,10 +150,10 @@ impl Pipeline {
         }
         let index: ModelIndex = read_json(&dir.join("model_index.json"))?;
         let xl = is_xl_folder(dir, &index)?;
-        if index.requires_aesthetics_score == Some(true) {
-            bail!("SDXL refiner models (requires_aesthetics_score) are not supported yet");
-        }
-        let pairs: &[(&str, &str)] = if xl {
+        let pairs: &[(&str, &str)] = if xl && index.component("text_encoder").is_none() {
+            // SDXL's refiner: the second encoder only.
+            &[("tokenizer_2", "text_encoder_2")]
+        } else if xl {
             &[
                 ("tokenizer", "text_encoder"),
                 ("tokenizer_2", "text_encoder_2"),
@@ -173,7 +175,7 @@ impl Pipeline {
                 ),
             });
         }
-        if xl && !encoders[1].encoder.with_projection {
+        if xl && !encoders.last().is_some_and(|e| e.encoder.with_projection) {
             bail!("SDXL: text_encoder_2 must be a CLIPTextModelWithProjection");
         }
         let unet_dir = component_dir(dir, &index, "unet")?;
@@ -250,6 +252,7 @@ impl Pipeline {
             dir: dir.to_path_buf(),
             // Only the SDXL pipelines have this option; SD 1.x / 2.x encode "" instead.
             force_zeros_for_empty_prompt: xl && index.force_zeros_for_empty_prompt.unwrap_or(true),
+            aesthetics: xl && index.requires_aesthetics_score == Some(true),
             index,
             arch,
             encoders,

@@ -33,6 +33,7 @@ mod denoise;
 mod latents;
 mod load;
 mod plan;
+mod refine;
 mod variant;
 
 pub use load::{Architecture, KNOWN_PIPELINE_CLASSES, model_dtype};
@@ -67,6 +68,9 @@ pub struct Pipeline {
     vae: Arc<AutoencoderKl>,
     scheduler_config: SchedulerConfig,
     force_zeros_for_empty_prompt: bool,
+    /// SDXL's refiner (`requires_aesthetics_score`): its time ids end with an aesthetic
+    /// score (6 for the prompt, 2.5 for the negative, as diffusers) instead of the size.
+    aesthetics: bool,
     device: Device,
     /// The dtype of the latents and of the scheduler arithmetic: always f32 (the UNet casts
     /// its input to its own dtype and its output back).
@@ -95,6 +99,16 @@ impl Pipeline {
 
     pub fn vae_scale_factor(&self) -> usize {
         self.vae.config.scale_factor()
+    }
+
+    /// The scheduler a batch with `key` runs, on this model's scheduler config.
+    fn scheduler_for(&self, key: &BatchKey) -> Result<Box<dyn scheduler::Scheduler>> {
+        scheduler::build(
+            key.scheduler,
+            &self.scheduler_config,
+            key.steps,
+            &key.options,
+        )
     }
 
     /// The scheduler the model folder asks for, if this engine implements it.
@@ -221,12 +235,7 @@ impl Pipeline {
             );
         }
         let batch: Vec<&GenerateParams> = plans.iter().map(|p| &p.params).collect();
-        let mut sched = scheduler::build(
-            key.scheduler,
-            &self.scheduler_config,
-            key.steps,
-            &key.options,
-        )?;
+        let mut sched = self.scheduler_for(key)?;
         let counts: Vec<usize> = batch.iter().map(|p| p.samples).collect();
 
         // 1-3. Per request: prompt conditioning and initial latents, each image from its own
@@ -257,6 +266,7 @@ impl Pipeline {
             do_cfg: key.do_cfg,
             guidance: &guidance,
             begin: key.begin,
+            end: None,
         };
         let latents = self.denoise(&run, sched.as_mut(), latents, &mut noise, on_step)?;
         let denoise = t1.elapsed();

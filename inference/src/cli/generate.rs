@@ -71,6 +71,15 @@ pub struct GenerateArgs {
     /// sensitive_content_text.
     #[arg(long, default_value = "black")]
     pub safety_replace: Replacement,
+    /// SDXL's refiner after this model, as diffusers' ensemble of expert denoisers: a refiner
+    /// folder or hub id (stabilityai/stable-diffusion-xl-refiner-1.0). The base denoises down
+    /// to --refiner-start, the refiner the rest, on the same latents and generators.
+    #[arg(long, value_name = "PATH_OR_ID")]
+    pub refiner: Option<String>,
+    /// Where the refiner takes over, as a fraction of the schedule (diffusers'
+    /// denoising_end / denoising_start).
+    #[arg(long, default_value_t = 0.8)]
+    pub refiner_start: f64,
     /// Output PNG; with several samples, `-<i>` is added before the extension.
     #[arg(long)]
     pub out: PathBuf,
@@ -194,7 +203,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let _ = std::io::stderr().flush();
         true
     };
-    let mut out = pipeline.generate(&params, &mut on_step)?;
+    let mut out = match &args.refiner {
+        Some(spec) => {
+            let rdir = inference::model_source::resolve(spec)?;
+            let refiner = Pipeline::load_with_dtype(&rdir, &device, args.dtype.dtype(&device))
+                .with_context(|| format!("loading the refiner {}", rdir.display()))?;
+            pipeline.generate_refined(&refiner, &params, args.refiner_start, &mut on_step)?
+        }
+        None => pipeline.generate(&params, &mut on_step)?,
+    };
     eprintln!();
     if let Some(spec) = &args.safety_checker {
         let checker_dir = if spec == "model" {

@@ -162,6 +162,7 @@ struct EntryFile {
     guidance: Option<f32>,
     scheduler: Option<String>,
     dtype: Option<String>,
+    refiner: Option<String>,
 }
 
 /// What a request gets for the settings it leaves out (None: the model's own).
@@ -187,6 +188,9 @@ pub struct Entry {
     /// dtype the registry resolved it to.
     #[serde(skip)]
     pub dtype: Option<Precision>,
+    /// The catalog model run after this one when a request asks for a refiner (SDXL's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refiner: Option<String>,
 }
 
 /// A memory budget in GiB (as the catalog and MEMORY_BUDGET_GB give it) in bytes.
@@ -263,6 +267,7 @@ impl Catalog {
                 preload: e.preload,
                 defaults,
                 dtype,
+                refiner: e.refiner.map(|r| r.trim().to_string()),
             });
         }
         // A name (or alias) must point at one model.
@@ -293,6 +298,20 @@ impl Catalog {
                 );
             }
         }
+        // A refiner is another model of the catalog.
+        for e in &entries {
+            if let Some(r) = &e.refiner
+                && !entries.iter().any(|o| {
+                    o.name.eq_ignore_ascii_case(r)
+                        || o.aliases.iter().any(|a| a.eq_ignore_ascii_case(r))
+                })
+            {
+                bail!(
+                    "models.{}: refiner {r:?} is not a model of the catalog",
+                    e.name
+                );
+            }
+        }
         let mut catalog = Catalog {
             entries,
             default: 0,
@@ -316,8 +335,9 @@ impl Catalog {
     pub fn with_single_source(mut self, source: &str) -> Catalog {
         for e in &mut self.entries {
             e.source = source.to_string();
-            // One model for all: the server's precision.
+            // One model for all: the server's precision, and no other model to refine with.
             e.dtype = None;
+            e.refiner = None;
         }
         self
     }
@@ -391,8 +411,16 @@ mod tests {
         assert!(c.loras.lookup("Logo").is_some());
         assert!(c.vaes.lookup("sdxl-vae-fp16-fix").is_some());
         assert!(c.loras.lookup("nope").is_none());
+        assert_eq!(
+            c.lookup("sdxl").unwrap().refiner.as_deref(),
+            Some("stable-diffusion-xl-refiner-1.0")
+        );
         let one = c.with_single_source("/m");
-        assert!(one.entries().iter().all(|e| e.source == "/m"));
+        assert!(
+            one.entries()
+                .iter()
+                .all(|e| e.source == "/m" && e.refiner.is_none())
+        );
     }
 
     #[test]
@@ -434,6 +462,10 @@ mod tests {
         );
         assert!(err(&format!("{base}[loras.l]\nsource = \" \"")).contains("loras.l: source"));
         assert!(err(&format!("{base}[loras.l]\nsource = \"f\"\nweight = 1")).contains("weight"));
+        assert!(
+            err("default = \"a\"\n[models.a]\nsource = \"x\"\nrefiner = \"r\"")
+                .contains("models.a: refiner \"r\" is not a model of the catalog")
+        );
         assert!(
             err(&format!("{base}[loras.l]\nsource = \"f\"\ntoken = \"<t>\""))
                 .contains("loras.l: token is for [embeddings] entries only")

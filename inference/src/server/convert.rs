@@ -46,6 +46,8 @@ pub struct Draft {
     pub emphasis: Emphasis,
     /// Check the images, replacing flagged ones so.
     pub safety: Option<Replacement>,
+    /// Run the model's refiner from this fraction of the schedule.
+    pub refiner_start: Option<f64>,
     /// The VAE and LoRAs it runs with (requests share a batch only with the same ones).
     pub add_ons: AddOnChoice,
     pub seed: u64,
@@ -191,6 +193,14 @@ pub fn to_draft(
                 how.parse()
                     .map_err(|e| invalid(format!("safety_checker: {e:#}")))?,
             ),
+        },
+        refiner_start: match req.refiner_start.map(decimal) {
+            Some(s) if !(s > 0.0 && s < 1.0) => {
+                return Err(invalid(format!(
+                    "refiner_start: must be between 0 and 1 (got {s})"
+                )));
+            }
+            s => s,
         },
         add_ons: AddOnChoice::default(),
         seed: req.seed.unwrap_or_else(crate::random_seed),

@@ -32,6 +32,8 @@ pub struct Job {
     /// The catalog name, and the weights it maps to.
     pub model: String,
     pub source: String,
+    /// The weights of its refiner, when it asks for one (`draft.refiner_start`).
+    pub refiner_source: Option<String>,
     pub draft: Draft,
     pub enqueued: Instant,
     /// After this the caller no longer waits: the job is dropped or stopped.

@@ -149,6 +149,12 @@ async fn run(
         let add_ons = convert::add_ons(&req, &catalog.catalog)?;
         let mut draft = convert::to_draft(&req, received.init_image.as_deref(), &entry.defaults)?;
         draft.add_ons = add_ons;
+        if draft.refiner_start.is_some() && entry.refiner.is_none() {
+            return Err(Error::InvalidRequest(format!(
+                "refiner_start: the model {} has no refiner in this server's catalog",
+                entry.name
+            )));
+        }
         Ok::<_, Error>((entry, draft))
     })
     .await
@@ -166,6 +172,11 @@ async fn run(
         id: app.queue.next_id(),
         model: entry.name.clone(),
         source: entry.source.clone(),
+        refiner_source: draft
+            .refiner_start
+            .and(entry.refiner.as_deref())
+            .and_then(|r| app.catalog.lookup(r))
+            .map(|r| r.source.clone()),
         draft,
         enqueued: started,
         deadline: started + wait,

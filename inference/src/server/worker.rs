@@ -74,11 +74,26 @@ fn serve(app: &AppState, head: Job) {
     let mut images = head.samples();
     let mut jobs = vec![head];
     let mut plans = vec![plan];
-    if images < app.max_batch {
+    // A job with a refiner runs alone (its two models, its own schedule split).
+    let refiner = match jobs[0].refiner_source.clone() {
+        None => None,
+        Some(r) => match app.registry.get(&r) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let head = jobs.remove(0);
+                let _ = head
+                    .reply
+                    .send(Err(Error::Internal(format!("the refiner: {e:#}"))));
+                return;
+            }
+        },
+    };
+    if images < app.max_batch && refiner.is_none() {
         let source = jobs[0].source.clone();
         let now = Instant::now();
         let others = app.queue.take_where(|job| {
             if job.source != source
+                || job.refiner_source.is_some()
                 || job.draft.add_ons != add_ons
                 || images + job.samples() > app.max_batch
                 || !job.wanted(now)
@@ -120,10 +135,16 @@ fn serve(app: &AppState, head: Job) {
     );
 
     // Stop at the next step once nobody in the batch waits any more.
-    let result = pipeline.run(&plans, &mut |_, _| {
+    let mut wanted = |_: usize, _: usize| {
         let now = Instant::now();
         jobs.iter().any(|j| j.wanted(now))
-    });
+    };
+    let result = match (&refiner, jobs[0].draft.refiner_start) {
+        (Some(r), Some(start)) => pipeline
+            .generate_refined(&r.pipeline, plans[0].params(), start, &mut wanted)
+            .map(|g| vec![g]),
+        _ => pipeline.run(&plans, &mut wanted),
+    };
     app.metrics.running.sub(jobs.len() as i64);
     let secs = started.elapsed().as_secs_f64();
     app.record_batch_secs(secs);
