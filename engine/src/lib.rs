@@ -120,6 +120,10 @@ pub struct GenerateParams {
     /// img2img: the init image (any size; resized to width x height with Lanczos3) and the
     /// strength in (0, 1].
     pub init_image: Option<(image::DynamicImage, f64)>,
+    /// Inpainting (with `init_image`, on a model whose UNet takes the mask and the masked
+    /// image too): white repaints, black keeps (binarized at half, as diffusers' mask
+    /// processor; any size, resized to width x height).
+    pub mask: Option<image::DynamicImage>,
 }
 
 impl Default for GenerateParams {
@@ -141,6 +145,7 @@ impl Default for GenerateParams {
             scheduler: None,
             karras: None,
             init_image: None,
+            mask: None,
         }
     }
 }

@@ -356,6 +356,17 @@ impl NoiseSource {
         Tensor::cat(&rows, 0)?.to_device(&self.device)
     }
 
+    /// `torch.randn([1, shape...])` from the first generator alone (diffusers' inpaint
+    /// pipeline encodes its one image with `generator[0]`).
+    pub fn randn_first(&mut self, shape: &[usize]) -> candle_core::Result<Tensor> {
+        let mut full = vec![1usize];
+        full.extend_from_slice(shape);
+        match self.generators.first_mut() {
+            Some(g) => g.randn(&full, &Device::Cpu)?.to_device(&self.device),
+            None => candle_core::bail!("no generator"),
+        }
+    }
+
     /// Noise shaped like `like` (whose first dimension must be the number of generators).
     pub fn randn_like(&mut self, like: &Tensor) -> candle_core::Result<Tensor> {
         let dims = like.dims();

@@ -24,6 +24,7 @@ pub const SETS: &[&str] = &[
     "scheduler_parity",
     "parity_features",
     "parity_refiner",
+    "parity_inpaint",
 ];
 
 /// One generated image against its reference.
@@ -136,7 +137,12 @@ pub fn params_of(case: &Value, dir: &Path) -> Result<GenerateParams> {
         }
         None => None,
     };
+    let mask = match s("mask") {
+        Some(name) => Some(image::open(dir.join(&name)).with_context(|| name.clone())?),
+        None => None,
+    };
     Ok(GenerateParams {
+        mask,
         prompt: s("prompt").context("prompt")?,
         negative_prompt: s("negative_prompt"),
         prompt_2: s("prompt_2"),

@@ -480,12 +480,13 @@ fn unsupported_layouts_are_named() {
     let err = load_error(&dir);
     assert!(err.contains("tokenizer and text_encoder together"), "{err}");
     std::fs::write(&index, text).unwrap();
-    // A UNet that takes more than the latents (inpainting).
+    // A UNet that takes neither the latents nor latents + mask + masked image (inpainting:
+    // 9 here) is refused.
     let cfg = dir.join("unet/config.json");
-    edit(&cfg, "\"in_channels\": 4", "\"in_channels\": 9");
+    edit(&cfg, "\"in_channels\": 4", "\"in_channels\": 7");
     let err = load_error(&dir);
-    assert!(err.contains("unet") && err.contains("9"), "{err}");
-    edit(&cfg, "\"in_channels\": 9", "\"in_channels\": 4");
+    assert!(err.contains("unet") && err.contains("7"), "{err}");
+    edit(&cfg, "\"in_channels\": 7", "\"in_channels\": 4");
     // Text-time conditioning without a second text encoder.
     let (_tmp2, sd) = fixture_model("tiny-sd15");
     edit(
@@ -827,4 +828,36 @@ fn add_ons_that_do_not_fit_are_invalid_params() {
         "embeddings",
         "already in the",
     );
+}
+
+/// A mask needs an init image and an inpainting model; an inpainting model needs both.
+#[test]
+fn masks_and_inpainting_models_go_together() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let inpaint = Pipeline::load(&fixtures.join("models/tiny-sd15-inpaint"), &Device::Cpu).unwrap();
+    let plain = Pipeline::load(&fixtures.join("models/tiny-sd15"), &Device::Cpu).unwrap();
+    let image = image::DynamicImage::ImageRgb8(image::RgbImage::new(64, 64));
+    let base = GenerateParams {
+        width: 64,
+        height: 64,
+        steps: 2,
+        ..GenerateParams::default()
+    };
+    let refusal = |p: &Pipeline, params: GenerateParams| {
+        let e = p.plan(params).expect_err("refused");
+        assert_eq!(ErrorKind::of(&e), ErrorKind::InvalidParam);
+        e.to_string()
+    };
+    let with_mask = GenerateParams {
+        mask: Some(image.clone()),
+        ..base.clone()
+    };
+    assert!(refusal(&inpaint, with_mask.clone()).contains("needs an init image"));
+    let both = GenerateParams {
+        init_image: Some((image.clone(), 1.0)),
+        ..with_mask
+    };
+    assert!(refusal(&plain, both.clone()).contains("not an inpainting model"));
+    assert!(inpaint.plan(both).is_ok());
+    assert!(refusal(&inpaint, base).contains("send an init image and a mask"));
 }

@@ -391,3 +391,39 @@ fn generate_runs_the_refiner_after_the_base() {
         .to_rgb8();
     assert!(inference::parity::image_diff(&want, &got).0 <= 2);
 }
+
+/// `generate --mask` on an inpainting model gives diffusers' inpainted image.
+#[test]
+fn generate_inpaints_with_a_mask() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let set = fixtures.join("parity_inpaint");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("inpainted.png");
+    let mut args = generate_args(&fixtures.join("models/tiny-sd15-inpaint"), &out);
+    let seed = args.iter().position(|a| a == "--seed").unwrap() + 1;
+    args[seed] = "5".into();
+    let (init, mask) = (set.join("init_64.png"), set.join("mask_64.png"));
+    for a in [
+        "--prompt",
+        "a photo of a cat",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--guidance",
+        "7.5",
+        "--init-image",
+        init.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+        "--strength",
+        "1",
+    ] {
+        args.push(a.into());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    inference(&refs);
+    let got = image::open(&out).unwrap().to_rgb8();
+    let want = image::open(set.join("inpaint_full_euler_0.png"))
+        .unwrap()
+        .to_rgb8();
+    assert!(inference::parity::image_diff(&want, &got).0 <= 2);
+}

@@ -186,3 +186,12 @@ fn refiner_matches_diffusers() {
     let report = assert_set_matches("parity_refiner");
     assert_eq!(report.images.len(), 5);
 }
+
+/// Inpainting with a 9-channel UNet as diffusers' StableDiffusionInpaintPipeline does it:
+/// full strength and 0.75, a soft-edged mask binarized at half, two samples
+/// (scripts/reference/make_inpaint_fixtures.py).
+#[test]
+fn inpainting_matches_diffusers() {
+    let report = assert_set_matches("parity_inpaint");
+    assert_eq!(report.images.len(), 4);
+}

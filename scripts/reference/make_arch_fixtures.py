@@ -545,6 +545,23 @@ def save_images(case, images, out):
     print(case["id"], files, f"mean {arr.mean():.1f} std {arr.std():.1f}")
 
 
+def write_manifest(out, models, cases, **extra):
+    """`out/cases.json`: the set's models (name -> folder under FIXTURES), its cases, the
+    tolerance, and the versions the references were made with."""
+    manifest = {
+        "max_abs_diff": 2,
+        "models": models,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": __import__("transformers").__version__,
+        **extra,
+        "cases": cases,
+    }
+    with open(os.path.join(out, "cases.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+
+
 def make_references(schedulers):
     unknown = [s for s in schedulers if s not in SCHEDULERS]
     if unknown:

@@ -14,14 +14,12 @@ inference/tests/fixtures/parity_refiner/ (cases.json and the images): the base
 image shared by both calls; and the refiner alone as img2img.
 """
 
-import json
 import os
 import shutil
 
 import torch
 from PIL import Image
 
-import diffusers
 from diffusers import (
     DiffusionPipeline,
     EulerAncestralDiscreteScheduler,
@@ -31,7 +29,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
-from make_arch_fixtures import FIXTURES, MODELS, make_init_images, randomize, sd_scheduler_kwargs
+from make_arch_fixtures import FIXTURES, MODELS, make_init_images, randomize, write_manifest, sd_scheduler_kwargs
 
 OUT = os.path.join(FIXTURES, "parity_refiner")
 REFINER = os.path.join(MODELS, "tiny-sdxl-refiner")
@@ -135,17 +133,7 @@ def main():
     for case in cases():
         make_arch_fixtures.save_images(case, run(case, b, r), OUT)
         all_cases.append(case)
-    manifest = {
-        "max_abs_diff": 2,
-        "models": {"tiny-sdxl": "models/tiny-sdxl", "tiny-sdxl-refiner": "models/tiny-sdxl-refiner"},
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": __import__("transformers").__version__,
-        "cases": all_cases,
-    }
-    with open(os.path.join(OUT, "cases.json"), "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
+    write_manifest(OUT, {"tiny-sdxl": "models/tiny-sdxl", "tiny-sdxl-refiner": "models/tiny-sdxl-refiner"}, all_cases)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ pub(super) struct UnetConditioning {
     pub time_ids: Vec<f32>,
     /// LCM's guidance embedding, `(batch, time_cond_proj_dim)`.
     pub timestep_cond: Option<Tensor>,
+    /// Inpainting: the mask and the masked image's latents, `(batch, 1 + latent, h, w)`,
+    /// put beside the latents at every step.
+    pub latent_extra: Option<Tensor>,
 }
 
 impl UnetConditioning {
@@ -122,6 +125,14 @@ impl UnetConditioning {
             timestep_cond: match &parts[0].timestep_cond {
                 Some(_) => Some(rows(&|c| {
                     c.timestep_cond
+                        .as_ref()
+                        .expect("every part of a batch has the same UNet")
+                })?),
+                None => None,
+            },
+            latent_extra: match &parts[0].latent_extra {
+                Some(_) => Some(rows(&|c| {
+                    c.latent_extra
                         .as_ref()
                         .expect("every part of a batch has the same UNet")
                 })?),
@@ -297,6 +308,7 @@ impl Pipeline {
                 text_embeds: unused,
                 time_ids: Vec::new(),
                 timestep_cond: self.timestep_cond(params.guidance, n, do_cfg)?,
+                latent_extra: None,
             });
         }
         let (context, text_embeds) = {
@@ -336,6 +348,7 @@ impl Pipeline {
             text_embeds,
             time_ids,
             timestep_cond: self.timestep_cond(params.guidance, n, do_cfg)?,
+            latent_extra: None,
         })
     }
 

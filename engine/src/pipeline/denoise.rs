@@ -64,6 +64,10 @@ impl Pipeline {
                 latents.clone()
             };
             let model_in = sched.scale_model_input(&model_in, i)?;
+            let model_in = match &cond.latent_extra {
+                Some(extra) => Tensor::cat(&[&model_in, extra], 1)?,
+                None => model_in,
+            };
             let ts = vec![t; batch];
             let added = AddedCond {
                 text_embeds: &cond.text_embeds,

@@ -184,9 +184,11 @@ impl Pipeline {
         let unet_cfg_path = unet_dir.join("config.json");
         let unet_cfg: UNetConfig = read_config(&unet_cfg_path, UNET_KEEP_NULL)?;
         let latent = vae_cfg.latent_channels;
-        if unet_cfg.in_channels != latent || unet_cfg.out_channels != latent {
+        // Inpainting UNets also take the mask and the masked image's latents.
+        let inpaint = unet_cfg.in_channels == 2 * latent + 1;
+        if (unet_cfg.in_channels != latent && !inpaint) || unet_cfg.out_channels != latent {
             bail!(
-                "{}: the unet takes {} and returns {} channels but the vae has {latent} latent channels (inpainting / upscaling / instruct-pix2pix models are not supported yet)",
+                "{}: the unet takes {} and returns {} channels but the vae has {latent} latent channels (it must take them, or them plus a mask and a masked image for inpainting; upscaling / instruct-pix2pix models are not supported yet)",
                 unet_cfg_path.display(),
                 unet_cfg.in_channels,
                 unet_cfg.out_channels
@@ -253,6 +255,7 @@ impl Pipeline {
             // Only the SDXL pipelines have this option; SD 1.x / 2.x encode "" instead.
             force_zeros_for_empty_prompt: xl && index.force_zeros_for_empty_prompt.unwrap_or(true),
             aesthetics: xl && index.requires_aesthetics_score == Some(true),
+            inpaint,
             index,
             arch,
             encoders,

@@ -71,6 +71,8 @@ pub struct Pipeline {
     /// SDXL's refiner (`requires_aesthetics_score`): its time ids end with an aesthetic
     /// score (6 for the prompt, 2.5 for the negative, as diffusers) instead of the size.
     aesthetics: bool,
+    /// The UNet takes the latents, the mask and the masked image's latents (inpainting).
+    inpaint: bool,
     device: Device,
     /// The dtype of the latents and of the scheduler arithmetic: always f32 (the UNet casts
     /// its input to its own dtype and its output back).
@@ -244,9 +246,18 @@ impl Pipeline {
         let mut latents = Vec::with_capacity(batch.len());
         let mut generators = Vec::new();
         for &params in &batch {
-            conds.push(self.condition(params, params.samples, key.do_cfg)?);
+            let mut cond = self.condition(params, params.samples, key.do_cfg)?;
             let mut noise = NoiseSource::new(params.seed, params.samples, &self.device);
             latents.push(self.initial_latents(params, sched.as_ref(), key.begin, &mut noise)?);
+            if self.inpaint {
+                let extra = self.inpaint_channels(params, &mut noise)?;
+                cond.latent_extra = Some(if key.do_cfg {
+                    Tensor::cat(&[&extra, &extra], 0)?
+                } else {
+                    extra
+                });
+            }
+            conds.push(cond);
             generators.extend(noise.into_generators());
         }
         let cond = UnetConditioning::join(&conds, &counts, key.do_cfg)?;

@@ -74,6 +74,27 @@ impl Pipeline {
                 ));
             }
         }
+        match (&p.mask, &p.init_image, self.inpaint) {
+            (Some(_), None, _) => {
+                return Err(EngineError::invalid(
+                    "mask",
+                    "needs an init image (the image to paint into)",
+                ));
+            }
+            (Some(_), Some(_), false) => {
+                return Err(EngineError::invalid(
+                    "mask",
+                    "this model is not an inpainting model (its UNet takes the latents alone)",
+                ));
+            }
+            (None, _, true) => {
+                return Err(EngineError::invalid(
+                    "mask",
+                    "this is an inpainting model: send an init image and a mask",
+                ));
+            }
+            _ => {}
+        }
         if let Some((_, strength)) = &p.init_image {
             let s = *strength;
             if !(s.is_finite() && s > 0.0 && s <= 1.0) {

@@ -40,6 +40,10 @@ pub struct GenerateArgs {
     /// Init image for img2img (any size; resized to width x height).
     #[arg(long)]
     pub init_image: Option<PathBuf>,
+    /// Inpainting (with --init-image, on an inpainting model): the mask, white where the
+    /// image is repainted, black where it is kept; any size (resized to the image's).
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
     /// img2img strength in (0, 1].
     #[arg(long, default_value_t = 0.3)]
     pub strength: f64,
@@ -189,12 +193,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let mask = match &args.mask {
+        Some(p) => Some(image::open(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => None,
+    };
     let seed = args.seed.unwrap_or_else(inference::random_seed);
     let params = GenerateParams {
         samples: args.samples,
         karras: if args.karras { Some(true) } else { None },
         algorithm_type: args.algorithm_type.clone(),
         init_image,
+        mask,
         ..args.sampling.params(&info, seed)
     };
     println!("seed: {seed}");

@@ -82,6 +82,8 @@ impl Draft {
             karras: self.karras,
             algorithm_type: self.algorithm_type.clone(),
             init_image: self.init_image.clone(),
+            // Masks do not travel in the contract yet (issue 15).
+            mask: None,
         }
     }
 }
