@@ -190,7 +190,7 @@ impl ClipTextEncoder {
             projection,
             config: cfg,
             with_projection,
-            weights: root.clone(),
+            weights: root.detached(),
             extra: None,
             device: root.device().clone(),
         })

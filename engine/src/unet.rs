@@ -299,7 +299,7 @@ impl UNet {
             device: w.device().clone(),
             dtype: w.dtype(),
             config: cfg,
-            weights: w.clone(),
+            weights: w.detached(),
         })
     }
 

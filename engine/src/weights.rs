@@ -76,6 +76,8 @@ enum Backend {
         /// them again (candle tensors are reference-counted: no copy).
         memo: Arc<Mutex<HashMap<String, Tensor>>>,
     },
+    /// The tensors a model was built from, without the files ([`Weights::detached`]).
+    Loaded(Arc<HashMap<String, Tensor>>),
     #[cfg(feature = "random-weights")]
     Random(Arc<Mutex<RandomInit>>),
 }
@@ -143,7 +145,7 @@ impl Weights {
     pub fn drawn(&self) -> Vec<(String, Tensor)> {
         match &self.backend {
             Backend::Random(r) => r.lock().map(|r| r.tensors.clone()).unwrap_or_default(),
-            Backend::Files { .. } => Vec::new(),
+            Backend::Files { .. } | Backend::Loaded(_) => Vec::new(),
         }
     }
 
@@ -156,10 +158,33 @@ impl Weights {
         w
     }
 
+    /// The tensors handed out so far, without the files behind them: what a model keeps to
+    /// build a patched copy of itself ([`Weights::patched`]), so that it does not hold the
+    /// memory-mapped files open (their pages would stay in its resident memory).
+    pub fn detached(&self) -> Weights {
+        let backend = match &self.backend {
+            Backend::Files { memo, .. } => {
+                let suffix = format!("@{:?}", self.dtype);
+                let memo = memo.lock().map(|m| m.clone()).unwrap_or_default();
+                Backend::Loaded(Arc::new(
+                    memo.into_iter()
+                        .filter_map(|(k, t)| Some((k.strip_suffix(&suffix)?.to_string(), t)))
+                        .collect(),
+                ))
+            }
+            other => other.clone(),
+        };
+        Weights {
+            backend,
+            ..self.clone()
+        }
+    }
+
     /// The full names of every stored tensor (empty for random weights).
     pub fn names(&self) -> Vec<String> {
         match &self.backend {
             Backend::Files { st, .. } => st.tensors().into_iter().map(|(n, _)| n).collect(),
+            Backend::Loaded(m) => m.keys().cloned().collect(),
             #[cfg(feature = "random-weights")]
             Backend::Random(_) => Vec::new(),
         }
@@ -169,6 +194,7 @@ impl Weights {
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
         match &self.backend {
             Backend::Files { st, .. } => st.get(&self.full(name)).ok().map(|v| v.shape().to_vec()),
+            Backend::Loaded(m) => m.get(&self.full(name)).map(|t| t.dims().to_vec()),
             #[cfg(feature = "random-weights")]
             Backend::Random(_) => None,
         }
@@ -201,6 +227,7 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         match &self.backend {
             Backend::Files { st, .. } => st.get(&self.full(name)).is_ok(),
+            Backend::Loaded(m) => m.contains_key(&self.full(name)),
             #[cfg(feature = "random-weights")]
             Backend::Random(_) => true,
         }
@@ -232,6 +259,19 @@ impl Weights {
     fn get_stored(&self, expected: &Shape, full: &str) -> Result<Tensor> {
         let (files, st, memo) = match &self.backend {
             Backend::Files { files, st, memo } => (files, st, memo),
+            Backend::Loaded(m) => {
+                let t = m.get(full).with_context(|| {
+                    format!("tensor `{full}` was not part of the model when it was loaded")
+                })?;
+                if t.dims() != expected.dims() {
+                    bail!(
+                        "tensor `{full}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        expected.dims()
+                    );
+                }
+                return Ok(t.clone());
+            }
             #[cfg(feature = "random-weights")]
             Backend::Random(r) => {
                 let mut r = r

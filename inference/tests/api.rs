@@ -861,3 +861,22 @@ fn masks_and_inpainting_models_go_together() {
     assert!(inpaint.plan(both).is_ok());
     assert!(refusal(&inpaint, base).contains("send an init image and a mask"));
 }
+
+/// A loaded model keeps its tensors, not its memory-mapped weight files (whose pages would
+/// otherwise stay in the server's resident memory); LoRAs still merge afterwards.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_loaded_model_does_not_keep_its_files_mapped() {
+    use inference::engine::lora::Lora;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (_tmp, dir) = fixture_model("tiny-sd15");
+    let p = Pipeline::load(&dir, &Device::Cpu).unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let folder = dir.to_str().unwrap();
+    assert!(
+        !maps.lines().any(|l| l.contains(folder)),
+        "{folder} is still mapped"
+    );
+    let lora = Lora::load(&fixtures.join("parity_features/lora-sd15-kohya.safetensors")).unwrap();
+    p.with_loras(&[(&lora, 1.0)]).unwrap();
+}
