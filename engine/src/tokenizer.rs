@@ -180,6 +180,16 @@ impl ClipTokenizer {
         Ok((t, ids))
     }
 
+    /// `text` read with A1111's emphasis, in 77-token chunks ([`crate::emphasis`]), each
+    /// fragment's textual-inversion tokens expanded first.
+    pub fn a1111_chunks(&self, text: &str) -> Result<Vec<crate::emphasis::Chunk>> {
+        crate::emphasis::chunks(
+            &crate::emphasis::parse(text),
+            self.specials(),
+            &mut |t: &str| self.tokenize(&self.convert_prompt(t)?),
+        )
+    }
+
     /// Its special tokens, as [`crate::emphasis::chunks`] needs them.
     pub fn specials(&self) -> crate::emphasis::Specials {
         crate::emphasis::Specials {

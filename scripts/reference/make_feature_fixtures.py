@@ -27,7 +27,6 @@ Writes inference/tests/fixtures/parity_features/:
   `set_adapters(names, adapter_weights=weights)`; and `cases.json`.
 """
 
-import json
 import os
 import shutil
 
@@ -48,7 +47,7 @@ import transformers.integrations.peft as _tf_peft
 # its text-encoder adapter calls work with 0.21, so the version gate is lifted here.
 _tf_peft.check_peft_version = lambda *a, **k: None
 
-from make_arch_fixtures import ARCHS, FIXTURES, MODELS, make_init_images, randomize, save_images, vae
+from make_arch_fixtures import ARCHS, FIXTURES, MODELS, make_init_images, randomize, save_images, vae, write_manifest
 
 OUT = os.path.join(FIXTURES, "parity_features")
 LAYERS = 2  # both tiny models' layers_per_block
@@ -377,20 +376,10 @@ def main():
     for case in cases():
         save_images(case, run_case(case), OUT)
         all_cases.append(case)
-    manifest = {
-        "max_abs_diff": 2,
-        "models": {name: os.path.relpath(os.path.join(MODELS, name), FIXTURES)
-                   for name in ["tiny-sd15", "tiny-sd2", "tiny-sdxl"]},
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "peft": __import__("peft").__version__,
-        "transformers": __import__("transformers").__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cases": all_cases,
-    }
-    with open(os.path.join(OUT, "cases.json"), "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
+    write_manifest(OUT, {name: os.path.relpath(os.path.join(MODELS, name), FIXTURES)
+                         for name in ["tiny-sd15", "tiny-sd2", "tiny-sdxl"]},
+                   all_cases, peft=__import__("peft").__version__,
+                   cpu_capability=torch.backends.cpu.get_cpu_capability())
 
 
 if __name__ == "__main__":

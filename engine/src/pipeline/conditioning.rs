@@ -166,11 +166,7 @@ impl Pipeline {
                     let weights = vec![1.0; ids.len()];
                     vec![Chunk { ids, weights, len }]
                 }
-                Emphasis::A1111 => {
-                    emphasis::chunks(&emphasis::parse(text), tok.specials(), &mut |t: &str| {
-                        tok.tokenize(&tok.convert_prompt(t)?)
-                    })?
-                }
+                Emphasis::A1111 => tok.a1111_chunks(text)?,
             };
             let ids: Vec<Vec<u32>> = rows.iter().map(|c| c.ids.clone()).collect();
             let lengths: Vec<usize> = rows.iter().map(|c| c.len).collect();
@@ -207,14 +203,7 @@ impl Pipeline {
         let mut most = 1;
         for (slot, (p, n)) in self.encoders.iter().zip(prompts.into_iter().zip(negatives)) {
             let tok = &slot.tokenizer;
-            let count = |text: &str| -> Result<usize> {
-                Ok(
-                    emphasis::chunks(&emphasis::parse(text), tok.specials(), &mut |t: &str| {
-                        tok.tokenize(&tok.convert_prompt(t)?)
-                    })?
-                    .len(),
-                )
-            };
+            let count = |text: &str| -> Result<usize> { Ok(tok.a1111_chunks(text)?.len()) };
             most = most.max(count(p)?);
             if do_cfg && !zeroed {
                 most = most.max(count(n)?);
