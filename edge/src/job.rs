@@ -1,6 +1,6 @@
 //! The internal request every dialect maps to: the contract's generate-request,
-//! plus where its input image comes from (the shared core fetches and decodes it,
-//! then fills in `request.init_image`). Also the field rules several dialects share.
+//! plus where its input images come from (the shared core fetches and checks them,
+//! then sends them beside the request). Also the field rules several dialects share.
 
 use contract::GenerateRequest;
 use url::Url;
@@ -8,12 +8,17 @@ use url::Url;
 use crate::api_error::ApiError;
 use crate::fields::Fields;
 
-/// One generation, as the inference server will see it, and its input image.
+/// One generation, as the inference server will see it, and its input images.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
-    /// `init_image` stays None here; the core sets it from `init`.
+    /// `init_image` stays None here; the core sets it from `init` (and `mask`). The
+    /// dialect fills `controlnets`, their images empty: they come from `controls`.
     pub request: GenerateRequest,
     pub init: Option<InitImageSource>,
+    /// Inpainting's mask (with `init`).
+    pub mask: Option<InputImage>,
+    /// One control image per entry of `request.controlnets`, in order.
+    pub controls: Vec<InputImage>,
     /// Set when the output size comes from the input image (width and height are
     /// then None until the core has decoded it).
     pub size_from_init: Option<SizeRule>,
@@ -27,6 +32,8 @@ impl Job {
         Job {
             request,
             init,
+            mask: None,
+            controls: Vec::new(),
             size_from_init: None,
             echo: serde_json::Value::Null,
         }
@@ -67,6 +74,14 @@ pub struct InitImageSource {
     pub field: &'static str,
     pub source: ImageSource,
     pub strength: f32,
+}
+
+/// Another input image (a mask, a control image), before it is fetched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputImage {
+    /// The request field it came in, for error messages ("mask_image").
+    pub field: &'static str,
+    pub source: ImageSource,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -101,60 +101,71 @@ pub fn sdxl_time_ids(width: usize, height: usize, rows: usize) -> Vec<f32> {
         .repeat(rows)
 }
 
-pub struct UNet {
-    conv_in: Conv2d,
-    time_embedding: TimestepEmbedding,
-    add_embedding: Option<TimestepEmbedding>,
-    down_blocks: Vec<DownBlock>,
-    mid_block: Option<MidBlockCrossAttn>,
-    up_blocks: Vec<UpBlock>,
-    conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
-    pub config: UNetConfig,
-    /// What it was built from, to build a patched copy ([`UNet::patched`]).
-    weights: Weights,
-    device: Device,
-    dtype: DType,
+/// What the UNet's blocks are, per block, read from its config once.
+pub(crate) struct Layout {
+    pub n: usize,
+    pub layers: Vec<usize>,
+    pub cross_dims: Vec<usize>,
+    pub only_cross: Vec<bool>,
+    pub tlpb: Vec<PerLayer>,
+    pub heads: Vec<usize>,
+    pub common: BlockCommon,
 }
 
-impl UNet {
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        let cfg: UNetConfig = read_config(&cfg_path, UNET_KEEP_NULL)?;
-        cfg.validate()
-            .with_context(|| format!("{}", cfg_path.display()))?;
-        let files = find_weight_files(dir, "diffusion_pytorch_model")?;
-        let w = Weights::open(&files, device, dtype)?;
-        Self::build(&w, cfg).with_context(|| format!("building the unet from {}", dir.display()))
-    }
-
-    /// Builds the UNet from `cfg` and weights `w` (named as in diffusers' checkpoints).
-    pub fn build(w: &Weights, cfg: UNetConfig) -> Result<Self> {
-        cfg.validate()?;
-        let boc = &cfg.block_out_channels;
-        let n = boc.len();
+impl Layout {
+    pub fn of(cfg: &UNetConfig) -> Result<Layout> {
+        let n = cfg.block_out_channels.len();
         if n == 0 {
             bail!("unet config: block_out_channels is empty");
         }
-        let groups = cfg.norm_num_groups.unwrap_or(32);
-        let eps = cfg.norm_eps;
-        let layers = cfg.layers_per_block.per_block(n, "layers_per_block")?;
-        let cross_dims = cfg
-            .cross_attention_dim
-            .per_block(n, "cross_attention_dim")?;
-        let only_cross = cfg
-            .only_cross_attention
-            .per_block(n, "only_cross_attention")?;
-        let tlpb = cfg
-            .transformer_layers_per_block
-            .per_block(n, "transformer_layers_per_block")?;
         // diffusers quirk: `num_attention_heads` defaults to `attention_head_dim`, which is
         // then used as the number of heads.
         let heads = match &cfg.num_attention_heads {
             Some(h) => h.per_block(n, "num_attention_heads")?,
             None => cfg.attention_head_dim.per_block(n, "attention_head_dim")?,
         };
-        let time_embed_dim = cfg.time_embedding_dim.unwrap_or(boc[0] * 4);
+        Ok(Layout {
+            n,
+            layers: cfg.layers_per_block.per_block(n, "layers_per_block")?,
+            cross_dims: cfg
+                .cross_attention_dim
+                .per_block(n, "cross_attention_dim")?,
+            only_cross: cfg
+                .only_cross_attention
+                .per_block(n, "only_cross_attention")?,
+            tlpb: cfg
+                .transformer_layers_per_block
+                .per_block(n, "transformer_layers_per_block")?,
+            heads,
+            common: BlockCommon {
+                temb_ch: cfg
+                    .time_embedding_dim
+                    .unwrap_or(cfg.block_out_channels[0] * 4),
+                groups: cfg.norm_num_groups.unwrap_or(32),
+                eps: cfg.norm_eps,
+                resnet_scale: cfg.resnet_out_scale_factor,
+                use_linear_projection: cfg.use_linear_projection,
+                upcast_attention: cfg.upcast_attention,
+            },
+        })
+    }
+}
+
+/// The UNet's first half, which a ControlNet has too: the time (and SDXL's added)
+/// embedding, `conv_in`, the down blocks and the mid block.
+pub(crate) struct Encoder {
+    conv_in: Conv2d,
+    time_embedding: TimestepEmbedding,
+    add_embedding: Option<TimestepEmbedding>,
+    down_blocks: Vec<DownBlock>,
+    mid_block: Option<MidBlockCrossAttn>,
+}
+
+impl Encoder {
+    pub fn build(w: &Weights, cfg: &UNetConfig, lay: &Layout) -> Result<Encoder> {
+        let boc = &cfg.block_out_channels;
+        let n = lay.n;
+        let time_embed_dim = lay.common.temb_ch;
         let k_in = cfg.conv_in_kernel;
         let conv_in = Conv2d::load(
             &w.pp("conv_in"),
@@ -181,14 +192,6 @@ impl UNet {
         } else {
             None
         };
-        let common = BlockCommon {
-            temb_ch: time_embed_dim,
-            groups,
-            eps,
-            resnet_scale: cfg.resnet_out_scale_factor,
-            use_linear_projection: cfg.use_linear_projection,
-            upcast_attention: cfg.upcast_attention,
-        };
         let mut down_blocks = Vec::with_capacity(n);
         let mut out_ch = boc[0];
         for (i, ty) in cfg.down_block_types.iter().enumerate() {
@@ -199,14 +202,14 @@ impl UNet {
                 &DownSpec {
                     in_ch,
                     out_ch,
-                    layers: layers[i],
+                    layers: lay.layers[i],
                     attn: if ty == "CrossAttnDownBlock2D" {
                         Some(AttnSpec {
-                            heads: heads[i],
-                            transformer_layers: tlpb[i]
-                                .per_layer(layers[i], "transformer_layers_per_block")?,
-                            cross_dim: cross_dims[i],
-                            only_cross_attention: only_cross[i],
+                            heads: lay.heads[i],
+                            transformer_layers: lay.tlpb[i]
+                                .per_layer(lay.layers[i], "transformer_layers_per_block")?,
+                            cross_dim: lay.cross_dims[i],
+                            only_cross_attention: lay.only_cross[i],
                         })
                     } else {
                         None
@@ -214,7 +217,7 @@ impl UNet {
                     add_downsample: i + 1 < n,
                     downsample_padding: cfg.downsample_padding,
                 },
-                &common,
+                &lay.common,
             )?);
         }
         let mid_block = match cfg.mid_block_type.as_deref() {
@@ -222,29 +225,143 @@ impl UNet {
                 &w.pp("mid_block"),
                 boc[n - 1],
                 &AttnSpec {
-                    heads: heads[n - 1],
+                    heads: lay.heads[n - 1],
                     // diffusers: the last block's entry; a per-layer list gives its first depth.
-                    transformer_layers: tlpb[n - 1].per_layer(1, "transformer_layers_per_block")?,
-                    cross_dim: cross_dims[n - 1],
+                    transformer_layers: lay.tlpb[n - 1]
+                        .per_layer(1, "transformer_layers_per_block")?,
+                    cross_dim: lay.cross_dims[n - 1],
                     only_cross_attention: false,
                 },
                 cfg.mid_block_scale_factor,
-                &common,
+                &lay.common,
             )?),
             _ => None,
         };
+        Ok(Encoder {
+            conv_in,
+            time_embedding,
+            add_embedding,
+            down_blocks,
+            mid_block,
+        })
+    }
+
+    /// The time embedding (and SDXL's added one), after SiLU, as every block takes it.
+    pub fn embed(
+        &self,
+        cfg: &UNetConfig,
+        timesteps: &[f32],
+        added: Option<&AddedCond>,
+        timestep_cond: Option<&Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let b = timesteps.len();
+        let boc0 = cfg.block_out_channels[0];
+        let t_emb =
+            timestep_embedding(timesteps, boc0, cfg.flip_sin_to_cos, cfg.freq_shift, device)?
+                .to_dtype(dtype)?;
+        let timestep_cond = match timestep_cond {
+            Some(c) => Some(c.to_dtype(dtype)?),
+            None => None,
+        };
+        let mut emb = self
+            .time_embedding
+            .forward(&t_emb, timestep_cond.as_ref())?;
+        if let Some(add) = &self.add_embedding {
+            let a = added.context("unet: SDXL conditioning (text_embeds, time_ids) is required")?;
+            let dim = cfg.addition_time_embed_dim.unwrap_or(0);
+            // 6 per image (SDXL), 5 (its refiner: an aesthetic score for the target size).
+            if a.time_ids.is_empty() || a.time_ids.len() % b != 0 {
+                bail!("unet: {} time ids for a batch of {b}", a.time_ids.len());
+            }
+            let time_embeds =
+                timestep_embedding(a.time_ids, dim, cfg.flip_sin_to_cos, cfg.freq_shift, device)?
+                    .reshape((b, ()))?
+                    .to_dtype(dtype)?;
+            let add_embeds = Tensor::cat(&[&a.text_embeds.to_dtype(dtype)?, &time_embeds], 1)?;
+            emb = (emb + add.forward(&add_embeds, None)?)?;
+        }
+        Ok(emb.silu()?)
+    }
+
+    /// `conv_in` (plus `extra`, a ControlNet's conditioning embedding, added after it),
+    /// the down blocks and the mid block: the mid block's output and the skips (`conv_in`'s
+    /// output first, the deepest last).
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        extra: Option<&Tensor>,
+        temb: &Tensor,
+        context: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut h = self.conv_in.forward(sample)?;
+        if let Some(extra) = extra {
+            h = (h + extra)?;
+        }
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks {
+            let (out, s) = block.forward(&h, temb, context)?;
+            h = out;
+            skips.extend(s);
+        }
+        if let Some(mid) = &self.mid_block {
+            h = mid.forward(&h, temb, context)?;
+        }
+        Ok((h, skips))
+    }
+}
+
+/// What ControlNets add to a UNet's skips and mid-block output (their sum).
+#[derive(Clone, Debug)]
+pub struct Residuals {
+    /// One per skip, `conv_in`'s first.
+    pub down: Vec<Tensor>,
+    pub mid: Tensor,
+}
+
+pub struct UNet {
+    encoder: Encoder,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    pub config: UNetConfig,
+    /// What it was built from, to build a patched copy ([`UNet::patched`]).
+    weights: Weights,
+    device: Device,
+    dtype: DType,
+}
+
+impl UNet {
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let cfg: UNetConfig = read_config(&cfg_path, UNET_KEEP_NULL)?;
+        cfg.validate()
+            .with_context(|| format!("{}", cfg_path.display()))?;
+        let files = find_weight_files(dir, "diffusion_pytorch_model")?;
+        let w = Weights::open(&files, device, dtype)?;
+        Self::build(&w, cfg).with_context(|| format!("building the unet from {}", dir.display()))
+    }
+
+    /// Builds the UNet from `cfg` and weights `w` (named as in diffusers' checkpoints).
+    pub fn build(w: &Weights, cfg: UNetConfig) -> Result<Self> {
+        cfg.validate()?;
+        let lay = Layout::of(&cfg)?;
+        let encoder = Encoder::build(w, &cfg, &lay)?;
+        let boc = &cfg.block_out_channels;
+        let n = lay.n;
         let rev_boc: Vec<usize> = boc.iter().rev().copied().collect();
-        let rev_heads: Vec<usize> = heads.iter().rev().copied().collect();
-        let rev_layers: Vec<usize> = layers.iter().rev().copied().collect();
-        let rev_cross: Vec<usize> = cross_dims.iter().rev().copied().collect();
-        let rev_only: Vec<bool> = only_cross.iter().rev().copied().collect();
+        let rev_heads: Vec<usize> = lay.heads.iter().rev().copied().collect();
+        let rev_layers: Vec<usize> = lay.layers.iter().rev().copied().collect();
+        let rev_cross: Vec<usize> = lay.cross_dims.iter().rev().copied().collect();
+        let rev_only: Vec<bool> = lay.only_cross.iter().rev().copied().collect();
         let rev_tlpb: Vec<PerLayer> = match &cfg.reverse_transformer_layers_per_block {
             Some(v) if v.len() == n => v.clone(),
             Some(v) => bail!(
                 "unet config: reverse_transformer_layers_per_block has {} entries, expected {n}",
                 v.len()
             ),
-            None => tlpb.iter().rev().cloned().collect(),
+            None => lay.tlpb.iter().rev().cloned().collect(),
         };
         let mut up_blocks = Vec::with_capacity(n);
         let mut out_ch = rev_boc[0];
@@ -274,10 +391,12 @@ impl UNet {
                     },
                     add_upsample: i + 1 < n,
                 },
-                &common,
+                &lay.common,
             )?);
         }
-        let conv_norm_out = GroupNorm::load(&w.pp("conv_norm_out"), groups, boc[0], eps)?;
+        let groups = lay.common.groups;
+        let conv_norm_out =
+            GroupNorm::load(&w.pp("conv_norm_out"), groups, boc[0], lay.common.eps)?;
         let k_out = cfg.conv_out_kernel;
         let conv_out = Conv2d::load(
             &w.pp("conv_out"),
@@ -288,11 +407,7 @@ impl UNet {
             (k_out - 1) / 2,
         )?;
         Ok(UNet {
-            conv_in,
-            time_embedding,
-            add_embedding,
-            down_blocks,
-            mid_block,
+            encoder,
             up_blocks,
             conv_norm_out,
             conv_out,
@@ -320,7 +435,7 @@ impl UNet {
 
     /// Whether the model needs [`AddedCond`] (SDXL).
     pub fn needs_added_cond(&self) -> bool {
-        self.add_embedding.is_some()
+        self.encoder.add_embedding.is_some()
     }
 
     /// Predicts the model output for `sample` `(b, c, h, w)` at per-sample `timesteps` (`b`
@@ -336,6 +451,21 @@ impl UNet {
         added: Option<&AddedCond>,
         timestep_cond: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.forward_with(sample, timesteps, context, added, timestep_cond, None)
+    }
+
+    /// [`UNet::forward`] with ControlNets' `residuals` added to the skips (after the down
+    /// blocks, so the down path is unchanged) and to the mid block's output, as diffusers'
+    /// `down_block_additional_residuals` / `mid_block_additional_residual`.
+    pub fn forward_with(
+        &self,
+        sample: &Tensor,
+        timesteps: &[f32],
+        context: &Tensor,
+        added: Option<&AddedCond>,
+        timestep_cond: Option<&Tensor>,
+        residuals: Option<&Residuals>,
+    ) -> Result<Tensor> {
         let b = sample.dim(0)?;
         if timesteps.len() != b {
             bail!("unet: {} timesteps for a batch of {b}", timesteps.len());
@@ -343,53 +473,27 @@ impl UNet {
         let out_dtype = sample.dtype();
         let sample = &sample.to_dtype(self.dtype)?;
         let context = &context.to_dtype(self.dtype)?;
-        let timestep_cond = match timestep_cond {
-            Some(c) => Some(c.to_dtype(self.dtype)?),
-            None => None,
-        };
-        let cfg = &self.config;
-        let boc0 = cfg.block_out_channels[0];
-        let t_emb = timestep_embedding(
+        let temb_act = self.encoder.embed(
+            &self.config,
             timesteps,
-            boc0,
-            cfg.flip_sin_to_cos,
-            cfg.freq_shift,
+            added,
+            timestep_cond,
             &self.device,
-        )?
-        .to_dtype(self.dtype)?;
-        let mut emb = self
-            .time_embedding
-            .forward(&t_emb, timestep_cond.as_ref())?;
-        if let Some(add) = &self.add_embedding {
-            let a = added.context("unet: SDXL conditioning (text_embeds, time_ids) is required")?;
-            let dim = cfg.addition_time_embed_dim.unwrap_or(0);
-            // 6 per image (SDXL), 5 (its refiner: an aesthetic score for the target size).
-            if a.time_ids.is_empty() || a.time_ids.len() % b != 0 {
-                bail!("unet: {} time ids for a batch of {b}", a.time_ids.len());
+            self.dtype,
+        )?;
+        let (mut h, mut skips) = self.encoder.forward(sample, None, &temb_act, context)?;
+        if let Some(r) = residuals {
+            if r.down.len() != skips.len() {
+                bail!(
+                    "unet: {} ControlNet residuals for {} skips",
+                    r.down.len(),
+                    skips.len()
+                );
             }
-            let time_embeds = timestep_embedding(
-                a.time_ids,
-                dim,
-                cfg.flip_sin_to_cos,
-                cfg.freq_shift,
-                &self.device,
-            )?
-            .reshape((b, ()))?
-            .to_dtype(self.dtype)?;
-            let add_embeds = Tensor::cat(&[&a.text_embeds.to_dtype(self.dtype)?, &time_embeds], 1)?;
-            emb = (emb + add.forward(&add_embeds, None)?)?;
-        }
-        let temb_act = emb.silu()?;
-
-        let mut h = self.conv_in.forward(sample)?;
-        let mut skips = vec![h.clone()];
-        for block in &self.down_blocks {
-            let (out, s) = block.forward(&h, &temb_act, context)?;
-            h = out;
-            skips.extend(s);
-        }
-        if let Some(mid) = &self.mid_block {
-            h = mid.forward(&h, &temb_act, context)?;
+            for (skip, add) in skips.iter_mut().zip(&r.down) {
+                *skip = skip.broadcast_add(&add.to_dtype(self.dtype)?)?;
+            }
+            h = h.broadcast_add(&r.mid.to_dtype(self.dtype)?)?;
         }
         for block in &self.up_blocks {
             let keep = skips.len() - block.num_resnets();

@@ -67,6 +67,7 @@ pub fn multipart(data: &[u8]) {
         let _ = form.take_file("image");
     }
     let _ = contract::wire::read(Some(content_type), Bytes::copy_from_slice(body));
+    let _ = contract::wire::read_images(content_type, Bytes::copy_from_slice(body));
 }
 
 /// An init image's bytes: sniffed and size-checked from the header (the edge), then

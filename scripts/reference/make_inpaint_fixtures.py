@@ -69,10 +69,15 @@ def make_mask():
 def cases():
     common = dict(model="tiny-sd15-inpaint", prompt="a photo of a cat", negative_prompt="blurry, low quality",
                   width=64, height=64, guidance=7.5, seed=5, steps=4, init_image="init_64.png", mask="mask_64.png")
+    plain = dict(common, model="tiny-sd15")
     return [
         dict(common, id="inpaint_full_euler", scheduler="Euler", strength=1.0),
         dict(common, id="inpaint_075_ddim", scheduler="DDIM", strength=0.75),
         dict(common, id="inpaint_euler_a_2", scheduler="Euler a", strength=1.0, samples=2, negative_prompt=None),
+        # Ordinary UNets: the latents blended with the noised image after each step.
+        dict(plain, id="blend_full_euler", scheduler="Euler", strength=1.0),
+        dict(plain, id="blend_07_ddim", scheduler="DDIM", strength=0.7),
+        dict(plain, id="blend_euler_a_2", scheduler="Euler a", strength=0.9, samples=2),
     ]
 
 
@@ -98,13 +103,15 @@ def main():
     make_init_images()
     os.remove(os.path.join(OUT, "init_100x80.png"))
     make_mask()
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(MODEL, torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+    pipes = {name: StableDiffusionInpaintPipeline.from_pretrained(os.path.join(MODELS, name), torch_dtype=torch.float32)
+             for name in ("tiny-sd15-inpaint", "tiny-sd15")}
     all_cases = []
     for case in cases():
+        pipe = pipes[case["model"]]
+        pipe.set_progress_bar_config(disable=True)
         save_images(case, run(pipe, case), OUT)
         all_cases.append(case)
-    write_manifest(OUT, {"tiny-sd15-inpaint": "models/tiny-sd15-inpaint"}, all_cases)
+    write_manifest(OUT, {name: f"models/{name}" for name in pipes}, all_cases)
 
 
 if __name__ == "__main__":

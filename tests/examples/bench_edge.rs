@@ -240,7 +240,7 @@ fn check_request(content_type: &str, body: &[u8]) -> Result<(), String> {
     if req.prompt.is_empty() || req.steps == Some(0) {
         return Err(format!("prompt {:?}, steps {:?}", req.prompt, req.steps));
     }
-    let (Some(init), Some(image)) = (req.init_image.as_ref(), got.init_image) else {
+    let (Some(init), Some(image)) = (req.init_image.as_ref(), got.images.init_image) else {
         return Ok(());
     };
     if !(init.strength > 0.0 && init.strength <= 1.0) {
@@ -259,7 +259,7 @@ fn check_request(content_type: &str, body: &[u8]) -> Result<(), String> {
 fn init_image_of(request: &Captured) -> Vec<u8> {
     let got = contract::wire::read(Some(&request.content_type), request.body.clone().into())
         .expect("checked before");
-    got.init_image.expect("checked before").to_vec()
+    got.images.init_image.expect("checked before").to_vec()
 }
 
 struct Reply {

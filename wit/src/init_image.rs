@@ -10,19 +10,23 @@ use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, RgbImage};
 
-/// The field every message here names.
+/// The field [`decode`]'s messages name.
 const FIELD: &str = "init_image.image";
-
-fn invalid(detail: impl std::fmt::Display) -> Error {
-    Error::InvalidRequest(format!("{FIELD}: {detail}"))
-}
 
 /// Decodes `bytes` into upright RGB of at most `max_pixels`.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Error> {
-    let header = read_header(bytes, max_pixels).map_err(invalid)?;
+    decode_field(bytes, max_pixels, FIELD)
+}
+
+/// As [`decode`], for an image in another field (a mask, a control image), which
+/// refusals name.
+pub fn decode_field(bytes: &[u8], max_pixels: u64, field: &str) -> Result<RgbImage, Error> {
+    let invalid =
+        |detail: &dyn std::fmt::Display| Error::InvalidRequest(format!("{field}: {detail}"));
+    let header = read_header(bytes, max_pixels).map_err(|e| invalid(&e))?;
     let (format, orientation) = (header.format, header.orientation);
     let mut img = DynamicImage::from_decoder(header.decoder)
-        .map_err(|e| invalid(HeaderError::Broken(format, e)))?;
+        .map_err(|e| invalid(&HeaderError::Broken(format, e)))?;
     img.apply_orientation(orientation);
     Ok(flatten_onto_white(img))
 }

@@ -20,7 +20,8 @@ wit_bindgen::generate!({
 });
 
 pub use sdgate::inference::types::{
-    Error, GenerateRequest, GenerateResult, GeneratedImage, ImageBase64, InitImage, Lora, Timings,
+    Controlnet, Error, GenerateRequest, GenerateResult, GeneratedImage, ImageBase64, InitImage,
+    Lora, Timings,
 };
 
 impl Default for GenerateRequest {
@@ -49,6 +50,8 @@ impl Default for GenerateRequest {
             karras: None,
             algorithm_type: None,
             init_image: None,
+            controlnets: None,
+            guess_mode: None,
         }
     }
 }
@@ -125,6 +128,7 @@ mod tests {
             init_image: Some(InitImage {
                 image: "iVBORw0KGgo=".into(),
                 strength: 0.5,
+                mask: None,
             }),
             ..GenerateRequest::default()
         };

@@ -14,3 +14,5 @@ pub const MAX_PROMPT_CHARS: usize = 10_000;
 pub const MAX_MODEL_CHARS: usize = 200;
 /// Largest init image, pixels (its header's size, checked before it is decoded).
 pub const MAX_INIT_PIXELS: u64 = 16_000_000;
+/// Most ControlNets per request.
+pub const MAX_CONTROLNETS: usize = 4;

@@ -1,8 +1,8 @@
-//! A generate-request's body on the wire (HTTP.md): JSON, with an init image as
-//! base64 text; or multipart/form-data, with the JSON in a `request` part and the
-//! init image's own bytes in an `init_image` part. The edge sends the second: base64
-//! makes an image a third larger, and encoding and escaping megabytes of it costs the
-//! edge (a wasm component) more than the rest of its work.
+//! A generate-request's body on the wire (HTTP.md): JSON, with its images as base64
+//! text; or multipart/form-data, with the JSON in a `request` part and each image's
+//! own bytes in a part of its own (`init_image`, `mask`, `control_image.N`). The edge
+//! sends the second: base64 makes an image a third larger, and encoding and escaping
+//! megabytes of it costs the edge (a wasm component) more than the rest of its work.
 
 use std::future::Future;
 use std::pin::pin;
@@ -17,6 +17,10 @@ use crate::{Error, GenerateRequest};
 pub const REQUEST_PART: &str = "request";
 /// The part that holds the init image's bytes.
 pub const INIT_IMAGE_PART: &str = "init_image";
+/// The part that holds the inpainting mask's bytes.
+pub const MASK_PART: &str = "mask";
+/// The prefix of the parts that hold control images: `control_image.0`, ...
+pub const CONTROL_IMAGE_PART: &str = "control_image.";
 const JSON: &str = "application/json";
 
 /// A body ready to send: its Content-Type and bytes.
@@ -25,54 +29,115 @@ pub struct Body {
     pub bytes: Vec<u8>,
 }
 
-/// A request as read from a body: the init image's bytes (from its part, or
-/// decoded from base64) taken out of `request.init_image.image`, which is left empty.
+/// The encoded images a request carries (as the client sent them), each in the
+/// request's field that says what it is for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Images {
+    /// `init_image.image`.
+    pub init_image: Option<Bytes>,
+    /// `init_image.mask`.
+    pub mask: Option<Bytes>,
+    /// `controlnets[i].image`, one per ControlNet.
+    pub controls: Vec<Bytes>,
+}
+
+impl Images {
+    pub fn is_empty(&self) -> bool {
+        self.init_image.is_none() && self.mask.is_none() && self.controls.is_empty()
+    }
+
+    /// Each image with its part name.
+    fn parts(&self) -> Vec<(String, &Bytes)> {
+        let mut parts = Vec::new();
+        if let Some(b) = &self.init_image {
+            parts.push((INIT_IMAGE_PART.to_string(), b));
+        }
+        if let Some(b) = &self.mask {
+            parts.push((MASK_PART.to_string(), b));
+        }
+        for (i, b) in self.controls.iter().enumerate() {
+            parts.push((format!("{CONTROL_IMAGE_PART}{i}"), b));
+        }
+        parts
+    }
+}
+
+/// A request as read from a body: its images' bytes (from their parts, or decoded
+/// from base64), taken out of the request, whose image fields are left empty.
 #[derive(Debug)]
 pub struct Received {
     pub request: GenerateRequest,
-    pub init_image: Option<Bytes>,
+    pub images: Images,
 }
 
-/// The body for `request`, whose `init_image.image` is ignored when `init_image`
-/// is given: JSON alone without an image, multipart with one.
-pub fn encode(request: &GenerateRequest, init_image: Option<&[u8]>) -> Result<Body, String> {
+/// The body for `request` with `images` (whose fields in `request` are emptied): JSON
+/// alone without images, multipart with them.
+pub fn encode(request: &GenerateRequest, images: &Images) -> Result<Body, String> {
     let json = |r: &GenerateRequest| serde_json::to_vec(r).map_err(|e| e.to_string());
-    let Some(image) = init_image else {
+    if images.is_empty() {
         return Ok(Body {
             content_type: JSON.into(),
             bytes: json(request)?,
         });
-    };
+    }
     let mut request = request.clone();
     if let Some(init) = request.init_image.as_mut() {
         init.image.clear();
+        if images.mask.is_some() {
+            init.mask = Some(String::new());
+        }
+    }
+    for c in request.controlnets.iter_mut().flatten() {
+        c.image.clear();
     }
     let request = json(&request)?;
-    // A random boundary: the image's bytes were chosen by the edge's client, who
-    // cannot know it, so cannot end the part early.
+    let mut parts = vec![(REQUEST_PART.to_string(), JSON, &request[..])];
+    for (name, bytes) in images.parts() {
+        parts.push((name, "application/octet-stream", &bytes[..]));
+    }
+    form(&parts)
+}
+
+/// The images alone as a multipart body (how the edge keeps a job's images until it
+/// runs); [`read_images`] reads it back.
+pub fn encode_images(images: &Images) -> Result<Body, String> {
+    let parts: Vec<_> = images
+        .parts()
+        .into_iter()
+        .map(|(name, bytes)| (name, "application/octet-stream", &bytes[..]))
+        .collect();
+    form(&parts)
+}
+
+/// Reads what [`encode_images`] wrote.
+pub fn read_images(content_type: &str, body: Bytes) -> Result<Images, Error> {
+    let (request, images) = parts_of(content_type, body)?;
+    if request.is_some() {
+        return Err(invalid("body: a request part among the images"));
+    }
+    Ok(images)
+}
+
+fn form(parts: &[(String, &str, &[u8])]) -> Result<Body, String> {
+    // A random boundary: the images' bytes were chosen by the edge's client, who
+    // cannot know it, so cannot end a part early.
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| format!("no randomness for a boundary ({e})"))?;
     let boundary: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-    let head = |name: &str, kind: &str| {
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\
-             Content-Type: {kind}\r\n\r\n"
-        )
-    };
-    let (request_head, image_head) = (
-        head(REQUEST_PART, JSON),
-        head(INIT_IMAGE_PART, "application/octet-stream"),
-    );
-    let tail = format!("\r\n--{boundary}--\r\n");
-    let mut bytes = Vec::with_capacity(
-        request_head.len() + request.len() + 2 + image_head.len() + image.len() + tail.len(),
-    );
-    bytes.extend_from_slice(request_head.as_bytes());
-    bytes.extend_from_slice(&request);
-    bytes.extend_from_slice(b"\r\n");
-    bytes.extend_from_slice(image_head.as_bytes());
-    bytes.extend_from_slice(image);
-    bytes.extend_from_slice(tail.as_bytes());
+    let size: usize = parts.iter().map(|(_, _, b)| b.len() + 128).sum();
+    let mut bytes = Vec::with_capacity(size + 64);
+    for (name, kind, data) in parts {
+        bytes.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\
+                 Content-Type: {kind}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        bytes.extend_from_slice(data);
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     Ok(Body {
         content_type: format!("multipart/form-data; boundary={boundary}"),
         bytes,
@@ -106,6 +171,7 @@ fn parse_request(json: &[u8]) -> Result<GenerateRequest, Error> {
         .map_err(|e| invalid(format!("body: not a generate-request ({e})")))?;
     // serde_json reads a number beyond f32's range as infinity, which JSON cannot
     // carry on (it would be written as null, a different request): refused here.
+    let controls = request.controlnets.iter().flatten();
     let floats = [
         ("guidance", request.guidance),
         ("refiner_start", request.refiner_start),
@@ -122,6 +188,13 @@ fn parse_request(json: &[u8]) -> Result<GenerateRequest, Error> {
             "init_image.strength",
             request.init_image.as_ref().map(|i| i.strength),
         ),
+        (
+            "controlnets",
+            controls
+                .flat_map(|c| [c.scale, c.start, c.end])
+                .flatten()
+                .find(|s| !s.is_finite()),
+        ),
     ];
     for (name, value) in floats {
         if value.is_some_and(|v| !v.is_finite()) {
@@ -135,44 +208,127 @@ fn parse_request(json: &[u8]) -> Result<GenerateRequest, Error> {
 
 fn from_json(body: &[u8]) -> Result<Received, Error> {
     let mut request = parse_request(body)?;
-    let init_image = take_base64(&mut request)?;
-    Ok(Received {
-        request,
-        init_image,
-    })
+    let images = take_base64(&mut request, Images::default())?;
+    Ok(Received { request, images })
 }
 
-/// The init image's bytes decoded from `init_image.image`, which is left empty.
-fn take_base64(request: &mut GenerateRequest) -> Result<Option<Bytes>, Error> {
-    let Some(init) = request.init_image.as_mut() else {
-        return Ok(None);
+fn decode64(text: &str, field: &str) -> Result<Bytes, Error> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map(Bytes::from)
+        .map_err(|e| invalid(format!("{field}: not valid base64 ({e})")))
+}
+
+/// Moves each image from its base64 field of `request` (left empty) into `parts`,
+/// which holds those that came as parts: an image comes one way or the other.
+fn take_base64(request: &mut GenerateRequest, mut parts: Images) -> Result<Images, Error> {
+    let both = |field: &str, part: &str| {
+        invalid(format!(
+            "{field}: given both as base64 and as the {part} part"
+        ))
     };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&init.image)
-        .map_err(|e| invalid(format!("init_image.image: not valid base64 ({e})")))?;
-    init.image = String::new();
-    Ok(Some(Bytes::from(bytes)))
+    match request.init_image.as_mut() {
+        Some(init) => {
+            match (init.image.is_empty(), &parts.init_image) {
+                (false, Some(_)) => return Err(both("init_image.image", INIT_IMAGE_PART)),
+                (false, None) => {
+                    parts.init_image = Some(decode64(&init.image, "init_image.image")?)
+                }
+                _ => {}
+            }
+            init.image.clear();
+            match (init.mask.as_deref(), &parts.mask) {
+                (Some(m), Some(_)) if !m.is_empty() => {
+                    return Err(both("init_image.mask", MASK_PART));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "init_image.mask: the mask part needs init_image.mask (\"\") in the request",
+                    ));
+                }
+                (Some(m), None) => {
+                    if m.is_empty() {
+                        return Err(invalid("init_image.mask: empty, and no mask part"));
+                    }
+                    parts.mask = Some(decode64(m, "init_image.mask")?);
+                }
+                _ => {}
+            }
+            if init.mask.is_some() {
+                init.mask = Some(String::new());
+            }
+        }
+        None => {
+            for (present, part) in [
+                (parts.init_image.is_some(), INIT_IMAGE_PART),
+                (parts.mask.is_some(), MASK_PART),
+            ] {
+                if present {
+                    return Err(invalid(format!(
+                        "init_image: the {part} part needs init_image (its strength) in the request"
+                    )));
+                }
+            }
+        }
+    }
+    let controls = request.controlnets.as_deref_mut().unwrap_or_default();
+    if parts.controls.len() > controls.len() {
+        return Err(invalid(format!(
+            "controlnets: {} control_image parts for {} controlnets",
+            parts.controls.len(),
+            controls.len()
+        )));
+    }
+    let mut images = Vec::with_capacity(controls.len());
+    let mut sent = std::mem::take(&mut parts.controls).into_iter();
+    for (i, c) in controls.iter_mut().enumerate() {
+        let part = sent.next().filter(|b| !b.is_empty());
+        let field = format!("controlnets[{i}].image");
+        images.push(match (c.image.is_empty(), part) {
+            (false, Some(_)) => return Err(both(&field, &format!("{CONTROL_IMAGE_PART}{i}"))),
+            (false, None) => decode64(&c.image, &field)?,
+            (true, Some(bytes)) => bytes,
+            (true, None) => return Err(invalid(format!("{field}: required"))),
+        });
+        c.image.clear();
+    }
+    parts.controls = images;
+    Ok(parts)
 }
 
-fn from_multipart(content_type: &str, body: Bytes) -> Result<Received, Error> {
+/// The image parts of a multipart body, and its request part if any.
+fn parts_of(content_type: &str, body: Bytes) -> Result<(Option<Bytes>, Images), Error> {
     let boundary =
         multer::parse_boundary(content_type).map_err(|e| invalid(format!("Content-Type: {e}")))?;
     let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
     let mut form = multer::Multipart::new(stream, boundary);
     let broken = |e: multer::Error| invalid(format!("body: broken multipart form ({e})"));
-    let (mut request, mut init_image) = (None, None);
+    let (mut request, mut images) = (None, Images::default());
+    let mut controls: Vec<Option<Bytes>> = Vec::new();
     while let Some(part) = complete(form.next_field())
         .ok_or_else(stalled)?
         .map_err(broken)?
     {
         let name = part.name().unwrap_or_default().to_string();
-        let slot = match name.as_str() {
-            REQUEST_PART => &mut request,
-            INIT_IMAGE_PART => &mut init_image,
+        let control = name
+            .strip_prefix(CONTROL_IMAGE_PART)
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|&i| i < crate::limits::MAX_CONTROLNETS);
+        let slot = match (name.as_str(), control) {
+            (REQUEST_PART, _) => &mut request,
+            (INIT_IMAGE_PART, _) => &mut images.init_image,
+            (MASK_PART, _) => &mut images.mask,
+            (_, Some(i)) => {
+                if controls.len() <= i {
+                    controls.resize(i + 1, None);
+                }
+                &mut controls[i]
+            }
             _ => {
                 return Err(invalid(format!(
-                    "body: unknown part {name:?}; the parts are {REQUEST_PART:?} and \
-                     {INIT_IMAGE_PART:?}"
+                    "body: unknown part {name:?}; the parts are {REQUEST_PART:?}, \
+                     {INIT_IMAGE_PART:?}, {MASK_PART:?} and {CONTROL_IMAGE_PART}N (N below {})",
+                    crate::limits::MAX_CONTROLNETS
                 )));
             }
         };
@@ -185,27 +341,20 @@ fn from_multipart(content_type: &str, body: Bytes) -> Result<Received, Error> {
                 .map_err(broken)?,
         );
     }
+    // A control image sent as base64 leaves a gap in the parts: kept as empty.
+    images.controls = controls
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
+    Ok((request, images))
+}
+
+fn from_multipart(content_type: &str, body: Bytes) -> Result<Received, Error> {
+    let (request, parts) = parts_of(content_type, body)?;
     let request = request.ok_or_else(|| invalid(format!("body: no {REQUEST_PART:?} part")))?;
     let mut request = parse_request(&request)?;
-    let init_image = match (&request.init_image, init_image) {
-        (Some(init), Some(_)) if !init.image.is_empty() => {
-            return Err(invalid(
-                "init_image.image: given both as base64 and as the init_image part",
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(invalid(
-                "init_image: the init_image part needs init_image (its strength) in the request",
-            ));
-        }
-        (_, Some(bytes)) => Some(bytes),
-        // Base64 in the JSON part, as in a JSON body.
-        (_, None) => take_base64(&mut request)?,
-    };
-    Ok(Received {
-        request,
-        init_image,
-    })
+    let images = take_base64(&mut request, parts)?;
+    Ok(Received { request, images })
 }
 
 fn stalled() -> Error {
@@ -246,6 +395,7 @@ mod tests {
             init_image: init.map(|image| InitImage {
                 image: image.into(),
                 strength: 0.5,
+                mask: None,
             }),
             ..GenerateRequest::default()
         }
@@ -283,17 +433,24 @@ mod tests {
 
     #[test]
     fn without_an_image_the_body_is_json() {
-        let body = encode(&request(None), None).unwrap();
+        let body = encode(&request(None), &Images::default()).unwrap();
         assert_eq!(body.content_type, "application/json");
         let got = read_back(body).unwrap();
-        assert_eq!((got.request, got.init_image), (request(None), None));
+        assert_eq!(
+            (got.request, got.images),
+            (request(None), Images::default())
+        );
     }
 
     #[test]
     fn an_image_travels_as_its_own_bytes() {
         // Bytes that look like multipart's own syntax must come through untouched.
         let image = b"\x89PNG\r\n--\r\n\r\n--x--\r\n\0\xff".repeat(1000);
-        let body = encode(&request(Some("ignored")), Some(&image)).unwrap();
+        let images = Images {
+            init_image: Some(Bytes::from(image.clone())),
+            ..Images::default()
+        };
+        let body = encode(&request(Some("ignored")), &images).unwrap();
         assert!(
             body.content_type
                 .starts_with("multipart/form-data; boundary=")
@@ -301,7 +458,7 @@ mod tests {
         // The JSON part and the boundaries: under 1 KiB; base64 would add 8000 bytes.
         assert!(body.bytes.len() < image.len() + 1024, "no base64 inflation");
         let got = read_back(body).unwrap();
-        assert_eq!(got.init_image.as_deref(), Some(&image[..]));
+        assert_eq!(got.images.init_image.as_deref(), Some(&image[..]));
         assert_eq!(got.request, request(Some("")));
     }
 
@@ -309,10 +466,14 @@ mod tests {
     fn base64_in_json_is_decoded_in_either_form() {
         let got = read(
             None,
-            Bytes::from(encode(&request(Some("aGVsbG8=")), None).unwrap().bytes),
+            Bytes::from(
+                encode(&request(Some("aGVsbG8=")), &Images::default())
+                    .unwrap()
+                    .bytes,
+            ),
         );
         let got = got.unwrap();
-        assert_eq!(got.init_image.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(got.images.init_image.as_deref(), Some(&b"hello"[..]));
         assert_eq!(got.request.init_image.unwrap().image, "");
         let e = message(read(
             Some("application/json; charset=utf-8"),
@@ -321,7 +482,7 @@ mod tests {
         assert!(e.starts_with("init_image.image: not valid base64"), "{e}");
     }
 
-    fn form(parts: &[(&str, &[u8])]) -> Result<Received, Error> {
+    fn send(parts: &[(&str, &[u8])]) -> Result<Received, Error> {
         let mut bytes = Vec::new();
         for (name, data) in parts {
             bytes.extend_from_slice(
@@ -343,8 +504,8 @@ mod tests {
         for (parts, needle) in [
             (vec![("init_image", &b"x"[..])], "body: no \"request\" part"),
             (
-                vec![("request", &with[..]), ("mask", b"x")],
-                "body: unknown part \"mask\"",
+                vec![("request", &with[..]), ("masks", b"x")],
+                "body: unknown part \"masks\"",
             ),
             (
                 vec![("request", &with[..]), ("request", &with[..])],
@@ -360,12 +521,12 @@ mod tests {
             ),
             (vec![("request", b"{")], "body: not a generate-request"),
         ] {
-            let e = message(form(&parts));
+            let e = message(send(&parts));
             assert!(e.starts_with(needle), "{e}");
         }
         // Base64 in the request part still works.
-        let got = form(&[("request", &b64[..])]).unwrap();
-        assert_eq!(got.init_image.as_deref(), Some(&b"hello"[..]));
+        let got = send(&[("request", &b64[..])]).unwrap();
+        assert_eq!(got.images.init_image.as_deref(), Some(&b"hello"[..]));
 
         let e = message(read(Some("text/plain"), Bytes::from_static(b"{}")));
         assert!(
@@ -379,5 +540,93 @@ mod tests {
             Bytes::from_static(b"--B\r\nContent-Disposition: form-data; name=\"request\"\r\n\r\n{"),
         ));
         assert!(e.starts_with("body: broken multipart form"), "{e}");
+    }
+
+    fn with_mask_and_controls(mask: &str, controls: &[&str]) -> GenerateRequest {
+        let mut r = request(Some(""));
+        r.init_image.as_mut().unwrap().mask = Some(mask.into());
+        r.controlnets = Some(
+            controls
+                .iter()
+                .map(|image| crate::Controlnet {
+                    name: "canny".into(),
+                    image: (*image).into(),
+                    preprocess: None,
+                    scale: None,
+                    start: None,
+                    end: None,
+                })
+                .collect(),
+        );
+        r
+    }
+
+    #[test]
+    fn masks_and_control_images_travel_in_parts_or_base64() {
+        let images = Images {
+            init_image: Some(Bytes::from_static(b"init")),
+            mask: Some(Bytes::from_static(b"mask")),
+            controls: vec![Bytes::from_static(b"c0"), Bytes::from_static(b"c1")],
+        };
+        let sent = with_mask_and_controls("ignored", &["x", "y"]);
+        let got = read_back(encode(&sent, &images).unwrap()).unwrap();
+        assert_eq!(got.images, images);
+        assert_eq!(got.request, with_mask_and_controls("", &["", ""]));
+        // Base64 in the JSON; and a mix: control 0 as base64, control 1 as a part.
+        let json = serde_json::to_vec(&with_mask_and_controls("bWFzaw==", &["YzA=", "YzE="]));
+        let got = read(None, Bytes::from(json.unwrap())).unwrap();
+        assert_eq!(
+            (got.images.mask.as_deref(), got.images.controls.len()),
+            (Some(&b"mask"[..]), 2)
+        );
+        assert_eq!(got.images.controls[1].as_ref(), b"c1");
+        let mixed = serde_json::to_vec(&with_mask_and_controls("bWFzaw==", &["YzA=", ""])).unwrap();
+        let got = send(&[("request", &mixed), ("control_image.1", b"c1")]).unwrap();
+        assert_eq!(got.images.controls[0].as_ref(), b"c0");
+        assert_eq!(got.images.controls[1].as_ref(), b"c1");
+        // Kept by the edge without the request, and read back.
+        let kept = encode_images(&images).unwrap();
+        let back = read_images(&kept.content_type, Bytes::from(kept.bytes)).unwrap();
+        assert_eq!(back, images);
+    }
+
+    #[test]
+    fn masks_and_control_images_are_refused_by_name() {
+        let both = serde_json::to_vec(&with_mask_and_controls("bWFzaw==", &["YzA="])).unwrap();
+        let none = serde_json::to_vec(&with_mask_and_controls("", &[""])).unwrap();
+        let without = serde_json::to_vec(&request(None)).unwrap();
+        for (parts, needle) in [
+            (
+                vec![("request", &both[..]), ("mask", &b"m"[..])],
+                "init_image.mask: given both",
+            ),
+            (
+                vec![("request", &both[..]), ("control_image.0", b"c")],
+                "controlnets[0].image: given both",
+            ),
+            (
+                vec![("request", &none[..]), ("mask", b"m")],
+                "controlnets[0].image: required",
+            ),
+            (
+                vec![("request", &none[..]), ("control_image.0", b"c")],
+                "init_image.mask: empty, and no mask part",
+            ),
+            (
+                vec![("request", &without[..]), ("mask", b"m")],
+                "init_image: the mask part needs",
+            ),
+            (
+                vec![("request", &both[..]), ("control_image.1", b"c")],
+                "controlnets: 2 control_image parts for 1",
+            ),
+            (
+                vec![("request", &both[..]), ("control_image.4", b"c")],
+                "body: unknown part \"control_image.4\"",
+            ),
+        ] {
+            let e = message(send(&parts));
+            assert!(e.starts_with(needle), "{needle}: {e}");
+        }
     }
 }

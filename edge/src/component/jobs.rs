@@ -18,6 +18,7 @@ use crate::jobs::{self, HEARTBEAT_SECS, LEASE_SECS, Record, State, Webhook};
 use crate::quota::{self, Usage};
 use crate::settings::Settings;
 use crate::stash::{self, Stash};
+use contract::wire::Images;
 
 async fn open() -> Result<Store, ApiError> {
     Store::open(stash::STORE)
@@ -111,7 +112,7 @@ fn future_links(record: &Record, origin: &str) -> Vec<String> {
 pub async fn submit(
     dialect: &'static dyn Dialect,
     mut job: Job,
-    init: Option<Vec<u8>>,
+    images: Images,
     key: Option<&str>,
     origin: &str,
     path: &str,
@@ -158,8 +159,8 @@ pub async fn submit(
     save_usage(&kv, &record.owner, &usage).await?;
 
     if later {
-        if let Some(bytes) = &init {
-            kv.set(&jobs::input_key(id), bytes)
+        if !images.is_empty() {
+            kv.set(&jobs::input_key(id), &keep_images(&images)?)
                 .await
                 .map_err(|e| kv_error("writing to", e))?;
         }
@@ -178,15 +179,7 @@ pub async fn submit(
         ));
     }
     record.claim(now);
-    let result = run(
-        dialect,
-        &record,
-        init.as_deref(),
-        origin,
-        settings,
-        trace_id,
-    )
-    .await;
+    let result = run(dialect, &record, &images, origin, settings, trace_id).await;
     let (out, stored) = match &result {
         Ok((out, stored)) => (out.clone(), *stored),
         Err(err) => (dialect.render_error(err, trace_id), 0),
@@ -203,12 +196,12 @@ pub async fn submit(
 async fn run(
     dialect: &dyn Dialect,
     record: &Record,
-    init: Option<&[u8]>,
+    images: &Images,
     origin: &str,
     settings: &Settings,
     trace_id: &str,
 ) -> Result<(Outgoing, u64), ApiError> {
-    let result = outbound::generate(settings, &record.request, init, trace_id)
+    let result = outbound::generate(settings, &record.request, images, trace_id)
         .await
         .map_err(|e| e.in_field_names(dialect.field_names()))?;
     let mut stash = Stash::with_names(origin, record.created, &record.image_names);
@@ -249,19 +242,16 @@ async fn drive_job(
     let run_now = record.claim(unix_now());
     save(&kv, &record).await?;
     if run_now && record.state == State::Processing {
-        let init = kv
+        let images = match kv
             .get(&jobs::input_key(id))
             .await
-            .map_err(|e| kv_error("reading from", e))?;
+            .map_err(|e| kv_error("reading from", e))?
+        {
+            Some(kept) => kept_images(kept)?,
+            None => Images::default(),
+        };
         let result = {
-            let work = pin!(run(
-                dialect,
-                &record,
-                init.as_deref(),
-                origin,
-                settings,
-                trace_id
-            ));
+            let work = pin!(run(dialect, &record, &images, origin, settings, trace_id));
             let beat = pin!(heartbeat(&kv, id));
             match select(work, beat).await {
                 Either::Left((result, _)) => result,
@@ -381,4 +371,36 @@ pub async fn fetch(
         &format!("{origin}{path}"),
         &future_links(&record, origin),
     ))
+}
+
+/// A job's images as kept in the store until it runs: the multipart body of
+/// `contract::wire::encode_images` after its Content-Type and a newline.
+fn keep_images(images: &Images) -> Result<Vec<u8>, ApiError> {
+    let body = contract::wire::encode_images(images)
+        .map_err(|e| ApiError::internal(format!("keeping the job's images: {e}")))?;
+    let mut kept = body.content_type.into_bytes();
+    kept.push(b'\n');
+    kept.extend_from_slice(&body.bytes);
+    Ok(kept)
+}
+
+/// Reads what [`keep_images`] wrote (or, from an edge before masks and control
+/// images, the init image's bytes alone).
+fn kept_images(kept: Vec<u8>) -> Result<Images, ApiError> {
+    if !kept.starts_with(b"multipart/form-data") {
+        return Ok(Images {
+            init_image: Some(kept.into()),
+            ..Images::default()
+        });
+    }
+    let broken = |e: String| ApiError::internal(format!("the job's kept images: {e}"));
+    let split = kept
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| broken("no content type".into()))?;
+    let content_type = std::str::from_utf8(&kept[..split])
+        .map_err(|e| broken(e.to_string()))?
+        .to_string();
+    let body = bytes::Bytes::from(kept).slice(split + 1..);
+    contract::wire::read_images(&content_type, body).map_err(|e| broken(e.to_string()))
 }

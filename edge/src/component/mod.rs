@@ -14,10 +14,11 @@ use spin_sdk::http::Request;
 use crate::api_error::ApiError;
 use crate::dialects::{self, Dialect, Incoming, Outgoing, modelslab};
 use crate::input_image::{self, Provenance};
-use crate::job::{ImageSource, SizeRule};
+use crate::job::{ImageSource, Job, SizeRule};
 use crate::settings::{self, Settings};
 use crate::stash::{self, Stash};
 use crate::trace::new_trace_id;
+use contract::wire::Images;
 
 /// The largest request body the edge reads: a 10 MiB image as base64 in JSON,
 /// or as a multipart upload, with room for the other fields.
@@ -109,34 +110,12 @@ async fn serve(
         .await;
     }
     let mut job = dialect.parse(&incoming)?;
-    let mut init_bytes = None;
-    if let Some(init) = job.init.take() {
-        let (bytes, from) = match init.source {
-            ImageSource::Url(url) => (
-                outbound::fetch_image(&url, init.field, &settings).await?,
-                Provenance::FetchedUrl,
-            ),
-            ImageSource::Bytes(bytes) => (bytes, Provenance::ClientBytes),
-        };
-        let upright = input_image::inspect(&bytes, settings.image_limits, init.field, from)?;
-        let size = match (job.request.width, job.request.height, job.size_from_init) {
-            (Some(w), Some(h), None) => (w, h),
-            // No size given: the image's aspect, by the dialect's rule or the default one.
-            (_, _, rule) => rule.unwrap_or(SizeRule::DEFAULT).size_for(upright),
-        };
-        (job.request.width, job.request.height) = (Some(size.0), Some(size.1));
-        // The server decodes and fits it (once, natively); its bytes travel as they are.
-        job.request.init_image = Some(contract::InitImage {
-            image: String::new(),
-            strength: init.strength,
-        });
-        init_bytes = Some(bytes);
-    }
+    let images = fetch_images(&mut job, &settings).await?;
     if dialect.keeps_jobs() {
         return jobs::submit(
             dialect,
             job,
-            init_bytes,
+            images,
             key.as_deref(),
             &origin,
             &incoming.path,
@@ -145,13 +124,66 @@ async fn serve(
         )
         .await;
     }
-    let result = outbound::generate(&settings, &job.request, init_bytes.as_deref(), trace_id)
+    let result = outbound::generate(&settings, &job.request, &images, trace_id)
         .await
         .map_err(|e| e.in_field_names(dialect.field_names()))?;
     let mut stash = Stash::new(&origin, unix_now());
     let out = dialect.render(&job, result, &mut stash)?;
     store(stash).await?;
     Ok(out)
+}
+
+/// Fetches (or takes) a job's input images and checks each from its header; sets the
+/// output size from the init image's where the dialect leaves it to that, and fills in
+/// `request.init_image`. The server decodes and fits them (once, natively); their bytes
+/// travel as they are.
+async fn fetch_images(job: &mut Job, settings: &Settings) -> Result<Images, ApiError> {
+    let mut images = Images::default();
+    if let Some(init) = job.init.take() {
+        let bytes = fetch_image(&init.source, init.field, settings).await?;
+        let upright = input_image::inspect(&bytes.0, settings.image_limits, init.field, bytes.1)?;
+        let size = match (job.request.width, job.request.height, job.size_from_init) {
+            (Some(w), Some(h), None) => (w, h),
+            // No size given: the image's aspect, by the dialect's rule or the default one.
+            (_, _, rule) => rule.unwrap_or(SizeRule::DEFAULT).size_for(upright),
+        };
+        (job.request.width, job.request.height) = (Some(size.0), Some(size.1));
+        job.request.init_image = Some(contract::InitImage {
+            image: String::new(),
+            strength: init.strength,
+            mask: None,
+        });
+        images.init_image = Some(bytes.0.into());
+    }
+    if let Some(mask) = job.mask.take() {
+        let bytes = fetch_image(&mask.source, mask.field, settings).await?;
+        input_image::inspect(&bytes.0, settings.image_limits, mask.field, bytes.1)?;
+        let Some(init) = job.request.init_image.as_mut() else {
+            return Err(ApiError::field(mask.field, "a mask needs an init image"));
+        };
+        init.mask = Some(String::new());
+        images.mask = Some(bytes.0.into());
+    }
+    for control in std::mem::take(&mut job.controls) {
+        let bytes = fetch_image(&control.source, control.field, settings).await?;
+        input_image::inspect(&bytes.0, settings.image_limits, control.field, bytes.1)?;
+        images.controls.push(bytes.0.into());
+    }
+    Ok(images)
+}
+
+async fn fetch_image(
+    source: &ImageSource,
+    field: &'static str,
+    settings: &Settings,
+) -> Result<(Vec<u8>, Provenance), ApiError> {
+    Ok(match source {
+        ImageSource::Url(url) => (
+            outbound::fetch_image(url, field, settings).await?,
+            Provenance::FetchedUrl,
+        ),
+        ImageSource::Bytes(bytes) => (bytes.clone(), Provenance::ClientBytes),
+    })
 }
 
 /// How clients reach this edge, for links (`stash::links_origin`: `public_url`, or a

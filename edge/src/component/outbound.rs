@@ -211,10 +211,10 @@ fn image_fetch_error(field: &str, url: &Url, code: ErrorCode, limit: Duration) -
 pub async fn generate(
     settings: &Settings,
     request: &contract::GenerateRequest,
-    init_image: Option<&[u8]>,
+    images: &contract::wire::Images,
     trace_id: &str,
 ) -> Result<contract::GenerateResult, ApiError> {
-    let body = contract::wire::encode(request, init_image)
+    let body = contract::wire::encode(request, images)
         .map_err(|e| ApiError::internal(format!("encoding the request: {e}")))?;
     let (content_type, body) = (body.content_type, Bytes::from(body.bytes));
     let urls = &settings.inference_urls;

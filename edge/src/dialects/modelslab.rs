@@ -2,7 +2,12 @@
 //!
 //! - `POST /api/v1/enterprise/img2img` and `/api/v1/enterprise/text2img`, JSON; the
 //!   key in the body (`key`). Numbers may come as strings ("512"), as their samples
-//!   send them.
+//!   send them. The same under the paths ModelsLab's SDKs, CLI and other documents
+//!   call ([`FAMILIES`]), and inpainting (`.../inpaint`: init_image and mask_image,
+//!   white repaints, black keeps; an inpainting model's UNet, or any model by
+//!   blending).
+//! - Aliases some of ModelsLab's clients send: `steps` (num_inference_steps), `image`
+//!   (init_image), `prompt_strength` (strength).
 //! - Fields: model_id, prompt (required), negative_prompt, init_image (img2img,
 //!   required: a URL, or base64 with "base64":"yes"), width / height (512; multiples
 //!   of 8 from 64 to 1024), samples 1-4 (1), num_inference_steps 1-50 (30),
@@ -37,7 +42,7 @@ use super::{Dialect, Incoming, Outgoing, with_retry_after};
 use crate::api_error::ApiError;
 use crate::fields::Fields;
 use crate::input_image::{ImageLimits, decode_base64};
-use crate::job::{self, ImageSource, InitImageSource, Job};
+use crate::job::{self, ImageSource, InitImageSource, InputImage, Job};
 use crate::models;
 use crate::stash::Stash;
 
@@ -47,7 +52,12 @@ const DEFAULT_STRENGTH: f64 = 0.7;
 const SAFETY_TYPES: [&str; 4] = ["sensitive_content_text", "blur", "pixelate", "black"];
 
 /// The fields this dialect reads; anything else present goes to `meta.ignored`.
-const KNOWN: [&str; 29] = [
+const KNOWN: [&str; 33] = [
+    "mask_image",
+    "steps",
+    "image",
+    "prompt_strength",
+    "base64",
     "safety_checker",
     "safety_checker_type",
     "emphasis",
@@ -72,14 +82,21 @@ const KNOWN: [&str; 29] = [
     "algorithm_type",
     "seed",
     "track_id",
-    "base64",
     "temp",
     "aspect_ratio",
     "init_image_2",
     "webhook",
 ];
-/// Fields only image-to-image reads.
-const IMG2IMG_ONLY: [&str; 3] = ["init_image", "strength", "init_image_2"];
+/// Fields only image-to-image (and inpainting) reads.
+const IMG2IMG_ONLY: [&str; 5] = [
+    "init_image",
+    "strength",
+    "init_image_2",
+    "image",
+    "prompt_strength",
+];
+/// Fields only inpainting reads.
+const INPAINT_ONLY: [&str; 1] = ["mask_image"];
 
 /// The longest side an `aspect_ratio` asks for.
 const ASPECT_MAX_SIDE: u32 = 1024;
@@ -175,26 +192,59 @@ fn loras(f: &Fields) -> Result<Option<Vec<Lora>>, ApiError> {
     Ok(Some(loras))
 }
 
-/// `init_image`: a string, or (v7's image editing) a list of one.
-fn one_init_image(f: &Fields) -> Result<String, ApiError> {
+/// `init_image` (or `field`, its alias): a string, or (v7's image editing) a list of one.
+fn one_init_image(f: &Fields, field: &'static str) -> Result<String, ApiError> {
     if f.has("init_image_2") {
         return Err(ApiError::field(
             "init_image_2",
             "a second input image is not supported here; send one init_image",
         ));
     }
-    match f.get_raw("init_image") {
+    match f.get_raw(field) {
         Value::Array(items) => match items.as_slice() {
             [Value::String(one)] if !one.trim().is_empty() => Ok(one.clone()),
             _ => Err(ApiError::field(
-                "init_image",
+                field,
                 format!(
                     "one image is supported here: a string, or a list of one (got a list of {})",
                     items.len()
                 ),
             )),
         },
-        _ => f.required_string("init_image"),
+        _ => f.required_string(field),
+    }
+}
+
+/// An image field's text: a URL, or with `"base64": "yes"` the image itself; and how
+/// `meta` shows it.
+fn image_source(
+    field: &'static str,
+    text: &str,
+    base64_io: bool,
+) -> Result<(ImageSource, Value), ApiError> {
+    if base64_io {
+        let bytes = decode_base64(text, ImageLimits::default(), field)?;
+        Ok((ImageSource::Bytes(bytes), Value::from("(base64)")))
+    } else if text.trim_start().starts_with("http://") || text.trim_start().starts_with("https://")
+    {
+        Ok((ImageSource::url(field, text)?, Value::from(text.trim())))
+    } else {
+        Err(ApiError::field(
+            field,
+            "not an http(s) URL; to send the image itself as base64, also send \"base64\": \"yes\"",
+        ))
+    }
+}
+
+/// The field a request uses of a documented name and the alias some clients send
+/// (`steps` in ModelsLab's own examples, `image` in its TypeScript SDK's docs,
+/// `prompt_strength` in its older pages): the documented one unless only the alias
+/// is present.
+fn alias(f: &Fields, name: &'static str, other: &'static str) -> &'static str {
+    if !f.has(name) && f.has(other) {
+        other
+    } else {
+        name
     }
 }
 
@@ -202,22 +252,82 @@ fn one_init_image(f: &Fields) -> Result<String, ApiError> {
 pub enum Endpoint {
     Img2Img,
     Text2Img,
+    /// An init image and a mask (white repaints).
+    Inpaint,
     /// A queued job's result, by its id.
     Fetch(String),
 }
 
-/// The families of paths ModelsLab's clients call (after `/api/`): the seed's
-/// enterprise endpoints, the official Python SDK's community and realtime APIs
-/// (`modelslab-py`: v6, or v1/enterprise with `enterprise=True`) and the v7 API its
-/// providers and the official CLI (`modelslab-cli`) use. Each has its fetch route.
-const FAMILIES: [(&str, &str, &str); 6] = [
-    // (prefix, text-to-image, image-to-image)
-    ("v1/enterprise/", "text2img", "img2img"),
-    ("v6/images/", "text2img", "img2img"),
-    ("v6/realtime/", "text2img", "img2img"),
-    ("v1/enterprise/images/", "text2img", "img2img"),
-    ("v1/enterprise/realtime/", "text2img", "img2img"),
-    ("v7/images/", "text-to-image", "image-to-image"),
+/// A family of paths ModelsLab's clients call (after `/api/`), with its operations
+/// and its fetch route (`{prefix}fetch/{id}`).
+struct Family {
+    prefix: &'static str,
+    text2img: Option<&'static str>,
+    img2img: Option<&'static str>,
+    inpaint: &'static [&'static str],
+}
+
+const fn family(
+    prefix: &'static str,
+    text2img: Option<&'static str>,
+    img2img: Option<&'static str>,
+    inpaint: &'static [&'static str],
+) -> Family {
+    Family {
+        prefix,
+        text2img,
+        img2img,
+        inpaint,
+    }
+}
+
+/// The seed's enterprise endpoints, the official SDKs' (`modelslab-py`, `modelslab-js`,
+/// `modelslab-go`: v6 community, realtime and image editing, or their v1/enterprise
+/// forms with `enterprise=True`; the Dart SDK's `v6/images/text2img/inpaint`; the PHP
+/// SDK's `image_editing/inpainting`), the documented ones (v1/enterprise/inpaint, the
+/// legacy v3/inpaint) and the v7 API its providers and the official CLI
+/// (`modelslab-cli`) use.
+const FAMILIES: [Family; 10] = [
+    family(
+        "v1/enterprise/",
+        Some("text2img"),
+        Some("img2img"),
+        &["inpaint"],
+    ),
+    family(
+        "v6/images/",
+        Some("text2img"),
+        Some("img2img"),
+        &["inpaint"],
+    ),
+    family(
+        "v6/realtime/",
+        Some("text2img"),
+        Some("img2img"),
+        &["inpaint"],
+    ),
+    family(
+        "v1/enterprise/images/",
+        Some("text2img"),
+        Some("img2img"),
+        &["inpaint"],
+    ),
+    family(
+        "v1/enterprise/realtime/",
+        Some("text2img"),
+        Some("img2img"),
+        &["inpaint"],
+    ),
+    family(
+        "v7/images/",
+        Some("text-to-image"),
+        Some("image-to-image"),
+        &["inpaint"],
+    ),
+    family("v6/image_editing/", None, None, &["inpaint", "inpainting"]),
+    family("v1/enterprise/image_editing/", None, None, &["inpaint"]),
+    family("v6/images/text2img/", None, None, &["inpaint"]),
+    family("v3/", None, None, &["inpaint"]),
 ];
 
 pub fn endpoint(path: &str) -> Option<Endpoint> {
@@ -226,16 +336,32 @@ pub fn endpoint(path: &str) -> Option<Endpoint> {
     if rest == "v1/enterprise/qwen/text2img" {
         return Some(Endpoint::Text2Img);
     }
-    FAMILIES.iter().find_map(|(prefix, t2i, i2i)| {
-        let op = rest.strip_prefix(prefix)?;
+    FAMILIES.iter().find_map(|f| {
+        let op = rest.strip_prefix(f.prefix)?;
         match op.strip_prefix("fetch/") {
             Some(id) if !id.is_empty() && !id.contains('/') => Some(Endpoint::Fetch(id.into())),
             Some(_) => None,
-            None if op == *t2i => Some(Endpoint::Text2Img),
-            None if op == *i2i => Some(Endpoint::Img2Img),
+            None if Some(op) == f.text2img => Some(Endpoint::Text2Img),
+            None if Some(op) == f.img2img => Some(Endpoint::Img2Img),
+            None if f.inpaint.contains(&op) => Some(Endpoint::Inpaint),
             None => None,
         }
     })
+}
+
+/// Every path [`endpoint`] answers, with `:id` for a fetch route's id (spin.toml
+/// routes each).
+pub fn routes() -> Vec<String> {
+    let mut routes = vec!["/api/v1/enterprise/qwen/text2img".to_string()];
+    for f in &FAMILIES {
+        let ops = [f.text2img, f.img2img]
+            .into_iter()
+            .flatten()
+            .chain(f.inpaint.iter().copied())
+            .chain(["fetch/:id"]);
+        routes.extend(ops.map(|op| format!("/api/{}{op}", f.prefix)));
+    }
+    routes
 }
 
 pub struct ModelsLab;
@@ -253,6 +379,8 @@ impl Dialect for ModelsLab {
             ("karras", "use_karras_sigmas"),
             ("init_image.strength", "strength"),
             ("init_image.image", "init_image"),
+            ("init_image.mask", "mask_image"),
+            ("mask", "mask_image"),
             ("loras", "lora_model"),
             ("embeddings", "embeddings_model"),
         ]
@@ -272,7 +400,9 @@ impl Dialect for ModelsLab {
     }
 
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
-        let img2img = endpoint(&req.path) == Some(Endpoint::Img2Img);
+        let op = endpoint(&req.path);
+        let inpaint = op == Some(Endpoint::Inpaint);
+        let img2img = op == Some(Endpoint::Img2Img) || inpaint;
         let f = req.json()?;
         let model_id = models::check("model_id", f.string("model_id")?, models::SDXL_BASE)?;
         let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
@@ -292,7 +422,9 @@ impl Dialect for ModelsLab {
             .integer("samples", 1..=i64::from(MAX_SAMPLES))?
             .map_or(1, |n| n as u32);
         // ModelsLab documents no defaults: absent, the model's catalog defaults apply.
-        let steps = f.integer("num_inference_steps", 1..=50)?.map(|n| n as u32);
+        let steps = f
+            .integer(alias(f, "num_inference_steps", "steps"), 1..=50)?
+            .map(|n| n as u32);
         let guidance = f.number("guidance_scale", 1.0..=20.0)?.map(|g| g as f32);
         let seed = job::seed_or_random(f.seed("seed")?);
         let karras = f.yes_no("use_karras_sigmas")?;
@@ -344,7 +476,11 @@ impl Dialect for ModelsLab {
             .filter(|w| !w.is_empty());
         let mut ignored: Vec<String> = f
             .names()
-            .filter(|n| !KNOWN.contains(n) || (!img2img && IMG2IMG_ONLY.contains(n)))
+            .filter(|n| {
+                !KNOWN.contains(n)
+                    || (!img2img && IMG2IMG_ONLY.contains(n))
+                    || (!inpaint && INPAINT_ONLY.contains(n))
+            })
             .map(String::from)
             .collect();
         let scheduler = f
@@ -375,33 +511,25 @@ impl Dialect for ModelsLab {
         };
         let (init, init_shown) = if img2img {
             let strength = f
-                .number("strength", 0.01..=1.0)?
+                .number(alias(f, "strength", "prompt_strength"), 0.01..=1.0)?
                 .unwrap_or(DEFAULT_STRENGTH);
-            let text = one_init_image(f)?;
-            let (source, shown) = if base64_io {
-                let bytes = decode_base64(&text, ImageLimits::default(), "init_image")?;
-                (ImageSource::Bytes(bytes), Value::from("(base64)"))
-            } else if text.trim_start().starts_with("http://")
-                || text.trim_start().starts_with("https://")
-            {
-                (
-                    ImageSource::url("init_image", &text)?,
-                    Value::from(text.trim()),
-                )
-            } else {
-                return Err(ApiError::field(
-                    "init_image",
-                    "not an http(s) URL; to send the image itself as base64, also send \"base64\": \"yes\"",
-                ));
-            };
+            let field = alias(f, "init_image", "image");
+            let (source, shown) = image_source(field, &one_init_image(f, field)?, base64_io)?;
             (
                 Some(InitImageSource {
-                    field: "init_image",
+                    field,
                     source,
                     strength: strength as f32,
                 }),
                 shown,
             )
+        } else {
+            (None, Value::Null)
+        };
+        let (mask, mask_shown) = if inpaint {
+            let field = "mask_image";
+            let (source, shown) = image_source(field, &f.required_string(field)?, base64_io)?;
+            (Some(InputImage { field, source }), shown)
         } else {
             (None, Value::Null)
         };
@@ -430,6 +558,7 @@ impl Dialect for ModelsLab {
             },
             init,
         );
+        job.mask = mask;
         job.echo = json!({
             "base64": base64_io,
             "track_id": track_id,
@@ -443,6 +572,7 @@ impl Dialect for ModelsLab {
                 "H": height,
                 "guidance_scale": guidance,
                 "init_image": init_shown,
+                "mask_image": mask_shown,
                 "steps": steps,
                 "n_samples": samples,
                 "strength": job.init.as_ref().map(|i| f64::from(i.strength)),
@@ -532,7 +662,7 @@ pub fn fetch_path(path: &str, id: u64) -> String {
     let rest = path.strip_prefix("/api/").unwrap_or_default();
     let prefix = FAMILIES
         .iter()
-        .map(|(prefix, ..)| *prefix)
+        .map(|f| f.prefix)
         .filter(|prefix| rest.starts_with(prefix))
         .max_by_key(|prefix| prefix.len())
         // (Every fetch route serves every job; this is the family's own.)
@@ -616,7 +746,7 @@ mod tests {
             ),
             ("/api/v6/images/fetch/", None),
             ("/api/v6/images/fetch/1/2", None),
-            ("/api/v6/images/inpaint", None),
+            ("/api/v6/images/controlnet", None),
             ("/api/v7/images/text2img", None),
             ("/v6/images/text2img", None),
         ] {
@@ -916,6 +1046,106 @@ mod tests {
         assert_eq!(
             body,
             json!({"status":"error","message":"prompt: required","traceId":"t"})
+        );
+    }
+
+    #[test]
+    fn spin_toml_routes_every_path() {
+        let manifest = include_str!("../../../spin.toml");
+        for route in routes() {
+            assert!(
+                manifest.contains(&format!("route = \"{route}\"")),
+                "spin.toml does not route {route}"
+            );
+            let probe = route.replace(":id", "12");
+            assert!(endpoint(&probe).is_some(), "{probe}");
+        }
+    }
+
+    #[test]
+    fn inpaint_paths_of_the_sdks_and_documents() {
+        for path in [
+            "/api/v6/images/inpaint",
+            "/api/v6/image_editing/inpaint",
+            "/api/v6/image_editing/inpainting",
+            "/api/v6/realtime/inpaint",
+            "/api/v7/images/inpaint",
+            "/api/v1/enterprise/inpaint",
+            "/api/v1/enterprise/images/inpaint",
+            "/api/v1/enterprise/image_editing/inpaint",
+            "/api/v6/images/text2img/inpaint",
+            "/api/v3/inpaint",
+        ] {
+            assert_eq!(endpoint(path), Some(Endpoint::Inpaint), "{path}");
+        }
+        assert_eq!(
+            endpoint("/api/v6/images/text2img/fetch/7"),
+            Some(Endpoint::Fetch("7".into()))
+        );
+        assert_eq!(
+            fetch_path("/api/v6/image_editing/inpaint", 7),
+            "/api/v6/image_editing/fetch/7"
+        );
+        assert_eq!(endpoint("/api/v6/images/text2img/img2img"), None);
+    }
+
+    #[test]
+    fn inpaint_reads_the_mask_and_the_aliases_clients_send() {
+        // The shape of ModelsLab's v6 community inpaint example (`steps`, strings).
+        let body = r#"{"key":"k","model_id":"m","prompt":"a cat",
+            "init_image":"https://example.com/i.png","mask_image":"https://example.com/m.png",
+            "width":"512","height":"512","samples":"1","steps":"21","safety_checker":"no",
+            "guidance_scale":7.5,"strength":0.7,"scheduler":"UniPCMultistepScheduler",
+            "lora_model":null,"use_karras_sigmas":"yes","vae":null,"lora_strength":null,
+            "seed":null,"webhook":null,"track_id":null}"#;
+        let job = parse("/api/v6/images/inpaint", body).unwrap();
+        assert_eq!(job.request.steps, Some(21));
+        let mask = job.mask.as_ref().unwrap();
+        assert_eq!(mask.field, "mask_image");
+        assert!(
+            matches!(&mask.source, ImageSource::Url(u) if u.as_str() == "https://example.com/m.png")
+        );
+        assert_eq!(job.init.as_ref().unwrap().strength, 0.7);
+        assert_eq!(job.echo["meta"]["mask_image"], "https://example.com/m.png");
+        assert!(
+            !job.echo["meta"]["ignored"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == "mask_image" || n == "steps")
+        );
+        // The TypeScript SDK docs' `image`, the old pages' `prompt_strength`, base64.
+        let body = r#"{"prompt":"p","image":"aGVsbG8=","mask_image":"aGVsbG8=","prompt_strength":0.5,"base64":"yes"}"#;
+        let job = parse("/api/v6/image_editing/inpaint", body).unwrap();
+        assert_eq!(job.init.as_ref().unwrap().field, "image");
+        assert_eq!(job.init.as_ref().unwrap().strength, 0.5);
+        assert_eq!(
+            job.mask.unwrap().source,
+            ImageSource::Bytes(b"hello".to_vec())
+        );
+        // A mask is required there, and only read there.
+        let e = parse(
+            "/api/v3/inpaint",
+            r#"{"prompt":"p","init_image":"https://e.com/i.png"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.starts_with("mask_image: required"),
+            "{}",
+            e.message
+        );
+        let job = parse(
+            "/api/v6/images/img2img",
+            r#"{"prompt":"p","init_image":"https://e.com/i.png","mask_image":"https://e.com/m.png"}"#,
+        )
+        .unwrap();
+        assert!(job.mask.is_none());
+        assert!(
+            job.echo["meta"]["ignored"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == "mask_image")
         );
     }
 }

@@ -8,6 +8,7 @@ use candle_core::Tensor;
 
 use super::Pipeline;
 use super::conditioning::UnetConditioning;
+use super::inpaint::Blend;
 use crate::error::EngineError;
 use crate::noise::NoiseSource;
 use crate::scheduler::{Scheduler, mul_scalar};
@@ -39,6 +40,8 @@ pub(super) struct DenoiseRun<'a> {
     /// The timestep index to stop before (an ensemble's base hands over there); `None`:
     /// the end of the schedule.
     pub end: Option<usize>,
+    /// Inpainting with an ordinary UNet: the blend after each step.
+    pub blend: Option<&'a Blend>,
 }
 
 impl Pipeline {
@@ -99,6 +102,9 @@ impl Pipeline {
                 pred
             };
             latents = sched.step(&pred, i, &latents, noise)?;
+            if let Some(blend) = run.blend {
+                latents = blend.apply(sched, &latents, i)?;
+            }
             if !on_step(k + 1, steps_to_run) {
                 return Err(EngineError::Cancelled.into());
             }

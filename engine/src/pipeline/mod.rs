@@ -30,6 +30,7 @@ use candle_core::{DType, Device, Tensor};
 
 mod conditioning;
 mod denoise;
+mod inpaint;
 mod latents;
 mod load;
 mod plan;
@@ -244,24 +245,37 @@ impl Pipeline {
         // generator (seed + i), then joined into one batch.
         let mut conds = Vec::with_capacity(batch.len());
         let mut latents = Vec::with_capacity(batch.len());
+        let mut blends = Vec::new();
         let mut generators = Vec::new();
         for &params in &batch {
             let mut cond = self.condition(params, params.samples, key.do_cfg)?;
             let mut noise = NoiseSource::new(params.seed, params.samples, &self.device);
-            latents.push(self.initial_latents(params, sched.as_ref(), key.begin, &mut noise)?);
-            if self.inpaint {
-                let extra = self.inpaint_channels(params, &mut noise)?;
-                cond.latent_extra = Some(if key.do_cfg {
-                    Tensor::cat(&[&extra, &extra], 0)?
-                } else {
-                    extra
-                });
+            if params.mask.is_some() {
+                let start = self.inpaint_start(params, sched.as_ref(), key.begin, &mut noise)?;
+                latents.push(start.latents);
+                cond.latent_extra = match start.unet_extra {
+                    Some(extra) if key.do_cfg => Some(Tensor::cat(&[&extra, &extra], 0)?),
+                    extra => extra,
+                };
+                blends.extend(start.blend);
+            } else {
+                latents.push(self.initial_latents(
+                    params,
+                    sched.as_ref(),
+                    key.begin,
+                    &mut noise,
+                )?);
             }
             conds.push(cond);
             generators.extend(noise.into_generators());
         }
         let cond = UnetConditioning::join(&conds, &counts, key.do_cfg)?;
         let latents = Tensor::cat(&latents, 0)?;
+        let blend = match blends.len() {
+            0 => None,
+            k if k == batch.len() => Some(inpaint::Blend::join(&blends)?),
+            _ => bail!("masked and unmasked requests cannot share a batch"),
+        };
         let mut noise = NoiseSource::from_generators(generators, &self.device);
         let prepare = t0.elapsed();
 
@@ -278,6 +292,7 @@ impl Pipeline {
             guidance: &guidance,
             begin: key.begin,
             end: None,
+            blend: blend.as_ref(),
         };
         let latents = self.denoise(&run, sched.as_mut(), latents, &mut noise, on_step)?;
         let denoise = t1.elapsed();

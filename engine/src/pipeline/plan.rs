@@ -81,10 +81,10 @@ impl Pipeline {
                     "needs an init image (the image to paint into)",
                 ));
             }
-            (Some(_), Some(_), false) => {
+            (Some(_), Some(_), false) if self.arch.is_xl() => {
                 return Err(EngineError::invalid(
                     "mask",
-                    "this model is not an inpainting model (its UNet takes the latents alone)",
+                    "SDXL inpainting is not supported yet; use an SD 1.x / 2.x model",
                 ));
             }
             (None, _, true) => {
@@ -148,6 +148,7 @@ impl Pipeline {
             do_cfg,
             text_chunks,
             img2img: strength.is_some(),
+            masked: params.mask.is_some(),
             begin: denoise::first_step(params.steps, strength, scheduler.order()),
         };
         Ok(Plan { params, key })
@@ -185,6 +186,8 @@ pub struct BatchKey {
     pub options: scheduler::Options,
     pub do_cfg: bool,
     pub img2img: bool,
+    /// Inpainting (the UNet's extra input, or the blend after each step).
+    pub masked: bool,
     /// The first timestep that runs (image-to-image skips the early ones).
     pub begin: usize,
     /// 77-token chunks of text conditioning (more than one with A1111 emphasis).

@@ -52,6 +52,12 @@ impl Pipeline {
                 "its latents are not the base model's (other channels or VAE scale)",
             ));
         }
+        if params.mask.is_some() {
+            return Err(EngineError::invalid(
+                "mask",
+                "inpainting does not run with a refiner; leave one of them out",
+            ));
+        }
         let plan = self.plan(params.clone())?;
         let key = plan.key.clone();
         let n = params.samples;
@@ -98,6 +104,7 @@ impl Pipeline {
             guidance: &guidance,
             begin: key.begin,
             end: Some(end),
+            blend: None,
         };
         let latents = self.denoise(&run, sched.as_mut(), latents, &mut noise, &mut |k, _| {
             on_step(k, total)
@@ -109,6 +116,7 @@ impl Pipeline {
             guidance: &guidance,
             begin: r_begin,
             end: None,
+            blend: None,
         };
         let latents: Tensor = refiner.denoise(
             &r_run,

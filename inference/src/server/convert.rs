@@ -14,6 +14,7 @@ use contract::init_image;
 use contract::limits::{
     MAX_INIT_PIXELS, MAX_MODEL_CHARS, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SIDE, MAX_STEPS,
 };
+use contract::wire::Images;
 
 /// The sides, steps and guidance a request (or a catalog default) may ask for, in one
 /// place for both: the engine then checks the model's own VAE factor and schedule.
@@ -56,6 +57,8 @@ pub struct Draft {
     pub karras: Option<bool>,
     pub algorithm_type: Option<String>,
     pub init_image: Option<(image::DynamicImage, f64)>,
+    /// Inpainting: the mask, fitted as the init image.
+    pub mask: Option<image::DynamicImage>,
     /// None: the model's default.
     pub width: Option<usize>,
     pub height: Option<usize>,
@@ -82,8 +85,7 @@ impl Draft {
             karras: self.karras,
             algorithm_type: self.algorithm_type.clone(),
             init_image: self.init_image.clone(),
-            // Masks do not travel in the contract yet (issue 15).
-            mask: None,
+            mask: self.mask.clone(),
         }
     }
 }
@@ -119,11 +121,11 @@ pub fn model_name_ok(model: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// `init_image`: the init image's bytes, which `contract::wire::read` took out of
-/// the body (`req.init_image` keeps its strength).
+/// `images`: the request's images, which `contract::wire::read` took out of the body
+/// (`req.init_image` keeps its strength and mask options).
 pub fn to_draft(
     req: &GenerateRequest,
-    init_image: Option<&[u8]>,
+    images: &Images,
     defaults: &Defaults,
 ) -> Result<Draft, Error> {
     let width = req.width.or(defaults.width);
@@ -159,7 +161,16 @@ pub fn to_draft(
             req.samples
         )));
     }
-    let init_image = match (&req.init_image, init_image) {
+    // Fitted to the size asked for; without one, the model's default size comes
+    // later and the engine resizes (diffusers' own preprocessing).
+    let fitted = |bytes: &[u8], field: &str| -> Result<image::DynamicImage, Error> {
+        let mut img = init_image::decode_field(bytes, MAX_INIT_PIXELS, field)?;
+        if let (Some(w), Some(h)) = (width, height) {
+            img = init_image::fit(img, w, h);
+        }
+        Ok(image::DynamicImage::ImageRgb8(img))
+    };
+    let init_image = match (&req.init_image, images.init_image.as_deref()) {
         (None, None) => None,
         (None, Some(_)) | (Some(_), None) => {
             return Err(invalid(
@@ -168,14 +179,12 @@ pub fn to_draft(
         }
         // The strength's range is the engine's to check (Pipeline::plan), once.
         (Some(init), Some(bytes)) => {
-            let mut img = init_image::decode(bytes, MAX_INIT_PIXELS)?;
-            // Fitted to the size asked for; without one, the model's default size
-            // comes later and the engine resizes (diffusers' own preprocessing).
-            if let (Some(w), Some(h)) = (width, height) {
-                img = init_image::fit(img, w, h);
-            }
-            Some((image::DynamicImage::ImageRgb8(img), decimal(init.strength)))
+            Some((fitted(bytes, "init_image.image")?, decimal(init.strength)))
         }
+    };
+    let mask = match (&req.init_image, images.mask.as_deref()) {
+        (Some(_), Some(bytes)) => Some(fitted(bytes, "init_image.mask")?),
+        _ => None,
     };
     Ok(Draft {
         prompt: req.prompt.clone(),
@@ -211,6 +220,7 @@ pub fn to_draft(
         karras: req.karras,
         algorithm_type: req.algorithm_type.clone(),
         init_image,
+        mask,
         width: width.map(|v| v as usize),
         height: height.map(|v| v as usize),
         steps: steps.map(|v| v as usize),
@@ -378,6 +388,9 @@ pub fn timings(queued: Duration, stages: &StageTimings, started: Instant) -> Tim
 mod tests {
     use super::*;
 
+    /// An 8x8 PNG.
+    const TINY_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGM8wcXFgA0wYRUdtBIAse4A7AgtPbsAAAAASUVORK5CYII=";
+
     fn info() -> ModelInfo {
         ModelInfo {
             architecture: "stable-diffusion-xl".into(),
@@ -411,7 +424,7 @@ mod tests {
         let body = serde_json::to_vec(req).unwrap();
         let got = contract::wire::read(None, body.into())?;
         check_text(&got.request)?;
-        to_draft(&got.request, got.init_image.as_deref(), defaults)
+        to_draft(&got.request, &got.images, defaults)
     }
 
     fn to_params(req: &GenerateRequest, info: &ModelInfo) -> Result<GenerateParams, Error> {
@@ -581,6 +594,7 @@ mod tests {
                     init_image: Some(contract::InitImage {
                         image: "!!".into(),
                         strength: 0.5,
+                        mask: None,
                     }),
                     ..request()
                 },
@@ -591,10 +605,22 @@ mod tests {
                     init_image: Some(contract::InitImage {
                         image: "aGVsbG8=".into(),
                         strength: 0.5,
+                        mask: None,
                     }),
                     ..request()
                 },
                 "init_image.image:",
+            ),
+            (
+                GenerateRequest {
+                    init_image: Some(contract::InitImage {
+                        image: TINY_PNG.into(),
+                        strength: 0.5,
+                        mask: Some("aGVsbG8=".into()),
+                    }),
+                    ..request()
+                },
+                "init_image.mask: not a PNG, JPEG or WebP image",
             ),
         ] {
             match to_params(&req, &info()) {

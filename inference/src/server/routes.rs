@@ -147,7 +147,7 @@ async fn run(
             .cloned()
             .ok_or_else(|| unknown_model(&catalog, &req.model))?;
         let add_ons = convert::add_ons(&req, &catalog.catalog)?;
-        let mut draft = convert::to_draft(&req, received.init_image.as_deref(), &entry.defaults)?;
+        let mut draft = convert::to_draft(&req, &received.images, &entry.defaults)?;
         draft.add_ons = add_ons;
         if draft.refiner_start.is_some() && entry.refiner.is_none() {
             return Err(Error::InvalidRequest(format!(
