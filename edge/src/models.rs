@@ -1,17 +1,28 @@
 //! Model names as clients send them. Which names map to which weights is the
 //! inference server's business (it answers unknown-model with the names it serves);
 //! the edge only knows each dialect's default and refuses names that can't be model
-//! names at all, or that name something we don't run (ControlNet pipelines).
+//! names at all.
 
 use crate::api_error::ApiError;
 
 /// The model the SDXL APIs (Appypie, HolmesAI) default to.
 pub const SDXL_BASE: &str = "stable-diffusion-xl-base-1.0";
 
-/// Hyperbolic's `model_name` values (their list), all but the ControlNet ones served.
-pub const HYPERBOLIC: [&str; 5] = ["SDXL1.0-base", "SD2", "SD1.5", "SSD", "SDXL-turbo"];
-/// Hyperbolic names of pipelines this server does not run.
-pub const HYPERBOLIC_UNSUPPORTED: [&str; 2] = ["SDXL-ControlNet", "SD1.5-ControlNet"];
+/// Hyperbolic's `model_name` values (their list).
+pub const HYPERBOLIC: [&str; 7] = [
+    "SDXL1.0-base",
+    "SD2",
+    "SD1.5",
+    "SSD",
+    "SDXL-turbo",
+    "SDXL-ControlNet",
+    "SD1.5-ControlNet",
+];
+/// Hyperbolic's ControlNet pipelines: the base model each runs (with `controlnet_name`).
+pub const HYPERBOLIC_CONTROLNET: [(&str, &str); 2] = [
+    ("SDXL-ControlNet", "SDXL1.0-base"),
+    ("SD1.5-ControlNet", "SD1.5"),
+];
 
 use contract::limits::MAX_MODEL_CHARS as MAX_NAME_CHARS;
 
@@ -46,18 +57,6 @@ pub fn check_hyperbolic(field: &str, name: &str) -> Result<String, ApiError> {
     {
         return Ok(found.to_string());
     }
-    if HYPERBOLIC_UNSUPPORTED
-        .iter()
-        .any(|n| n.eq_ignore_ascii_case(name.trim()))
-    {
-        return Err(ApiError::field(
-            field,
-            format!(
-                "{name} (ControlNet) is not served here; served: {}",
-                HYPERBOLIC.join(", ")
-            ),
-        ));
-    }
     Err(ApiError::field(
         field,
         format!("unknown model {name:?}; served: {}", HYPERBOLIC.join(", ")),
@@ -86,11 +85,9 @@ mod tests {
             check_hyperbolic("model_name", "sdxl-turbo").unwrap(),
             "SDXL-turbo"
         );
-        assert!(
-            check_hyperbolic("model_name", "SD1.5-ControlNet")
-                .unwrap_err()
-                .message
-                .contains("ControlNet")
+        assert_eq!(
+            check_hyperbolic("model_name", "sd1.5-controlnet").unwrap(),
+            "SD1.5-ControlNet"
         );
         assert!(
             check_hyperbolic("model_name", "DALL-E")

@@ -13,6 +13,29 @@ pub fn image_to_tensor(
     device: &Device,
     dtype: DType,
 ) -> Result<Tensor> {
+    pixels(img, width, height, device, dtype, true)
+}
+
+/// The same without the normalization (`do_normalize=False`, the ControlNet pipelines'
+/// control image processor): `x / 255`, in [0, 1].
+pub fn image_to_tensor_01(
+    img: &DynamicImage,
+    width: usize,
+    height: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
+    pixels(img, width, height, device, dtype, false)
+}
+
+fn pixels(
+    img: &DynamicImage,
+    width: usize,
+    height: usize,
+    device: &Device,
+    dtype: DType,
+    normalize: bool,
+) -> Result<Tensor> {
     let rgb = img.to_rgb8();
     let rgb = if rgb.width() as usize != width || rgb.height() as usize != height {
         image::imageops::resize(&rgb, width as u32, height as u32, FilterType::Lanczos3)
@@ -25,7 +48,7 @@ pub fn image_to_tensor(
         let (x, y) = (x as usize, y as usize);
         for c in 0..3 {
             let v = p.0[c] as f32 / 255.0;
-            data[c * h * w + y * w + x] = 2.0 * v - 1.0;
+            data[c * h * w + y * w + x] = if normalize { 2.0 * v - 1.0 } else { v };
         }
     }
     Ok(Tensor::from_vec(data, (1, 3, h, w), device)?.to_dtype(dtype)?)

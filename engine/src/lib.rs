@@ -54,6 +54,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod controlnet;
 pub mod cpu_conv;
 pub mod cpu_kernels;
 pub mod embeddings;
@@ -65,6 +66,7 @@ pub mod nn;
 pub mod noise;
 pub mod pil_resize;
 pub mod pipeline;
+pub mod preprocess;
 pub mod safety;
 pub mod scheduler;
 #[cfg(feature = "random-weights")]
@@ -77,8 +79,9 @@ pub mod weights;
 
 use std::time::Duration;
 
+pub use controlnet::ControlNet;
 pub use error::{EngineError, ErrorKind};
-pub use pipeline::{BatchKey, Pipeline, Plan};
+pub use pipeline::{BatchKey, MAX_CONTROLNETS, Pipeline, Plan};
 
 /// One generation request.
 #[derive(Clone, Debug)]
@@ -124,6 +127,27 @@ pub struct GenerateParams {
     /// image too): white repaints, black keeps (binarized at half, as diffusers' mask
     /// processor; any size, resized to width x height).
     pub mask: Option<image::DynamicImage>,
+    /// ControlNets guiding the run, their residuals summed (diffusers'
+    /// `MultiControlNetModel`); at most [`pipeline::MAX_CONTROLNETS`].
+    pub controls: Vec<Control>,
+    /// diffusers' `guess_mode`: the ControlNets see the conditional half only and their
+    /// residuals rise from 0.1x at the shallowest skip to 1x at the mid block.
+    pub guess_mode: bool,
+}
+
+/// One ControlNet of a request ([`GenerateParams::controls`]).
+#[derive(Clone, Debug)]
+pub struct Control {
+    pub net: std::sync::Arc<controlnet::ControlNet>,
+    /// The control image as the net takes it (preprocessed already); resized to
+    /// width x height (Lanczos) if its size differs, read as RGB in [0, 1].
+    pub image: image::DynamicImage,
+    /// diffusers' `controlnet_conditioning_scale`.
+    pub scale: f64,
+    /// `control_guidance_start` / `control_guidance_end`: the fractions of the run it
+    /// guides.
+    pub start: f64,
+    pub end: f64,
 }
 
 impl Default for GenerateParams {
@@ -146,6 +170,8 @@ impl Default for GenerateParams {
             karras: None,
             init_image: None,
             mask: None,
+            controls: Vec::new(),
+            guess_mode: false,
         }
     }
 }

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate images from a prompt (txt2img) or a prompt and an init image (img2img).
-    Generate(cli::generate::GenerateArgs),
+    Generate(Box<cli::generate::GenerateArgs>),
     /// Write a tiny randomly initialised SDXL-architecture model (diffusers layout).
     MakeTinyModel(cli::make_tiny::MakeTinyArgs),
     /// Serve the edge-inference contract (wit/HTTP.md) over HTTP.
@@ -44,7 +44,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Generate(args) => cli::generate::run(args),
+        Command::Generate(args) => cli::generate::run(*args),
         Command::MakeTinyModel(args) => cli::make_tiny::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Parity(args) => cli::parity::run(args),

@@ -121,14 +121,27 @@ fn pick_file<'a>(
 /// `vae/` folder of model folder `spec`, or hub repository `owner/name` (its top level,
 /// else its `vae/` folder), downloaded if needed.
 pub fn resolve_vae(spec: &str) -> anyhow::Result<PathBuf> {
+    resolve_component(spec, "vae", "VAE")
+}
+
+/// A ControlNet's folder, found as [`resolve_vae`] finds a VAE's (a pipeline's
+/// `controlnet/` folder, or a ControlNet repository such as
+/// lllyasviel/control_v11p_sd15_canny).
+pub fn resolve_controlnet(spec: &str) -> anyhow::Result<PathBuf> {
+    resolve_component(spec, "controlnet", "ControlNet")
+}
+
+/// A component's folder (config.json and diffusion_pytorch_model weights): `spec`, its
+/// `sub/` folder, or hub repository `spec` (top level, else `sub/`), downloaded if needed.
+fn resolve_component(spec: &str, sub: &str, what: &str) -> anyhow::Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
-        for dir in [path.to_path_buf(), path.join("vae")] {
+        for dir in [path.to_path_buf(), path.join(sub)] {
             if dir.join("config.json").is_file() {
                 return Ok(dir);
             }
         }
-        bail!("{spec} is a folder but holds no VAE (no config.json, nor vae/config.json)");
+        bail!("{spec} is a folder but holds no {what} (no config.json, nor {sub}/config.json)");
     }
     if !looks_like_hub_id(spec) {
         bail!("{spec}: no such folder, and not a Hugging Face hub id (owner/name)");
@@ -138,12 +151,15 @@ pub fn resolve_vae(spec: &str) -> anyhow::Result<PathBuf> {
         Ok(info) => info.siblings.into_iter().map(|s| s.rfilename).collect(),
         Err(err) => bail!("{spec}: the Hugging Face hub could not be reached ({err})"),
     };
+    let nested = format!("{sub}/");
     let prefix = if names.iter().any(|n| n == "config.json") {
         ""
-    } else if names.iter().any(|n| n == "vae/config.json") {
-        "vae/"
+    } else if names.iter().any(|n| *n == format!("{nested}config.json")) {
+        nested.as_str()
     } else {
-        bail!("{spec} on the Hugging Face hub holds no VAE (no config.json, nor vae/config.json)");
+        bail!(
+            "{spec} on the Hugging Face hub holds no {what} (no config.json, nor {sub}/config.json)"
+        );
     };
     let weights: Vec<&String> = names
         .iter()

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
@@ -15,7 +16,7 @@ use serde_json::Value;
 
 use crate::engine::embeddings::Embedding;
 use crate::engine::lora::Lora;
-use crate::engine::{GenerateParams, Pipeline, tiny};
+use crate::engine::{Control, ControlNet, GenerateParams, Pipeline, tiny};
 
 /// The fixture sets, in the order `inference parity` runs them.
 pub const SETS: &[&str] = &[
@@ -25,6 +26,7 @@ pub const SETS: &[&str] = &[
     "parity_features",
     "parity_refiner",
     "parity_inpaint",
+    "parity_controlnet",
 ];
 
 /// One generated image against its reference.
@@ -57,6 +59,8 @@ pub struct SetReport {
 /// scheduler variants) and must outlive the pipelines' use.
 pub struct SetModels {
     pub pipelines: BTreeMap<String, Pipeline>,
+    /// The set's ControlNets (`controlnets`: name -> folder under `root`).
+    pub controlnets: BTreeMap<String, Arc<ControlNet>>,
     _tmp: tempfile::TempDir,
 }
 
@@ -106,8 +110,18 @@ pub fn load_models(
             load(name, &dir)?;
         }
     }
+    let mut controlnets = BTreeMap::new();
+    if let Some(nets) = manifest["controlnets"].as_object() {
+        for (name, path) in nets {
+            let dir = root.join(path.as_str().context("controlnets: a path")?);
+            let net = ControlNet::load(&dir, device, dtype)
+                .with_context(|| format!("loading {name} from {}", dir.display()))?;
+            controlnets.insert(name.clone(), Arc::new(net));
+        }
+    }
     Ok(SetModels {
         pipelines,
+        controlnets,
         _tmp: tmp,
     })
 }
@@ -143,6 +157,8 @@ pub fn params_of(case: &Value, dir: &Path) -> Result<GenerateParams> {
     };
     Ok(GenerateParams {
         mask,
+        controls: Vec::new(),
+        guess_mode: false,
         prompt: s("prompt").context("prompt")?,
         negative_prompt: s("negative_prompt"),
         prompt_2: s("prompt_2"),
@@ -196,6 +212,31 @@ fn variant_of(pipeline: &Pipeline, case: &Value, dir: &Path) -> Result<Pipeline>
     Ok(p)
 }
 
+/// The case's `controlnets`: `[{name, image, scale, start, end}]`, each net one of the
+/// set's.
+pub fn controls_of(case: &Value, models: &SetModels, dir: &Path) -> Result<Vec<Control>> {
+    let Some(list) = case.get("controlnets").and_then(|v| v.as_array()) else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|c| {
+            let name = c["name"].as_str().context("controlnets: name")?;
+            let image = c["image"].as_str().context("controlnets: image")?;
+            Ok(Control {
+                net: models
+                    .controlnets
+                    .get(name)
+                    .with_context(|| format!("no ControlNet {name}"))?
+                    .clone(),
+                image: image::open(dir.join(image)).with_context(|| image.to_string())?,
+                scale: c["scale"].as_f64().unwrap_or(1.0),
+                start: c["start"].as_f64().unwrap_or(0.0),
+                end: c["end"].as_f64().unwrap_or(1.0),
+            })
+        })
+        .collect()
+}
+
 /// Per-channel absolute differences: (max, mean).
 pub fn image_diff(a: &image::RgbImage, b: &image::RgbImage) -> (i32, f64) {
     let (mut max, mut sum) = (0i32, 0u64);
@@ -235,7 +276,12 @@ fn run_case(models: &SetModels, case: &Value, dir: &Path, report: &mut SetReport
         .pipelines
         .get(model)
         .with_context(|| format!("no model {model}"))?;
-    let params = params_of(case, dir)?;
+    let mut params = params_of(case, dir)?;
+    params.controls = controls_of(case, models, dir)?;
+    params.guess_mode = case
+        .get("guess_mode")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let pipeline = variant_of(pipeline, case, dir)?;
     let out = match case.get("refiner").and_then(|r| r.as_str()) {
         // SDXL's ensemble: this model to `refiner_start`, the refiner from there.

@@ -427,3 +427,72 @@ fn generate_inpaints_with_a_mask() {
         .to_rgb8();
     assert!(inference::parity::image_diff(&want, &got).0 <= 2);
 }
+
+/// `generate --controlnet DIR --control-image PHOTO --preprocess canny`: the photo's Canny
+/// edges guide the tiny SD 1.5 model as diffusers' ControlNet pipeline (the reference
+/// of make_controlnet_fixtures.py); two ControlNets at their scales as well.
+#[test]
+fn generate_takes_controlnets() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let set = fixtures.join("parity_controlnet");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("controlled.png");
+    let net = fixtures.join("models/tiny-controlnet-sd15");
+    let mut args = generate_args(&fixtures.join("models/tiny-sd15"), &out);
+    let seed = args.iter().position(|a| a == "--seed").unwrap() + 1;
+    args[seed] = "5".into();
+    for a in [
+        "--prompt",
+        "a photo of a cat",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--guidance",
+        "7.5",
+    ] {
+        args.push(a.into());
+    }
+    let photo = set.join("init_64.png");
+    let mut canny = args.clone();
+    for a in [
+        "--controlnet",
+        net.to_str().unwrap(),
+        "--control-image",
+        photo.to_str().unwrap(),
+        "--preprocess",
+        "canny",
+    ] {
+        canny.push(a.into());
+    }
+    let refs: Vec<&str> = canny.iter().map(String::as_str).collect();
+    inference(&refs);
+    let got = image::open(&out).unwrap().to_rgb8();
+    let want = image::open(set.join("sd15_cn_canny_0.png"))
+        .unwrap()
+        .to_rgb8();
+    assert!(inference::parity::image_diff(&want, &got).0 <= 2);
+
+    // Two, each with its image and scale: the same window for both here (diffusers'
+    // sd15_two_cn gives the second one half the schedule), so only that it runs and
+    // differs from one ControlNet alone.
+    let second = fixtures.join("models/tiny-controlnet-sd15-b");
+    let edges = set.join("canny_init_64.png");
+    let control = set.join("control_64.png");
+    let mut two = args.clone();
+    for a in [
+        "--controlnet",
+        net.to_str().unwrap(),
+        "--control-image",
+        control.to_str().unwrap(),
+        "--controlnet",
+        &format!("{}:0.5", second.display()),
+        "--control-image",
+        edges.to_str().unwrap(),
+    ] {
+        two.push(a.into());
+    }
+    let refs: Vec<&str> = two.iter().map(String::as_str).collect();
+    inference(&refs);
+    let got_two = image::open(&out).unwrap().to_rgb8();
+    let one = image::open(set.join("sd15_cn_0.png")).unwrap().to_rgb8();
+    assert!(inference::parity::image_diff(&one, &got_two).0 > 10);
+}

@@ -127,6 +127,72 @@ fn features_match_diffusers() {
     }
 }
 
+/// ControlNets as diffusers' StableDiffusion(XL)ControlNet(Img2Img)Pipeline run them: SD 1.5
+/// and SDXL, text-to-image and image-to-image, two at once (one BGR), scales, guidance
+/// windows and guess mode (scripts/reference/make_controlnet_fixtures.py). Each case's
+/// ControlNets must matter: the run without them is far from the reference.
+#[test]
+fn controlnets_match_diffusers() {
+    let report = assert_set_matches("parity_controlnet");
+    assert_eq!(report.images.len(), 11);
+    let root = fixtures();
+    let dir = root.join("parity_controlnet");
+    let manifest = parity::manifest(&root, "parity_controlnet").unwrap();
+    let models = parity::load_models(&root, &manifest, &Device::Cpu, DType::F32).unwrap();
+    for case in manifest["cases"].as_array().unwrap() {
+        let id = case["id"].as_str().unwrap();
+        let plain = parity::params_of(case, &dir).unwrap();
+        assert!(plain.controls.is_empty());
+        let base = &models.pipelines[case["model"].as_str().unwrap()];
+        let out = base.generate(&plain, &mut |_, _| true).unwrap();
+        let want = image::open(dir.join(case["expected"][0].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        let (max, _) = parity::image_diff(&want, &out.images[0].0);
+        assert!(max > 10, "{id}: without its ControlNets as close as {max}");
+        // And their images matter: grey control images make another image.
+        let mut grey = plain.clone();
+        grey.guess_mode = case["guess_mode"].as_bool().unwrap_or(false);
+        grey.controls = parity::controls_of(case, &models, &dir).unwrap();
+        for c in &mut grey.controls {
+            c.image = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+                64,
+                64,
+                image::Rgb([128, 128, 128]),
+            ));
+        }
+        let out = base.generate(&grey, &mut |_, _| true).unwrap();
+        let (max, _) = parity::image_diff(&want, &out.images[0].0);
+        assert!(max > 10, "{id}: with grey control images as close as {max}");
+    }
+}
+
+/// The canny preprocessor gives OpenCV's `cv2.Canny(rgb, 100, 200)` pixel for pixel
+/// (the fixtures' edges were made by OpenCV, make_controlnet_fixtures.py).
+#[test]
+fn canny_matches_opencv() {
+    use inference::engine::preprocess::canny;
+    let dir = fixtures().join("parity_controlnet");
+    for name in ["init_64.png", "init_100x80.png"] {
+        let img = image::open(dir.join(name)).unwrap().to_rgb8();
+        let want = image::open(dir.join(format!("canny_{name}")))
+            .unwrap()
+            .to_luma8();
+        let got = canny(&img, 100.0, 200.0);
+        let differing = want
+            .pixels()
+            .zip(got.pixels())
+            .filter(|(a, b)| a != b)
+            .count();
+        let edges = want.pixels().filter(|p| p[0] == 255).count();
+        assert!(edges > 50, "{name}: {edges} edge pixels");
+        assert_eq!(
+            differing, 0,
+            "{name}: {differing} pixels differ of {edges} edges"
+        );
+    }
+}
+
 /// The safety checker's scores and flags are diffusers' (a tiny random
 /// StableDiffusionSafetyChecker and its feature extractor, from
 /// scripts/reference/make_safety_fixtures.py), on square and non-square images.

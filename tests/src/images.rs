@@ -24,6 +24,36 @@ pub fn test_picture(width: u32, height: u32, hue: u8) -> RgbImage {
     })
 }
 
+/// An image the APIs answer in base64, decoded to RGB.
+pub fn from_base64(b64: &str) -> RgbImage {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    image::load_from_memory(&bytes).expect("an image").to_rgb8()
+}
+
+/// A file's bytes in base64, as the APIs take images.
+pub fn file_base64(path: &std::path::Path) -> String {
+    use base64::Engine as _;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The largest per-channel difference between `got` and the reference image at `path`.
+pub fn max_diff_to(path: &std::path::Path, got: &RgbImage) -> i32 {
+    let want = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    assert_eq!(want.dimensions(), got.dimensions(), "{}", path.display());
+    want.as_raw()
+        .iter()
+        .zip(got.as_raw())
+        .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+        .max()
+        .unwrap_or(0)
+}
+
 pub fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     img.write_to(&mut out, format)

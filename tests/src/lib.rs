@@ -129,6 +129,19 @@ pub struct EdgeConfig<'a> {
     pub runtime_allows_image_hosts: bool,
 }
 
+impl<'a> EdgeConfig<'a> {
+    /// An edge on `inference_url` taking these API keys, with no image hosts.
+    pub fn keyed(inference_url: &'a str, api_keys: &'a str) -> EdgeConfig<'a> {
+        EdgeConfig {
+            inference_url,
+            api_keys,
+            image_hosts: "",
+            variables: vec![],
+            runtime_allows_image_hosts: false,
+        }
+    }
+}
+
 /// The edge runtime this run uses ([`runtime::runtime`]) serving the real spin.toml
 /// and edge.wasm.
 pub fn start_edge(cfg: &EdgeConfig) -> (Process, String) {

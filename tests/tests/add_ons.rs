@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use e2e::{
-    EdgeConfig, edge_runtime_present, post, repo_root, spin_pass_skips_edgeless_test, start_edge,
-    start_inference_with,
+    EdgeConfig, edge_runtime_present, images, post, repo_root, spin_pass_skips_edgeless_test,
+    start_edge, start_inference_with,
 };
 use serde_json::{Value, json};
 
@@ -81,20 +81,11 @@ source = "{f}/ti-sd15-a1111.pt"
 }
 
 fn edge_config(inference_url: &str) -> EdgeConfig<'_> {
-    EdgeConfig {
-        inference_url,
-        api_keys: KEY,
-        image_hosts: "",
-        variables: vec![],
-        runtime_allows_image_hosts: false,
-    }
+    EdgeConfig::keyed(inference_url, KEY)
 }
 
 fn png(b64: &str) -> image::RgbImage {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .expect("base64");
-    image::load_from_memory(&bytes).expect("a PNG").to_rgb8()
+    images::from_base64(b64)
 }
 
 /// The largest per-channel difference to reference `name`.
@@ -104,21 +95,13 @@ fn diff_to(name: &str, img: &image::RgbImage) -> i32 {
 
 /// ... to reference `name` of another fixture set.
 fn diff_to_set(set: &str, name: &str, img: &image::RgbImage) -> i32 {
-    let want = image::open(
-        repo_root()
+    images::max_diff_to(
+        &repo_root()
             .join("inference/tests/fixtures")
             .join(set)
             .join(name),
+        img,
     )
-    .unwrap()
-    .to_rgb8();
-    assert_eq!(want.dimensions(), img.dimensions(), "{name}");
-    want.as_raw()
-        .iter()
-        .zip(img.as_raw())
-        .map(|(a, b)| (*a as i32 - *b as i32).abs())
-        .max()
-        .unwrap_or(0)
 }
 
 fn hyperbolic(edge: &str, body: Value) -> (u16, Value) {

@@ -547,12 +547,12 @@ fn cases(img: &str) -> Vec<Case> {
             "missing API key",
         ),
         case(
-            "hyperbolic: ControlNet model",
+            "hyperbolic: ControlNet model without its ControlNet",
             HYPER,
             b,
             r#"{"model_name":"SD1.5-ControlNet","prompt":"p"}"#,
             400,
-            "(ControlNet) is not served",
+            "controlnet_name: required with model_name SD1.5-ControlNet",
         ),
         case(
             "hyperbolic: unknown model",

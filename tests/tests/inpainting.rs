@@ -9,8 +9,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use e2e::{EdgeConfig, edge_runtime_present, post, repo_root, start_edge, start_inference_with};
+use e2e::{
+    EdgeConfig, edge_runtime_present, images, post, repo_root, start_edge, start_inference_with,
+};
 use serde_json::{Value, json};
 
 const KEY: &str = "inpaint-key";
@@ -43,16 +44,13 @@ fn edge_config<'a>(
     variables: Vec<(&'static str, &'static str)>,
 ) -> EdgeConfig<'a> {
     EdgeConfig {
-        inference_url,
-        api_keys: KEY,
-        image_hosts: "",
         variables,
-        runtime_allows_image_hosts: false,
+        ..EdgeConfig::keyed(inference_url, KEY)
     }
 }
 
 fn file_base64(name: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(std::fs::read(fixtures().join(name)).unwrap())
+    images::file_base64(&fixtures().join(name))
 }
 
 /// A reference case in ModelsLab's fields: 64x64, 4 steps, seed 5, base64 images.
@@ -75,18 +73,8 @@ fn send(url: &str, body: &Value) -> (u16, Value) {
 
 /// The largest per-channel difference between the answer's first image and `reference`.
 fn diff_to(reference: &str, answer: &Value) -> i32 {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(answer["output"][0].as_str().expect("an image"))
-        .unwrap();
-    let got = image::load_from_memory(&bytes).unwrap().to_rgb8();
-    let want = image::open(fixtures().join(reference)).unwrap().to_rgb8();
-    assert_eq!(want.dimensions(), got.dimensions());
-    want.as_raw()
-        .iter()
-        .zip(got.as_raw())
-        .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
-        .max()
-        .unwrap_or(0)
+    let got = images::from_base64(answer["output"][0].as_str().expect("an image"));
+    images::max_diff_to(&fixtures().join(reference), &got)
 }
 
 #[test]

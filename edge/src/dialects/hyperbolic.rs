@@ -1,7 +1,7 @@
 //! Hyperbolic's image generation API (../shared/seeds/hyperbolic-image-generation.txt).
 //!
 //! - `POST /v1/image/generation`, JSON; key as `Authorization: Bearer <key>`.
-//! - Fields: model_name (their list; the ControlNet ones are refused), prompt
+//! - Fields: model_name (their list), prompt
 //!   (required), height / width (1024; multiples of 8 from 64 to 2048; with an
 //!   `image` and no size, the image's size), negative_prompt, image (base64) with
 //!   strength (0.8), seed, cfg_scale (7.5), sampler (a scheduler name), steps (30),
@@ -11,14 +11,17 @@
 //!   merged from the server's catalog (`[loras]`).
 //! - enable_refiner runs the model's catalog refiner after it (SDXL's ensemble of
 //!   experts, handing over at 0.8).
-//! - style_preset and controlnet_name / controlnet_image change the
-//!   image in ways this server does not implement: sent with a value, they are
-//!   refused with a message saying so rather than dropped.
+//! - controlnet_name (canny, depth, ... : a ControlNet of the server's catalog for the
+//!   model's architecture) with controlnet_image (base64, a photo: preprocessed as the
+//!   catalog entry says, as Hyperbolic preprocesses it); model_name SDXL-ControlNet /
+//!   SD1.5-ControlNet is SDXL1.0-base / SD1.5 with them, and requires them.
+//! - style_preset changes the image in ways this server does not implement: sent with
+//!   a value, it is refused with a message saying so rather than dropped.
 //! - Success: `{"images":[{"index":0,"image":"<base64 PNG>","random_seed":N}],"inference_time":S}`.
 //!   Errors: `{code, message, traceId}` (the seed documents none).
 
 use contract::limits::{MAX_SIDE, MAX_STEPS};
-use contract::{GenerateRequest, GenerateResult, Lora};
+use contract::{Controlnet, GenerateRequest, GenerateResult, Lora};
 use serde::Serialize;
 
 use super::{Base64Png, Dialect, Incoming, Outgoing};
@@ -26,7 +29,7 @@ use crate::api_error::ApiError;
 use crate::auth::{BEARER_LOCATION, bearer_token};
 use crate::fields::Fields;
 use crate::input_image::{ImageLimits, decode_base64};
-use crate::job::{self, ImageSource, InitImageSource, Job, SizeRule};
+use crate::job::{self, ImageSource, InitImageSource, InputImage, Job, SizeRule};
 use crate::models;
 use crate::stash::Stash;
 
@@ -57,6 +60,9 @@ impl Dialect for Hyperbolic {
             ("init_image.strength", "strength"),
             ("init_image.image", "image"),
             ("refiner_start", "enable_refiner"),
+            ("controlnets", "controlnet_name"),
+            ("controlnets[0].name", "controlnet_name"),
+            ("controlnets[0].image", "controlnet_image"),
         ]
     }
 
@@ -75,6 +81,7 @@ impl Dialect for Hyperbolic {
             Some(name) => models::check_hyperbolic("model_name", &name)?,
             None => models::HYPERBOLIC[0].to_string(),
         };
+        let (model, controlnet) = controlnet(f, model)?;
         let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
         let negative_prompt = job::optional_prompt(f, "negative_prompt")?;
         let prompt_2 = job::optional_prompt(f, "prompt_2")?;
@@ -149,6 +156,20 @@ impl Dialect for Hyperbolic {
         if size_from_image {
             job.size_from_init = Some(IMAGE_SIZE);
         }
+        if let Some((name, image)) = controlnet {
+            job.request.controlnets = Some(vec![Controlnet {
+                name,
+                image: String::new(),
+                preprocess: None,
+                scale: None,
+                start: None,
+                end: None,
+            }]);
+            job.controls = vec![InputImage {
+                field: "controlnet_image",
+                source: ImageSource::Bytes(image),
+            }];
+        }
         Ok(job)
     }
 
@@ -175,9 +196,54 @@ impl Dialect for Hyperbolic {
     }
 }
 
+/// A ControlNet's name and its image's bytes.
+type NamedImage = (String, Vec<u8>);
+
+/// `controlnet_name` with `controlnet_image` (base64): the ControlNet and its image; a
+/// ControlNet `model_name` becomes its base model and needs both.
+fn controlnet(f: &Fields, model: String) -> Result<(String, Option<NamedImage>), ApiError> {
+    let name = f
+        .string("controlnet_name")?
+        .filter(|n| !n.trim().is_empty());
+    let image = f
+        .string("controlnet_image")?
+        .filter(|i| !i.trim().is_empty());
+    let base = models::HYPERBOLIC_CONTROLNET
+        .iter()
+        .find(|(n, _)| *n == model)
+        .map(|(_, base)| base.to_string());
+    let chosen = match (name, image) {
+        (Some(name), Some(image)) => {
+            let name = models::check("controlnet_name", Some(name), "")?;
+            let bytes = decode_base64(&image, ImageLimits::default(), "controlnet_image")?;
+            Some((name, bytes))
+        }
+        (Some(_), None) => {
+            return Err(ApiError::field(
+                "controlnet_image",
+                "required with controlnet_name (the reference image, base64)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::field(
+                "controlnet_name",
+                "required with controlnet_image (canny, depth, ...)",
+            ));
+        }
+        (None, None) if base.is_some() => {
+            return Err(ApiError::field(
+                "controlnet_name",
+                format!("required with model_name {model} (with controlnet_image)"),
+            ));
+        }
+        (None, None) => None,
+    };
+    Ok((base.unwrap_or(model), chosen))
+}
+
 /// Options that would change the image in ways we don't implement: refused when set.
 fn refuse_unsupported(f: &Fields) -> Result<(), ApiError> {
-    for name in ["style_preset", "controlnet_name", "controlnet_image"] {
+    for name in ["style_preset"] {
         if f.string(name)?.is_some_and(|v| !v.trim().is_empty()) {
             return Err(ApiError::field(
                 name,
@@ -301,7 +367,19 @@ mod tests {
         for (body, start) in [
             (
                 r#"{"model_name":"SD1.5-ControlNet","prompt":"p"}"#,
-                "model_name: SD1.5-ControlNet (ControlNet) is not served",
+                "controlnet_name: required with model_name SD1.5-ControlNet",
+            ),
+            (
+                r#"{"prompt":"p","controlnet_name":"canny"}"#,
+                "controlnet_image: required with controlnet_name",
+            ),
+            (
+                r#"{"prompt":"p","controlnet_image":"aGVsbG8="}"#,
+                "controlnet_name: required with controlnet_image",
+            ),
+            (
+                r#"{"prompt":"p","controlnet_name":"canny","controlnet_image":"@@"}"#,
+                "controlnet_image: not valid base64",
             ),
             (
                 r#"{"model_name":"Flux","prompt":"p"}"#,
@@ -346,5 +424,23 @@ mod tests {
             body,
             json!({"images":[{"index":0,"image":"aGVsbG8=","random_seed":9}],"inference_time":1.5})
         );
+    }
+
+    #[test]
+    fn controlnet_models_run_their_base_with_the_controlnet() {
+        let job = parse(r#"{"model_name":"SDXL-ControlNet","prompt":"p","controlnet_name":"canny","controlnet_image":"aGVsbG8=","cfg_scale":15}"#).unwrap();
+        assert_eq!(job.request.model, "SDXL1.0-base");
+        let nets = job.request.controlnets.as_ref().unwrap();
+        assert_eq!((nets.len(), nets[0].name.as_str()), (1, "canny"));
+        assert_eq!(job.controls.len(), 1);
+        assert_eq!(job.controls[0].field, "controlnet_image");
+        assert_eq!(
+            job.controls[0].source,
+            ImageSource::Bytes(b"hello".to_vec())
+        );
+        // Any model may take one.
+        let job = parse(r#"{"model_name":"SD1.5","prompt":"p","controlnet_name":"depth","controlnet_image":"aGVsbG8="}"#).unwrap();
+        assert_eq!(job.request.model, "SD1.5");
+        assert_eq!(job.request.controlnets.unwrap()[0].name, "depth");
     }
 }

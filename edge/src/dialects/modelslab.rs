@@ -35,7 +35,7 @@
 
 use base64::Engine;
 use contract::limits::MAX_SAMPLES;
-use contract::{GenerateRequest, GenerateResult, Lora};
+use contract::{Controlnet, GenerateRequest, GenerateResult, Lora};
 use serde_json::{Value, json};
 
 use super::{Dialect, Incoming, Outgoing, with_retry_after};
@@ -48,11 +48,20 @@ use crate::stash::Stash;
 
 const DEFAULT_SIDE: u32 = 512;
 const DEFAULT_STRENGTH: f64 = 0.7;
+/// ControlNet's `strength` (with an init image), as its page documents it.
+const CONTROL_STRENGTH: f64 = 0.55;
 /// How flagged images are replaced (`safety_checker_type`).
 const SAFETY_TYPES: [&str; 4] = ["sensitive_content_text", "blur", "pixelate", "black"];
 
 /// The fields this dialect reads; anything else present goes to `meta.ignored`.
-const KNOWN: [&str; 33] = [
+const KNOWN: [&str; 40] = [
+    "controlnet_model",
+    "controlnet_type",
+    "auto_hint",
+    "guess_mode",
+    "controlnet_conditioning_scale",
+    "control_image",
+    "controlnet_image",
     "mask_image",
     "steps",
     "image",
@@ -97,6 +106,16 @@ const IMG2IMG_ONLY: [&str; 5] = [
 ];
 /// Fields only inpainting reads.
 const INPAINT_ONLY: [&str; 1] = ["mask_image"];
+/// Fields only ControlNet requests read.
+const CONTROL_ONLY: [&str; 7] = [
+    "controlnet_model",
+    "controlnet_type",
+    "auto_hint",
+    "guess_mode",
+    "controlnet_conditioning_scale",
+    "control_image",
+    "controlnet_image",
+];
 
 /// The longest side an `aspect_ratio` asks for.
 const ASPECT_MAX_SIDE: u32 = 1024;
@@ -236,6 +255,107 @@ fn image_source(
     }
 }
 
+/// Whether an image field holds something (not absent, null or "").
+fn present(f: &Fields, name: &str) -> bool {
+    match f.get_raw(name) {
+        Value::Null => false,
+        Value::String(s) => !s.trim().is_empty(),
+        _ => true,
+    }
+}
+
+/// A ControlNet request's nets, their images and what `meta` echoes.
+struct Controls {
+    request: Vec<Controlnet>,
+    images: Vec<InputImage>,
+    guess_mode: bool,
+    meta: Value,
+}
+
+/// `controlnet_model` (comma-separated: several ControlNets, ModelsLab's multi-ControlNet)
+/// with one `control_image` (or `controlnet_image`, as their SDK docs write it; absent:
+/// the init image) for all, `controlnet_conditioning_scale` for all, `auto_hint` (yes:
+/// the catalog's preprocessor makes the control image from a photo; no: used as sent)
+/// and `guess_mode`.
+fn controlnets(
+    f: &Fields,
+    base64_io: bool,
+    init: Option<&ImageSource>,
+) -> Result<Controls, ApiError> {
+    let names = names(f, "controlnet_model")?;
+    if names.is_empty() {
+        return Err(ApiError::field(
+            "controlnet_model",
+            "required: a ControlNet name (canny, depth, ...), or several separated by commas",
+        ));
+    }
+    if names.len() > contract::limits::MAX_CONTROLNETS {
+        return Err(ApiError::field(
+            "controlnet_model",
+            format!(
+                "at most {} ControlNets (got {})",
+                contract::limits::MAX_CONTROLNETS,
+                names.len()
+            ),
+        ));
+    }
+    for name in &names {
+        models::check("controlnet_model", Some(name.clone()), "")?;
+    }
+    let field = alias(f, "control_image", "controlnet_image");
+    let (source, shown) = if present(f, field) {
+        image_source(field, &f.required_string(field)?, base64_io)?
+    } else if let Some(init) = init {
+        (init.clone(), Value::from("(init_image)"))
+    } else {
+        return Err(ApiError::field(
+            "control_image",
+            "required (the ControlNet's image), or send init_image",
+        ));
+    };
+    let field = if shown == "(init_image)" {
+        "init_image"
+    } else {
+        field
+    };
+    let scale = f
+        .number("controlnet_conditioning_scale", 0.0..=20.0)?
+        .map(|s| s as f32);
+    let auto_hint = f.yes_no("auto_hint")?.unwrap_or(true);
+    let guess_mode = f.yes_no("guess_mode")?.unwrap_or(false);
+    let request = names
+        .iter()
+        .map(|name| Controlnet {
+            name: name.clone(),
+            image: String::new(),
+            // Without auto_hint the image is the control image already.
+            preprocess: (!auto_hint).then(|| "none".to_string()),
+            scale,
+            start: None,
+            end: None,
+        })
+        .collect();
+    Ok(Controls {
+        request,
+        images: names
+            .iter()
+            .map(|_| InputImage {
+                field,
+                source: source.clone(),
+            })
+            .collect(),
+        guess_mode,
+        meta: json!({
+            "controlnet_model": names.join(","),
+            "controlnet_type": f.string("controlnet_type")?,
+            "auto_hint": if auto_hint { "yes" } else { "no" },
+            "guess_mode": if guess_mode { "yes" } else { "no" },
+            "controlnet_conditioning_scale": scale.unwrap_or(1.0),
+            "control_image": shown,
+        }),
+    })
+}
+
 /// The field a request uses of a documented name and the alias some clients send
 /// (`steps` in ModelsLab's own examples, `image` in its TypeScript SDK's docs,
 /// `prompt_strength` in its older pages): the documented one unless only the alias
@@ -254,6 +374,8 @@ pub enum Endpoint {
     Text2Img,
     /// An init image and a mask (white repaints).
     Inpaint,
+    /// ControlNets (`controlnet_model`) with a control image.
+    ControlNet,
     /// A queued job's result, by its id.
     Fetch(String),
 }
@@ -265,6 +387,7 @@ struct Family {
     text2img: Option<&'static str>,
     img2img: Option<&'static str>,
     inpaint: &'static [&'static str],
+    controlnet: bool,
 }
 
 const fn family(
@@ -272,12 +395,14 @@ const fn family(
     text2img: Option<&'static str>,
     img2img: Option<&'static str>,
     inpaint: &'static [&'static str],
+    controlnet: bool,
 ) -> Family {
     Family {
         prefix,
         text2img,
         img2img,
         inpaint,
+        controlnet,
     }
 }
 
@@ -287,47 +412,66 @@ const fn family(
 /// SDK's `image_editing/inpainting`), the documented ones (v1/enterprise/inpaint, the
 /// legacy v3/inpaint) and the v7 API its providers and the official CLI
 /// (`modelslab-cli`) use.
-const FAMILIES: [Family; 10] = [
+const FAMILIES: [Family; 11] = [
     family(
         "v1/enterprise/",
         Some("text2img"),
         Some("img2img"),
         &["inpaint"],
+        true,
     ),
     family(
         "v6/images/",
         Some("text2img"),
         Some("img2img"),
         &["inpaint"],
+        true,
     ),
     family(
         "v6/realtime/",
         Some("text2img"),
         Some("img2img"),
         &["inpaint"],
+        false,
     ),
     family(
         "v1/enterprise/images/",
         Some("text2img"),
         Some("img2img"),
         &["inpaint"],
+        true,
     ),
     family(
         "v1/enterprise/realtime/",
         Some("text2img"),
         Some("img2img"),
         &["inpaint"],
+        false,
     ),
     family(
         "v7/images/",
         Some("text-to-image"),
         Some("image-to-image"),
         &["inpaint"],
+        false,
     ),
-    family("v6/image_editing/", None, None, &["inpaint", "inpainting"]),
-    family("v1/enterprise/image_editing/", None, None, &["inpaint"]),
-    family("v6/images/text2img/", None, None, &["inpaint"]),
-    family("v3/", None, None, &["inpaint"]),
+    family(
+        "v6/image_editing/",
+        None,
+        None,
+        &["inpaint", "inpainting"],
+        false,
+    ),
+    family(
+        "v1/enterprise/image_editing/",
+        None,
+        None,
+        &["inpaint"],
+        false,
+    ),
+    family("v6/images/text2img/", None, None, &["inpaint"], true),
+    family("v3/", None, None, &["inpaint"], false),
+    family("v5/", None, None, &[], true),
 ];
 
 pub fn endpoint(path: &str) -> Option<Endpoint> {
@@ -344,6 +488,7 @@ pub fn endpoint(path: &str) -> Option<Endpoint> {
             None if Some(op) == f.text2img => Some(Endpoint::Text2Img),
             None if Some(op) == f.img2img => Some(Endpoint::Img2Img),
             None if f.inpaint.contains(&op) => Some(Endpoint::Inpaint),
+            None if f.controlnet && op == "controlnet" => Some(Endpoint::ControlNet),
             None => None,
         }
     })
@@ -358,6 +503,7 @@ pub fn routes() -> Vec<String> {
             .into_iter()
             .flatten()
             .chain(f.inpaint.iter().copied())
+            .chain(f.controlnet.then_some("controlnet"))
             .chain(["fetch/:id"]);
         routes.extend(ops.map(|op| format!("/api/{}{op}", f.prefix)));
     }
@@ -381,6 +527,16 @@ impl Dialect for ModelsLab {
             ("init_image.image", "init_image"),
             ("init_image.mask", "mask_image"),
             ("mask", "mask_image"),
+            ("controlnets", "controlnet_model"),
+            ("controlnets[0].name", "controlnet_model"),
+            ("controlnets[1].name", "controlnet_model"),
+            ("controlnets[2].name", "controlnet_model"),
+            ("controlnets[3].name", "controlnet_model"),
+            ("controlnets[0].image", "control_image"),
+            ("controlnets[1].image", "control_image"),
+            ("controlnets[2].image", "control_image"),
+            ("controlnets[3].image", "control_image"),
+            ("guess_mode", "guess_mode"),
             ("loras", "lora_model"),
             ("embeddings", "embeddings_model"),
         ]
@@ -402,8 +558,12 @@ impl Dialect for ModelsLab {
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError> {
         let op = endpoint(&req.path);
         let inpaint = op == Some(Endpoint::Inpaint);
-        let img2img = op == Some(Endpoint::Img2Img) || inpaint;
+        let control = op == Some(Endpoint::ControlNet);
         let f = req.json()?;
+        // ControlNet: an init_image, when sent, is also where image-to-image starts.
+        let img2img = op == Some(Endpoint::Img2Img)
+            || inpaint
+            || (control && present(f, alias(f, "init_image", "image")));
         let model_id = models::check("model_id", f.string("model_id")?, models::SDXL_BASE)?;
         let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
         let negative_prompt = job::optional_prompt(f, "negative_prompt")?;
@@ -480,6 +640,7 @@ impl Dialect for ModelsLab {
                 !KNOWN.contains(n)
                     || (!img2img && IMG2IMG_ONLY.contains(n))
                     || (!inpaint && INPAINT_ONLY.contains(n))
+                    || (!control && CONTROL_ONLY.contains(n))
             })
             .map(String::from)
             .collect();
@@ -512,7 +673,11 @@ impl Dialect for ModelsLab {
         let (init, init_shown) = if img2img {
             let strength = f
                 .number(alias(f, "strength", "prompt_strength"), 0.01..=1.0)?
-                .unwrap_or(DEFAULT_STRENGTH);
+                .unwrap_or(if control {
+                    CONTROL_STRENGTH
+                } else {
+                    DEFAULT_STRENGTH
+                });
             let field = alias(f, "init_image", "image");
             let (source, shown) = image_source(field, &one_init_image(f, field)?, base64_io)?;
             (
@@ -532,6 +697,17 @@ impl Dialect for ModelsLab {
             (Some(InputImage { field, source }), shown)
         } else {
             (None, Value::Null)
+        };
+        let controlnets = if control {
+            if present(f, "mask_image") {
+                return Err(ApiError::field(
+                    "mask_image",
+                    "ControlNet inpainting is not supported here; use the inpaint endpoint",
+                ));
+            }
+            Some(controlnets(f, base64_io, init.as_ref().map(|i| &i.source))?)
+        } else {
+            None
         };
         let mut job = Job::new(
             GenerateRequest {
@@ -559,6 +735,15 @@ impl Dialect for ModelsLab {
             init,
         );
         job.mask = mask;
+        let control_meta = match controlnets {
+            Some(c) => {
+                job.request.controlnets = Some(c.request);
+                job.request.guess_mode = Some(c.guess_mode);
+                job.controls = c.images;
+                c.meta
+            }
+            None => Value::Null,
+        };
         job.echo = json!({
             "base64": base64_io,
             "track_id": track_id,
@@ -589,6 +774,10 @@ impl Dialect for ModelsLab {
                 "ignored": ignored,
             },
         });
+        if let (Some(meta), Value::Object(extra)) = (job.echo["meta"].as_object_mut(), control_meta)
+        {
+            meta.extend(extra);
+        }
         Ok(job)
     }
 
@@ -746,7 +935,9 @@ mod tests {
             ),
             ("/api/v6/images/fetch/", None),
             ("/api/v6/images/fetch/1/2", None),
-            ("/api/v6/images/controlnet", None),
+            ("/api/v6/images/controlnet", Some(Endpoint::ControlNet)),
+            ("/api/v5/controlnet", Some(Endpoint::ControlNet)),
+            ("/api/v6/realtime/controlnet", None),
             ("/api/v7/images/text2img", None),
             ("/v6/images/text2img", None),
         ] {
@@ -1147,5 +1338,75 @@ mod tests {
                 .iter()
                 .any(|n| n == "mask_image")
         );
+    }
+
+    #[test]
+    fn controlnet_requests_as_the_documents_and_sdks_send_them() {
+        // The documents' multi-ControlNet example: one image, comma-separated nets.
+        let body = r#"{"key":"k","controlnet_model":"canny, depth","controlnet_type":"canny",
+            "model_id":"midjourney","auto_hint":"yes","guess_mode":"yes",
+            "control_image":"https://example.com/c.png","init_image":"https://example.com/i.png",
+            "mask_image":null,"prompt":"p","width":"512","height":"512","samples":"1",
+            "controlnet_conditioning_scale":0.7,"strength":0.55,"clip_skip":"2","tomesd":"yes"}"#;
+        let job = parse("/api/v5/controlnet", body).unwrap();
+        let nets = job.request.controlnets.as_ref().unwrap();
+        let names: Vec<&str> = nets.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["canny", "depth"]);
+        assert!(
+            nets.iter()
+                .all(|c| c.scale == Some(0.7) && c.preprocess.is_none())
+        );
+        assert_eq!(job.request.guess_mode, Some(true));
+        assert_eq!(job.controls.len(), 2);
+        assert_eq!(job.controls[0].field, "control_image");
+        assert_eq!(job.init.as_ref().unwrap().strength, 0.55);
+        let meta = &job.echo["meta"];
+        assert_eq!(meta["controlnet_model"], "canny,depth");
+        assert_eq!(meta["auto_hint"], "yes");
+        let ignored: Vec<&str> = meta["ignored"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(ignored, ["tomesd"]);
+        // The SDKs' path and field name, no init image, auto_hint off.
+        let body = r#"{"prompt":"p","controlnet_model":"canny","controlnet_image":"aGVsbG8=",
+            "base64":"yes","auto_hint":"no"}"#;
+        let job = parse("/api/v6/images/controlnet", body).unwrap();
+        assert!(job.init.is_none());
+        assert_eq!(
+            job.controls[0].source,
+            ImageSource::Bytes(b"hello".to_vec())
+        );
+        let nets = job.request.controlnets.unwrap();
+        assert_eq!(nets[0].preprocess.as_deref(), Some("none"));
+        // The documents' SD1.5 canny example: the hint from init_image.
+        let body =
+            r#"{"prompt":"p","controlnet_model":"canny","init_image":"https://e.com/i.png"}"#;
+        let job = parse("/api/v1/enterprise/controlnet", body).unwrap();
+        assert_eq!(job.controls[0].field, "init_image");
+        assert!(job.init.is_some());
+        for (body, needle) in [
+            (
+                r#"{"prompt":"p","control_image":"https://e.com/c.png"}"#,
+                "controlnet_model: required",
+            ),
+            (
+                r#"{"prompt":"p","controlnet_model":"canny"}"#,
+                "control_image: required",
+            ),
+            (
+                r#"{"prompt":"p","controlnet_model":"a,b,c,d,e","control_image":"https://e.com/c.png"}"#,
+                "controlnet_model: at most 4",
+            ),
+            (
+                r#"{"prompt":"p","controlnet_model":"inpaint","control_image":"https://e.com/c.png","mask_image":"https://e.com/m.png"}"#,
+                "mask_image: ControlNet inpainting is not supported",
+            ),
+        ] {
+            let e = parse("/api/v5/controlnet", body).unwrap_err();
+            assert!(e.message.starts_with(needle), "{needle}: {}", e.message);
+        }
     }
 }

@@ -8,6 +8,7 @@ use candle_core::Tensor;
 
 use super::Pipeline;
 use super::conditioning::UnetConditioning;
+use super::control::ControlRun;
 use super::inpaint::Blend;
 use crate::error::EngineError;
 use crate::noise::NoiseSource;
@@ -42,6 +43,8 @@ pub(super) struct DenoiseRun<'a> {
     pub end: Option<usize>,
     /// Inpainting with an ordinary UNet: the blend after each step.
     pub blend: Option<&'a Blend>,
+    /// ControlNets and their images.
+    pub control: Option<&'a ControlRun>,
 }
 
 impl Pipeline {
@@ -66,22 +69,36 @@ impl Pipeline {
             } else {
                 latents.clone()
             };
-            let model_in = sched.scale_model_input(&model_in, i)?;
-            let model_in = match &cond.latent_extra {
-                Some(extra) => Tensor::cat(&[&model_in, extra], 1)?,
-                None => model_in,
-            };
+            let scaled = sched.scale_model_input(&model_in, i)?;
             let ts = vec![t; batch];
             let added = AddedCond {
                 text_embeds: &cond.text_embeds,
                 time_ids: &cond.time_ids,
             };
-            let pred = self.unet.forward(
+            let residuals = match run.control {
+                Some(c) => c.residuals(
+                    k,
+                    steps_to_run,
+                    &scaled,
+                    &ts,
+                    cond,
+                    Some(&added),
+                    n,
+                    run.do_cfg,
+                )?,
+                None => None,
+            };
+            let model_in = match &cond.latent_extra {
+                Some(extra) => Tensor::cat(&[&scaled, extra], 1)?,
+                None => scaled,
+            };
+            let pred = self.unet.forward_with(
                 &model_in,
                 &ts,
                 &cond.context,
                 Some(&added),
                 cond.timestep_cond.as_ref(),
+                residuals.as_ref(),
             )?;
             let pred = if run.do_cfg {
                 let uncond = pred.narrow(0, 0, n)?;

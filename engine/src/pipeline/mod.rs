@@ -29,6 +29,7 @@ use anyhow::{Result, bail};
 use candle_core::{DType, Device, Tensor};
 
 mod conditioning;
+mod control;
 mod denoise;
 mod inpaint;
 mod latents;
@@ -37,6 +38,7 @@ mod plan;
 mod refine;
 mod variant;
 
+pub use control::{ControlKey, MAX_CONTROLNETS};
 pub use load::{Architecture, KNOWN_PIPELINE_CLASSES, model_dtype};
 pub use plan::{BatchKey, Plan};
 
@@ -98,6 +100,11 @@ impl Pipeline {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn vae_scale_factor(&self) -> usize {
@@ -277,6 +284,7 @@ impl Pipeline {
             _ => bail!("masked and unmasked requests cannot share a batch"),
         };
         let mut noise = NoiseSource::from_generators(generators, &self.device);
+        let control = control::ControlRun::new(&batch, key.do_cfg, &self.device, self.dtype)?;
         let prepare = t0.elapsed();
 
         // 4. Denoising loop.
@@ -293,6 +301,7 @@ impl Pipeline {
             begin: key.begin,
             end: None,
             blend: blend.as_ref(),
+            control: control.as_ref(),
         };
         let latents = self.denoise(&run, sched.as_mut(), latents, &mut noise, on_step)?;
         let denoise = t1.elapsed();

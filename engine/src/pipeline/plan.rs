@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 
-use super::{MAX_SAMPLES, MAX_SIDE, Pipeline, denoise};
+use super::{ControlKey, MAX_SAMPLES, MAX_SIDE, Pipeline, denoise};
 use crate::GenerateParams;
 use crate::error::EngineError;
 use crate::scheduler::{self, SchedulerKind};
@@ -95,6 +95,7 @@ impl Pipeline {
             }
             _ => {}
         }
+        self.validate_controls(p)?;
         if let Some((_, strength)) = &p.init_image {
             let s = *strength;
             if !(s.is_finite() && s > 0.0 && s <= 1.0) {
@@ -149,6 +150,8 @@ impl Pipeline {
             text_chunks,
             img2img: strength.is_some(),
             masked: params.mask.is_some(),
+            controls: params.controls.iter().map(ControlKey::of).collect(),
+            guess_mode: params.guess_mode,
             begin: denoise::first_step(params.steps, strength, scheduler.order()),
         };
         Ok(Plan { params, key })
@@ -188,6 +191,9 @@ pub struct BatchKey {
     pub img2img: bool,
     /// Inpainting (the UNet's extra input, or the blend after each step).
     pub masked: bool,
+    /// The ControlNets with their scales and windows (the images may differ).
+    pub controls: Vec<ControlKey>,
+    pub guess_mode: bool,
     /// The first timestep that runs (image-to-image skips the early ones).
     pub begin: usize,
     /// 77-token chunks of text conditioning (more than one with A1111 emphasis).

@@ -58,6 +58,12 @@ impl Pipeline {
                 "inpainting does not run with a refiner; leave one of them out",
             ));
         }
+        if !params.controls.is_empty() {
+            return Err(EngineError::invalid(
+                "controlnets",
+                "ControlNets do not run with a refiner; leave one of them out",
+            ));
+        }
         let plan = self.plan(params.clone())?;
         let key = plan.key.clone();
         let n = params.samples;
@@ -105,6 +111,7 @@ impl Pipeline {
             begin: key.begin,
             end: Some(end),
             blend: None,
+            control: None,
         };
         let latents = self.denoise(&run, sched.as_mut(), latents, &mut noise, &mut |k, _| {
             on_step(k, total)
@@ -117,6 +124,7 @@ impl Pipeline {
             begin: r_begin,
             end: None,
             blend: None,
+            control: None,
         };
         let latents: Tensor = refiner.denoise(
             &r_run,

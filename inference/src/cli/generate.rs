@@ -2,12 +2,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
 use clap::Args;
 use inference::engine::embeddings::Embedding;
 use inference::engine::lora::Lora;
+use inference::engine::preprocess::Preprocess;
 use inference::engine::safety::{self, Replacement, SafetyChecker};
-use inference::engine::{GenerateParams, Pipeline};
+use inference::engine::{Control, ControlNet, GenerateParams, Pipeline};
 use inference::server::catalog::{BUILT_IN, Catalog};
 
 #[derive(Args)]
@@ -84,6 +87,30 @@ pub struct GenerateArgs {
     /// denoising_end / denoising_start).
     #[arg(long, default_value_t = 0.8)]
     pub refiner_start: f64,
+    /// A ControlNet guiding the run, at SCALE (default 1): a catalog name (`[controlnets]`
+    /// of CATALOG, else the built-in catalog, for this model's architecture), a ControlNet
+    /// folder or a hub id. Repeat for several (their residuals are summed); each takes the
+    /// --control-image at its position.
+    #[arg(long = "controlnet", value_name = "PATH_OR_NAME[:SCALE]")]
+    pub controlnets: Vec<String>,
+    /// The image of each --controlnet, in order (any size; resized to width x height).
+    #[arg(long = "control-image", value_name = "PATH")]
+    pub control_images: Vec<PathBuf>,
+    /// How the control images are made from the images given: canny (OpenCV's Canny
+    /// edges, thresholds 100 and 200) or none (used as given); default: the catalog
+    /// entry's, else none.
+    #[arg(long)]
+    pub preprocess: Option<String>,
+    /// The fractions of the run the ControlNets guide (diffusers'
+    /// control_guidance_start / control_guidance_end).
+    #[arg(long, default_value_t = 0.0)]
+    pub control_start: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub control_end: f64,
+    /// diffusers' guess_mode: the ControlNets see the prompt's half only, their residuals
+    /// scaled from 0.1 (shallowest) to 1 (mid block).
+    #[arg(long)]
+    pub guess_mode: bool,
     /// Output PNG; with several samples, `-<i>` is added before the extension.
     #[arg(long)]
     pub out: PathBuf,
@@ -163,6 +190,57 @@ fn with_add_ons(pipeline: Pipeline, args: &GenerateArgs) -> anyhow::Result<Pipel
     pipeline.with_loras(&refs)
 }
 
+/// The --controlnet / --control-image pairs, their nets loaded for `pipeline`.
+fn controls(pipeline: &Pipeline, args: &GenerateArgs) -> anyhow::Result<Vec<Control>> {
+    if args.controlnets.len() != args.control_images.len() {
+        bail!(
+            "{} --controlnet and {} --control-image: give one image per ControlNet, in order",
+            args.controlnets.len(),
+            args.control_images.len()
+        );
+    }
+    if args.controlnets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let catalog = catalog()?;
+    let arch = pipeline.architecture().name();
+    let mut out = Vec::new();
+    for (arg, image) in args.controlnets.iter().zip(&args.control_images) {
+        let (spec, scale) = lora_arg(arg)?;
+        let entries = catalog.controlnets.lookup_all(spec);
+        let entry = entries
+            .iter()
+            .find(|e| e.architecture.as_deref() == Some(arch))
+            .or_else(|| entries.iter().find(|e| e.architecture.is_none()));
+        let source = entry.map_or(spec, |e| e.source.as_str());
+        let how = args
+            .preprocess
+            .as_deref()
+            .or(entry.and_then(|e| e.preprocess.as_deref()))
+            .unwrap_or("none");
+        let how: Preprocess = how.parse()?;
+        let dir = inference::model_source::resolve_controlnet(source)?;
+        let (dtype, _) = pipeline.model_dtypes();
+        let net = ControlNet::load(&dir, pipeline.device(), dtype)
+            .with_context(|| format!("loading the ControlNet {}", dir.display()))?;
+        let img = image::open(image).with_context(|| format!("cannot read {}", image.display()))?;
+        eprintln!(
+            "ControlNet {} at {scale}, image {} ({})",
+            dir.display(),
+            image.display(),
+            how.name()
+        );
+        out.push(Control {
+            net: Arc::new(net),
+            image: how.apply(img),
+            scale,
+            start: args.control_start,
+            end: args.control_end,
+        });
+    }
+    Ok(out)
+}
+
 fn output_path(out: &Path, i: usize, n: usize) -> PathBuf {
     if n == 1 {
         return out.to_path_buf();
@@ -197,8 +275,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Some(p) => Some(image::open(p).with_context(|| format!("cannot read {}", p.display()))?),
         None => None,
     };
+    let controls = controls(&pipeline, &args)?;
     let seed = args.seed.unwrap_or_else(inference::random_seed);
     let params = GenerateParams {
+        controls,
+        guess_mode: args.guess_mode,
         samples: args.samples,
         karras: if args.karras { Some(true) } else { None },
         algorithm_type: args.algorithm_type.clone(),

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::device::Precision;
+use crate::engine::preprocess::Preprocess;
 use crate::engine::scheduler;
 use contract::limits::{MAX_SIDE, MAX_STEPS};
 
@@ -30,6 +31,8 @@ struct CatalogFile {
     vaes: BTreeMap<String, AddOnFile>,
     #[serde(default)]
     embeddings: BTreeMap<String, AddOnFile>,
+    #[serde(default)]
+    controlnets: BTreeMap<String, AddOnFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +44,9 @@ struct AddOnFile {
     architecture: Option<String>,
     /// Embeddings only: the token prompts use (else the file's own, else its name).
     token: Option<String>,
+    /// ControlNets only: how a request's image becomes its control image unless the
+    /// request says (`canny`, `depth` or `none`).
+    preprocess: Option<String>,
 }
 
 /// The architectures a LoRA or VAE may declare (the engine's names).
@@ -62,6 +68,9 @@ pub struct AddOn {
     /// Embeddings: the token prompts use (None: the file's own).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// ControlNets: the preprocessor their images get unless a request says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<String>,
 }
 
 /// LoRAs or VAEs, by the names clients send.
@@ -95,8 +104,24 @@ impl AddOns {
             {
                 bail!("{what}.{name}: token must be one word");
             }
+            if let Some(p) = &f.preprocess {
+                if what != "controlnets" {
+                    bail!("{what}.{name}: preprocess is for [controlnets] entries only");
+                }
+                p.parse::<Preprocess>()
+                    .map_err(|e| anyhow::anyhow!("{what}.{name}: {e}"))?;
+            }
             for n in std::iter::once(&name).chain(&f.aliases) {
-                if let Some(other) = items.iter().find(|i| i.is(n)) {
+                // ControlNets are asked for by kind ("canny"): one name may be given to
+                // one ControlNet per architecture.
+                let clash = |i: &&AddOn| {
+                    i.is(n)
+                        && (what != "controlnets"
+                            || i.architecture.is_none()
+                            || f.architecture.is_none()
+                            || i.architecture == f.architecture)
+                };
+                if let Some(other) = items.iter().find(clash) {
                     bail!(
                         "the name {n:?} is given to both {what}.{} and {what}.{name}",
                         other.name
@@ -109,6 +134,7 @@ impl AddOns {
                 source: f.source.trim().to_string(),
                 architecture: f.architecture,
                 token: f.token,
+                preprocess: f.preprocess,
             });
         }
         Ok(AddOns { what, items })
@@ -117,6 +143,11 @@ impl AddOns {
     /// The entry a request names (any case).
     pub fn lookup(&self, name: &str) -> Option<&AddOn> {
         self.items.iter().find(|i| i.is(name.trim()))
+    }
+
+    /// Every entry a request's name gives (ControlNets: one per architecture).
+    pub fn lookup_all(&self, name: &str) -> Vec<&AddOn> {
+        self.items.iter().filter(|i| i.is(name.trim())).collect()
     }
 
     pub fn items(&self) -> &[AddOn] {
@@ -128,13 +159,15 @@ impl AddOns {
         if self.items.is_empty() {
             return format!("this server's catalog has no {}", self.what);
         }
-        let names: Vec<&str> = self
-            .items
-            .iter()
-            .flat_map(|i| {
-                std::iter::once(i.name.as_str()).chain(i.aliases.iter().map(String::as_str))
-            })
-            .collect();
+        let mut names: Vec<&str> = Vec::new();
+        for n in self.items.iter().flat_map(|i| {
+            std::iter::once(i.name.as_str()).chain(i.aliases.iter().map(String::as_str))
+        }) {
+            // One name may be several ControlNets' (one per architecture).
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
         format!("this server has: {}", names.join(", "))
     }
 }
@@ -207,6 +240,7 @@ pub struct Catalog {
     pub loras: AddOns,
     pub vaes: AddOns,
     pub embeddings: AddOns,
+    pub controlnets: AddOns,
     /// The safety checker of models whose folder has none (a folder or a hub id).
     pub safety_checker: Option<String>,
 }
@@ -319,6 +353,7 @@ impl Catalog {
             loras: AddOns::parse("loras", file.loras)?,
             vaes: AddOns::parse("vaes", file.vaes)?,
             embeddings: AddOns::parse("embeddings", file.embeddings)?,
+            controlnets: AddOns::parse("controlnets", file.controlnets)?,
             safety_checker: file
                 .safety_checker
                 .map(|s| s.trim().to_string())
@@ -411,6 +446,18 @@ mod tests {
         assert!(c.loras.lookup("Logo").is_some());
         assert!(c.vaes.lookup("sdxl-vae-fp16-fix").is_some());
         assert!(c.loras.lookup("nope").is_none());
+        // Hyperbolic's "canny": one ControlNet per architecture, preprocessing photos.
+        let canny = c.controlnets.lookup_all("Canny");
+        let archs: Vec<_> = canny.iter().map(|e| e.architecture.as_deref()).collect();
+        assert_eq!(
+            archs,
+            [Some("stable-diffusion-1"), Some("stable-diffusion-xl")]
+        );
+        assert!(
+            canny
+                .iter()
+                .all(|e| e.preprocess.as_deref() == Some("canny"))
+        );
         assert_eq!(
             c.lookup("sdxl").unwrap().refiner.as_deref(),
             Some("stable-diffusion-xl-refiner-1.0")
@@ -461,6 +508,26 @@ mod tests {
             .contains("both vaes.v and vaes.w")
         );
         assert!(err(&format!("{base}[loras.l]\nsource = \" \"")).contains("loras.l: source"));
+        assert!(
+            err(&format!(
+                "{base}[loras.l]\nsource = \"f\"\npreprocess = \"canny\""
+            ))
+            .contains("loras.l: preprocess is for [controlnets] entries only")
+        );
+        assert!(
+            err(&format!(
+                "{base}[controlnets.c]\nsource = \"f\"\npreprocess = \"pose\""
+            ))
+            .contains("controlnets.c: invalid `preprocess`: \"pose\" is not accepted")
+        );
+        // One name per architecture; twice for one architecture is a clash.
+        assert!(
+            err(&format!(
+                "{base}[controlnets.a]\nsource = \"f\"\naliases = [\"canny\"]\narchitecture = \"stable-diffusion-1\"\n\
+                 [controlnets.b]\nsource = \"g\"\naliases = [\"canny\"]\narchitecture = \"stable-diffusion-1\""
+            ))
+            .contains("both controlnets.a and controlnets.b")
+        );
         assert!(err(&format!("{base}[loras.l]\nsource = \"f\"\nweight = 1")).contains("weight"));
         assert!(
             err("default = \"a\"\n[models.a]\nsource = \"x\"\nrefiner = \"r\"")

@@ -8,8 +8,11 @@ use base64::Engine as _;
 use contract::{Error, GenerateRequest, GeneratedImage, Timings};
 
 use super::catalog::{AddOn, Catalog, Defaults};
+use crate::engine::preprocess::Preprocess;
 use crate::engine::safety::Replacement;
-use crate::engine::{Emphasis, EngineError, GenerateParams, ModelInfo, StageTimings};
+use crate::engine::{
+    Emphasis, EngineError, GenerateParams, MAX_CONTROLNETS, ModelInfo, StageTimings,
+};
 use contract::init_image;
 use contract::limits::{
     MAX_INIT_PIXELS, MAX_MODEL_CHARS, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SIDE, MAX_STEPS,
@@ -59,6 +62,10 @@ pub struct Draft {
     pub init_image: Option<(image::DynamicImage, f64)>,
     /// Inpainting: the mask, fitted as the init image.
     pub mask: Option<image::DynamicImage>,
+    /// ControlNets (their nets found and loaded by the worker for the model) and
+    /// guess mode.
+    pub controls: Vec<ControlChoice>,
+    pub guess_mode: bool,
     /// None: the model's default.
     pub width: Option<usize>,
     pub height: Option<usize>,
@@ -86,6 +93,9 @@ impl Draft {
             algorithm_type: self.algorithm_type.clone(),
             init_image: self.init_image.clone(),
             mask: self.mask.clone(),
+            // The nets depend on the model's architecture: the worker adds them.
+            controls: Vec::new(),
+            guess_mode: self.guess_mode,
         }
     }
 }
@@ -221,11 +231,90 @@ pub fn to_draft(
         algorithm_type: req.algorithm_type.clone(),
         init_image,
         mask,
+        controls: Vec::new(),
+        guess_mode: req.guess_mode.unwrap_or(false),
         width: width.map(|v| v as usize),
         height: height.map(|v| v as usize),
         steps: steps.map(|v| v as usize),
         guidance: guidance.map(f64::from),
     })
+}
+
+/// A request's ControlNet before its net is loaded.
+#[derive(Clone, Debug)]
+pub struct ControlChoice {
+    /// Its name as the request gave it.
+    pub name: String,
+    /// The catalog entries of that name (one per architecture): the worker takes the
+    /// model's.
+    pub entries: Vec<AddOn>,
+    /// The control image: decoded, fitted as an init image, preprocessed.
+    pub image: image::DynamicImage,
+    pub scale: f64,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// The request's ControlNets: each name found in the catalog, its image (`images`)
+/// decoded, fitted to the draft's size and preprocessed (the request's `preprocess`, else
+/// the catalog entry's, else none). Scales and windows are the engine's to check.
+pub fn controls(
+    req: &GenerateRequest,
+    images: &Images,
+    catalog: &Catalog,
+    draft: &Draft,
+) -> Result<Vec<ControlChoice>, Error> {
+    let asked = req.controlnets.as_deref().unwrap_or_default();
+    if asked.len() > MAX_CONTROLNETS {
+        return Err(invalid(format!(
+            "controlnets: at most {MAX_CONTROLNETS} (got {})",
+            asked.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(asked.len());
+    for (i, c) in asked.iter().enumerate() {
+        model_name_ok(&c.name)
+            .map_err(|_| invalid(format!("controlnets[{i}].name: longer than a name")))?;
+        let entries: Vec<AddOn> = catalog
+            .controlnets
+            .lookup_all(&c.name)
+            .into_iter()
+            .cloned()
+            .collect();
+        let Some(first) = entries.first() else {
+            return Err(invalid(format!(
+                "controlnets[{i}].name: unknown ControlNet {:?}; {}",
+                c.name,
+                catalog.controlnets.names()
+            )));
+        };
+        let how = c
+            .preprocess
+            .as_deref()
+            .or(first.preprocess.as_deref())
+            .unwrap_or("none");
+        let how: Preprocess = how.parse().map_err(|e: anyhow::Error| {
+            invalid(format!("controlnets[{i}].{}", param_message(&e)))
+        })?;
+        let bytes = images
+            .controls
+            .get(i)
+            .ok_or_else(|| invalid(format!("controlnets[{i}].image: required")))?;
+        let field = format!("controlnets[{i}].image");
+        let mut img = init_image::decode_field(bytes, MAX_INIT_PIXELS, &field)?;
+        if let (Some(w), Some(h)) = (draft.width, draft.height) {
+            img = init_image::fit(img, w as u32, h as u32);
+        }
+        out.push(ControlChoice {
+            name: c.name.clone(),
+            entries,
+            image: how.apply(image::DynamicImage::ImageRgb8(img)),
+            scale: c.scale.map_or(1.0, decimal),
+            start: c.start.map_or(0.0, decimal),
+            end: c.end.map_or(1.0, decimal),
+        });
+    }
+    Ok(out)
 }
 
 /// Most LoRAs one request may merge.
@@ -347,6 +436,7 @@ fn contract_field(param: &str) -> &str {
     match param {
         "strength" => "init_image.strength",
         "init_image" => "init_image.image",
+        "mask" => "init_image.mask",
         other => other,
     }
 }

@@ -17,7 +17,8 @@ pub struct Metrics {
     pub batch_requests: Histogram,
     /// Seconds per stage of a request: queue, load, prepare, denoise, decode, encode, total.
     pub stage_seconds: HistogramVec,
-    /// Images made, by catalog model name.
+    /// Images made, by catalog model name and pipeline (txt2img, img2img, inpaint,
+    /// controlnet, refiner).
     pub images: IntCounterVec,
     /// Requests that failed, by kind (invalid_request, unknown_model, overloaded,
     /// timeout, cancelled, internal, unauthorized).
@@ -42,7 +43,10 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(0.005, 2.5, 14)?),
             &["stage"],
         )?;
-        let images = IntCounterVec::new(Opts::new("images_total", "Images made"), &["model"])?;
+        let images = IntCounterVec::new(
+            Opts::new("images_total", "Images made, by model and pipeline"),
+            &["model", "pipeline"],
+        )?;
         let errors = IntCounterVec::new(
             Opts::new("errors_total", "Requests that failed, by kind"),
             &["kind"],

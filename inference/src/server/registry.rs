@@ -18,7 +18,7 @@ use crate::engine::embeddings::Embedding;
 use crate::engine::lora::Lora;
 use crate::engine::safety::SafetyChecker;
 use crate::engine::weights::find_weight_files;
-use crate::engine::{EngineError, ModelInfo, Pipeline};
+use crate::engine::{ControlNet, EngineError, ModelInfo, Pipeline};
 
 /// A loaded model.
 #[derive(Clone)]
@@ -59,6 +59,8 @@ pub struct Registry {
     /// Safety checkers by where they come from (a model folder, or the catalog's);
     /// `None`: that model has none.
     checkers: Mutex<HashMap<String, Option<Arc<SafetyChecker>>>>,
+    /// ControlNets by source, loaded on first use and kept (outside the memory budget).
+    controlnets: Mutex<HashMap<String, Arc<ControlNet>>>,
     /// The dtype each source runs in (the catalog's), else `default_dtype` (the server's).
     dtypes: HashMap<String, DType>,
     default_dtype: DType,
@@ -90,6 +92,7 @@ impl Registry {
         Registry {
             device,
             checkers: Mutex::default(),
+            controlnets: Mutex::default(),
             dtypes,
             default_dtype,
             budget,
@@ -267,6 +270,29 @@ impl Registry {
             });
         }
         Ok(loaded)
+    }
+
+    /// The ControlNet in `source` (a folder or a hub id), loaded once (blocking), in the
+    /// dtype `model_dtype` of the model it guides.
+    pub fn controlnet(&self, source: &str, model_dtype: DType) -> anyhow::Result<Arc<ControlNet>> {
+        let key = format!("{source}\n{model_dtype:?}");
+        let cached = self
+            .controlnets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(net) = cached {
+            return Ok(net);
+        }
+        let dir = crate::model_source::resolve_controlnet(source)?;
+        tracing::info!(controlnet = source, dir = %dir.display(), "loading a ControlNet");
+        let net = Arc::new(ControlNet::load(&dir, &self.device, model_dtype)?);
+        self.controlnets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, net.clone());
+        Ok(net)
     }
 
     /// The safety checker for the model in `source`: its folder's (`safety_checker/` and

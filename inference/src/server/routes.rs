@@ -149,6 +149,7 @@ async fn run(
         let add_ons = convert::add_ons(&req, &catalog.catalog)?;
         let mut draft = convert::to_draft(&req, &received.images, &entry.defaults)?;
         draft.add_ons = add_ons;
+        draft.controls = convert::controls(&req, &received.images, &catalog.catalog, &draft)?;
         if draft.refiner_start.is_some() && entry.refiner.is_none() {
             return Err(Error::InvalidRequest(format!(
                 "refiner_start: the model {} has no refiner in this server's catalog",
@@ -328,6 +329,7 @@ async fn models(State(app): State<Arc<AppState>>) -> Response {
         "loras": app.catalog.loras.items(),
         "vaes": app.catalog.vaes.items(),
         "embeddings": app.catalog.embeddings.items(),
+        "controlnets": app.catalog.controlnets.items(),
     }))
     .into_response()
 }

@@ -12,8 +12,9 @@ use contract::Error;
 use super::AppState;
 use super::convert::param_message;
 use super::queue::{Done, Job};
-use crate::engine::ErrorKind;
+use super::registry::Loaded;
 use crate::engine::safety::{self, Replacement};
+use crate::engine::{Control, EngineError, ErrorKind, GenerateParams};
 
 pub fn run(app: Arc<AppState>) {
     while let Some(head) = app.queue.pop() {
@@ -34,6 +35,47 @@ fn engine_error(e: &anyhow::Error) -> Error {
         ErrorKind::Cancelled => Error::Timeout("stopped: the caller stopped waiting".into()),
         ErrorKind::Internal => Error::Internal(format!("{e:#}")),
     }
+}
+
+/// A job's parameters for `loaded`: its draft resolved against the model, with the
+/// ControlNets of the model's architecture (loaded on first use).
+fn params_of(app: &AppState, job: &Job, loaded: &Loaded) -> anyhow::Result<GenerateParams> {
+    let mut params = job.draft.resolve(&loaded.info);
+    let arch = &loaded.info.architecture;
+    for c in &job.draft.controls {
+        let entry = c
+            .entries
+            .iter()
+            .find(|e| e.architecture.as_deref() == Some(arch.as_str()))
+            .or_else(|| c.entries.iter().find(|e| e.architecture.is_none()))
+            .ok_or_else(|| {
+                let made_for: Vec<&str> = c
+                    .entries
+                    .iter()
+                    .filter_map(|e| e.architecture.as_deref())
+                    .collect();
+                EngineError::invalid(
+                    "controlnets",
+                    format!(
+                        "this server has no ControlNet {:?} for {arch} models (only for {})",
+                        c.name,
+                        made_for.join(", ")
+                    ),
+                )
+            })?;
+        let net = app
+            .registry
+            .controlnet(&entry.source, loaded.pipeline.model_dtypes().0)
+            .map_err(|e| anyhow::anyhow!("the ControlNet {}: {e:#}", entry.name))?;
+        params.controls.push(Control {
+            net,
+            image: c.image.clone(),
+            scale: c.scale,
+            start: c.start,
+            end: c.end,
+        });
+    }
+    Ok(params)
 }
 
 fn serve(app: &AppState, head: Job) {
@@ -62,7 +104,7 @@ fn serve(app: &AppState, head: Job) {
     };
     app.metrics.stage("load", load_started.elapsed());
     let pipeline = loaded.pipeline.clone();
-    let plan = match pipeline.plan(head.draft.resolve(&loaded.info)) {
+    let plan = match params_of(app, &head, &loaded).and_then(|p| pipeline.plan(p)) {
         Ok(plan) => plan,
         Err(e) => {
             let _ = head.reply.send(Err(engine_error(&e)));
@@ -101,7 +143,9 @@ fn serve(app: &AppState, head: Job) {
                 return None;
             }
             // A job whose plan fails stays queued: it gets its error when it is the head.
-            let plan = pipeline.plan(job.draft.resolve(&loaded.info)).ok()?;
+            let plan = params_of(app, job, &loaded)
+                .and_then(|p| pipeline.plan(p))
+                .ok()?;
             (*plan.key() == key).then(|| {
                 images += job.samples();
                 plan
@@ -172,7 +216,7 @@ fn serve(app: &AppState, head: Job) {
                 };
                 app.metrics
                     .images
-                    .with_label_values(&[&job.model])
+                    .with_label_values(&[&job.model, pipeline_kind(&job, plan.params())])
                     .inc_by(generated.images.len() as u64);
                 let done = Done {
                     generated,
@@ -191,6 +235,21 @@ fn serve(app: &AppState, head: Job) {
                 let _ = job.reply.send(Err(err.clone()));
             }
         }
+    }
+}
+
+/// Which pipeline a job ran, for the metrics.
+fn pipeline_kind(job: &Job, params: &GenerateParams) -> &'static str {
+    if job.refiner_source.is_some() {
+        "refiner"
+    } else if !params.controls.is_empty() {
+        "controlnet"
+    } else if params.mask.is_some() {
+        "inpaint"
+    } else if params.init_image.is_some() {
+        "img2img"
+    } else {
+        "txt2img"
     }
 }
 
