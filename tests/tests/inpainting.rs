@@ -29,9 +29,11 @@ fn start_server() -> (e2e::process::Process, String, tempfile::TempDir) {
         format!(
             "default = \"sd15-inpaint\"\n\
              [models.sd15-inpaint]\nsource = \"{}\"\n\
-             [models.\"SD1.5\"]\nsource = \"{}\"\n",
+             [models.\"SD1.5\"]\nsource = \"{}\"\n\
+             [models.sdxl-inpaint]\nsource = \"{}\"\n",
             models.join("tiny-sd15-inpaint").display(),
             models.join("tiny-sd15").display(),
+            models.join("tiny-sdxl-inpaint").display(),
         ),
     )
     .unwrap();
@@ -60,6 +62,13 @@ fn case(model: &str, scheduler: &str, strength: f64) -> Value {
         "steps": "4", "guidance_scale": 7.5, "seed": 5, "scheduler": scheduler,
         "strength": strength, "safety_checker": "no", "base64": "yes",
         "init_image": file_base64("init_64.png"), "mask_image": file_base64("mask_64.png")})
+}
+
+/// ... with the SDXL cases' guidance and seed.
+fn sdxl(mut body: Value) -> Value {
+    body["guidance_scale"] = json!(5.0);
+    body["seed"] = json!(3);
+    body
 }
 
 fn send(url: &str, body: &Value) -> (u16, Value) {
@@ -96,6 +105,12 @@ fn modelslab_inpainting_gives_diffusers_images() {
             "/api/v1/enterprise/inpaint",
             case("SD1.5", "DDIMScheduler", 0.7),
             "blend_07_ddim_0.png",
+        ),
+        // The CLI's v7 path, on an SDXL inpainting model.
+        (
+            "/api/v7/images/inpaint",
+            sdxl(case("sdxl-inpaint", "EulerDiscreteScheduler", 0.7)),
+            "xl_inpaint_07_euler_0.png",
         ),
     ] {
         let (status, answer) = send(&format!("{edge}{path}"), &body);

@@ -48,7 +48,9 @@ impl Pipeline {
         })
     }
 
-    /// The scaled posterior sample of `pixels` (one image) drawn from the first generator.
+    /// The scaled posterior sample of `pixels` (one image) drawn from the first generator,
+    /// as the inpaint pipelines' `_encode_vae_image` makes it: times `scaling_factor` only
+    /// (SDXL's inpaint pipeline leaves `latents_mean` / `latents_std` to the decoder).
     pub(super) fn encode_with_first(
         &self,
         pixels: &Tensor,
@@ -61,7 +63,8 @@ impl Pipeline {
             dist.std.to_dtype(self.dtype)?,
         );
         let eps = noise.randn_first(latent_shape)?.to_dtype(self.dtype)?;
-        self.scale_latents(&mean.broadcast_add(&std.broadcast_mul(&eps)?)?)
+        let sample = mean.broadcast_add(&std.broadcast_mul(&eps)?)?;
+        mul_scalar(&sample, self.vae.config.scaling_factor as f32)
     }
 
     /// The VAE's `latents_mean` / `latents_std`, which only the SDXL pipelines use.
@@ -75,7 +78,7 @@ impl Pipeline {
     }
 
     /// Posterior sample → UNet latent space.
-    pub(super) fn scale_latents(&self, x: &Tensor) -> Result<Tensor> {
+    fn scale_latents(&self, x: &Tensor) -> Result<Tensor> {
         let cfg = &self.vae.config;
         let sf = cfg.scaling_factor as f32;
         match self.latent_stats() {

@@ -81,12 +81,6 @@ impl Pipeline {
                     "needs an init image (the image to paint into)",
                 ));
             }
-            (Some(_), Some(_), false) if self.arch.is_xl() => {
-                return Err(EngineError::invalid(
-                    "mask",
-                    "SDXL inpainting is not supported yet; use an SD 1.x / 2.x model",
-                ));
-            }
             (None, _, true) => {
                 return Err(EngineError::invalid(
                     "mask",

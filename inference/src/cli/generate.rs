@@ -43,8 +43,9 @@ pub struct GenerateArgs {
     /// Init image for img2img (any size; resized to width x height).
     #[arg(long)]
     pub init_image: Option<PathBuf>,
-    /// Inpainting (with --init-image, on an inpainting model): the mask, white where the
-    /// image is repainted, black where it is kept; any size (resized to the image's).
+    /// Inpainting (with --init-image; an inpainting model's UNet, or any model by latent
+    /// blending): the mask, white where the image is repainted, black where it is kept;
+    /// any size (resized to the image's).
     #[arg(long)]
     pub mask: Option<PathBuf>,
     /// img2img strength in (0, 1].
