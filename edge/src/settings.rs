@@ -12,9 +12,10 @@ use crate::input_image::ImageLimits;
 
 /// The variables the component reads. Each must be declared in the component's
 /// `[component.edge.variables]`, or Spin refuses the lookup.
-pub const VARIABLES: [&str; 12] = [
+pub const VARIABLES: [&str; 13] = [
     "api_keys",
     "allow_anonymous",
+    "appypie_refiner",
     "inference_url",
     "more_inference_urls",
     "inference_token",
@@ -50,6 +51,9 @@ pub struct Settings {
     pub webhook_retry: Duration,
     /// What one API key's ModelsLab jobs may keep in the store at a time.
     pub key_limits: crate::quota::Limits,
+    /// Appypie: run the model's catalog refiner after it (the "refinement model" their
+    /// API describes; the server's catalog must name one for SDXL).
+    pub appypie_refiner: bool,
 }
 
 impl Settings {
@@ -98,16 +102,20 @@ impl Settings {
             max_bytes: count("key_max_stored_mb", 512)?.saturating_mul(1024 * 1024),
             max_images: count("key_max_images", 500)?.min(u64::from(u32::MAX)) as u32,
         };
-        let allow_anonymous = match get("allow_anonymous")
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "" | "false" | "no" | "0" => false,
-            "true" | "yes" | "1" => true,
-            other => return Err(format!("allow_anonymous {other:?} must be true or false")),
+        let flag = |name: &str| -> Result<bool, String> {
+            match get(name)
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "" | "false" | "no" | "0" => Ok(false),
+                "true" | "yes" | "1" => Ok(true),
+                other => Err(format!("{name} {other:?} must be true or false")),
+            }
         };
+        let allow_anonymous = flag("allow_anonymous")?;
+        let appypie_refiner = flag("appypie_refiner")?;
         let public_url = match get("public_url").filter(|s| !s.trim().is_empty()) {
             None => None,
             Some(s) => {
@@ -132,6 +140,7 @@ impl Settings {
             async_after,
             webhook_retry,
             key_limits,
+            appypie_refiner,
         })
     }
 }

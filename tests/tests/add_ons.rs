@@ -36,6 +36,7 @@ fn start_server() -> (e2e::process::Process, String, tempfile::TempDir) {
 safety_checker = "{checker}"
 [models."SDXL1.0-base"]
 source = "{sdxl}"
+aliases = ["stable-diffusion-xl-base-1.0"]
 refiner = "sdxl-refiner"
 [models.sdxl-refiner]
 source = "{refiner}"
@@ -393,4 +394,41 @@ fn concurrent_requests_with_different_loras_each_get_their_own() {
             assert!(d <= 2, "{d} from {reference}");
         }
     }
+}
+
+/// Appypie's "refinement model" (the edge's `appypie_refiner`): the SDXL base, then the
+/// catalog's refiner from 0.8 of the schedule, gives diffusers' ensemble image.
+#[test]
+fn appypie_runs_the_refiner_when_the_edge_says() {
+    if !edge_runtime_present() {
+        return;
+    }
+    let (_server, url, _dir) = start_server();
+    let config = EdgeConfig {
+        variables: vec![("APPYPIE_REFINER", "true")],
+        ..edge_config(&url)
+    };
+    let appypie = |edge: &str| {
+        let reply = post(
+            &format!("{edge}/getImage/v1/getSDXLImage"),
+            &[
+                ("Content-Type", "application/json"),
+                ("Ocp-Apim-Subscription-Key", KEY),
+            ],
+            &json!({"prompt": CAT, "negative_prompt": NEG, "size": "64x64",
+                    "num_inference_steps": 6, "guidance_scale": 5, "seed": 3})
+            .to_string(),
+        );
+        let answer = reply.json();
+        assert_eq!(reply.status, 200, "{answer}");
+        let img = png(answer["image_data"].as_str().unwrap());
+        diff_to_set("parity_refiner", "ensemble_euler_0.png", &img)
+    };
+    let (refining, edge) = start_edge(&config);
+    let d = appypie(&edge);
+    assert!(d <= 2, "{d}");
+    drop(refining);
+    // Without it, the base alone: another image.
+    let (_plain, edge) = start_edge(&edge_config(&url));
+    assert!(appypie(&edge) > 10);
 }

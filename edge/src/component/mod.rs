@@ -110,6 +110,7 @@ async fn serve(
         .await;
     }
     let mut job = dialect.parse(&incoming)?;
+    dialect.configure(&mut job, &settings);
     let images = fetch_images(&mut job, &settings).await?;
     if dialect.keeps_jobs() {
         return jobs::submit(

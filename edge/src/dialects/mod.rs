@@ -100,6 +100,8 @@ pub trait Dialect: Sync {
     fn credential(&self, req: &Incoming) -> Result<Option<String>, ApiError>;
     /// The request's fields, validated, as a job.
     fn parse(&self, req: &Incoming) -> Result<Job, ApiError>;
+    /// What the deployment's settings add to a parsed job (Appypie's refiner).
+    fn configure(&self, _job: &mut Job, _settings: &crate::settings::Settings) {}
     /// The success response for the images the server made; images to be served by
     /// link go into `stash` (written to the key-value store before the reply).
     fn render(
