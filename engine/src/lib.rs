@@ -57,6 +57,7 @@ pub mod config;
 pub mod controlnet;
 pub mod cpu_conv;
 pub mod cpu_kernels;
+pub mod depth;
 pub mod embeddings;
 pub mod emphasis;
 pub mod error;

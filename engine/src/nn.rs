@@ -62,6 +62,24 @@ impl Conv2d {
     ) -> Result<Self> {
         let weight = w.get((out_ch, in_ch, kernel, kernel), "weight")?;
         let bias = w.get(out_ch, "bias")?;
+        Self::from_parts(weight, bias, stride, padding)
+    }
+
+    /// A convolution without a bias (a zero one).
+    pub fn load_no_bias(
+        w: &Weights,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let weight = w.get((out_ch, in_ch, kernel, kernel), "weight")?;
+        let bias = Tensor::zeros(out_ch, weight.dtype(), weight.device())?;
+        Self::from_parts(weight, bias, stride, padding)
+    }
+
+    fn from_parts(weight: Tensor, bias: Tensor, stride: usize, padding: usize) -> Result<Self> {
         let cfg = candle_nn::Conv2dConfig {
             padding,
             stride,

@@ -7,6 +7,7 @@
 
 use image::{DynamicImage, GrayImage, Luma, RgbImage};
 
+use crate::depth::DepthEstimator;
 use crate::error::EngineError;
 
 /// How an image a request sends becomes a control image.
@@ -16,6 +17,8 @@ pub enum Preprocess {
     None,
     /// OpenCV's Canny edges at thresholds 100 and 200 ([`canny`]).
     Canny,
+    /// A depth model's map ([`crate::depth::DepthEstimator`]), near is white.
+    Depth,
 }
 
 impl std::str::FromStr for Preprocess {
@@ -25,14 +28,10 @@ impl std::str::FromStr for Preprocess {
         match s.trim().to_ascii_lowercase().as_str() {
             "none" => Ok(Preprocess::None),
             "canny" => Ok(Preprocess::Canny),
-            "depth" => Err(EngineError::invalid(
-                "preprocess",
-                "depth maps need a depth model, which this server does not run yet; \
-                 send a depth map (preprocess none) or use canny",
-            )),
+            "depth" => Ok(Preprocess::Depth),
             other => Err(EngineError::invalid(
                 "preprocess",
-                format!("{other:?} is not accepted: canny or none"),
+                format!("{other:?} is not accepted: canny, depth or none"),
             )),
         }
     }
@@ -43,17 +42,33 @@ impl Preprocess {
         match self {
             Preprocess::None => "none",
             Preprocess::Canny => "canny",
+            Preprocess::Depth => "depth",
         }
     }
 
-    /// The control image made from `img`.
-    pub fn apply(self, img: DynamicImage) -> DynamicImage {
-        match self {
+    /// The control image made from `img`; `depth` makes depth maps (absent: a request for
+    /// one is refused).
+    pub fn apply(
+        self,
+        img: DynamicImage,
+        depth: Option<&DepthEstimator>,
+    ) -> anyhow::Result<DynamicImage> {
+        Ok(match self {
             Preprocess::None => img,
             Preprocess::Canny => {
                 DynamicImage::ImageRgb8(to_rgb(&canny(&img.to_rgb8(), 100.0, 200.0)))
             }
-        }
+            Preprocess::Depth => {
+                let Some(model) = depth else {
+                    return Err(EngineError::invalid(
+                        "preprocess",
+                        "depth needs a depth model, and none is configured (the catalog's \
+                         depth_estimator); send a depth map with preprocess none, or use canny",
+                    ));
+                };
+                DynamicImage::ImageRgb8(to_rgb(&model.depth_image(&img.to_rgb8())?))
+            }
+        })
     }
 }
 
@@ -170,8 +185,8 @@ pub fn canny(img: &RgbImage, low: f32, high: f32) -> GrayImage {
     })
 }
 
-/// A preprocessor's output as a control image: grey edges in three equal channels,
-/// as diffusers' documents stack them.
+/// A preprocessor's grey output as a control image: three equal channels, as diffusers'
+/// documents stack edges and depth maps.
 pub fn to_rgb(edges: &GrayImage) -> RgbImage {
     RgbImage::from_fn(edges.width(), edges.height(), |x, y| {
         let v = edges.get_pixel(x, y)[0];

@@ -203,6 +203,26 @@ pub fn resolve_safety_checker(spec: &str) -> anyhow::Result<PathBuf> {
             "{spec} holds no safety checker (safety_checker/ and feature_extractor/, or config.json and preprocessor_config.json)"
         );
     }
+    download_processor_model(spec)
+}
+
+/// A depth model's folder (transformers' format: config.json, preprocessor_config.json
+/// and model.safetensors, as depth-anything/Depth-Anything-V2-Small-hf), or such a hub
+/// repository, downloaded if needed.
+pub fn resolve_depth_estimator(spec: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        if path.join("config.json").is_file() && path.join("preprocessor_config.json").is_file() {
+            return Ok(path.to_path_buf());
+        }
+        bail!("{spec} holds no depth model (config.json and preprocessor_config.json)");
+    }
+    download_processor_model(spec)
+}
+
+/// A transformers model with an image processor (config.json, preprocessor_config.json,
+/// model.safetensors) from hub repository `spec`.
+fn download_processor_model(spec: &str) -> anyhow::Result<PathBuf> {
     if !looks_like_hub_id(spec) {
         bail!("{spec}: no such folder, and not a Hugging Face hub id (owner/name)");
     }

@@ -428,9 +428,10 @@ fn generate_inpaints_with_a_mask() {
     assert!(inference::parity::image_diff(&want, &got).0 <= 2);
 }
 
-/// `generate --controlnet DIR --control-image PHOTO --preprocess canny`: the photo's Canny
-/// edges guide the tiny SD 1.5 model as diffusers' ControlNet pipeline (the reference
-/// of make_controlnet_fixtures.py); two ControlNets at their scales as well.
+/// `generate --controlnet DIR --control-image PHOTO --preprocess canny|depth`: the photo's
+/// Canny edges, or its depth map, guide the tiny SD 1.5 model as diffusers' ControlNet
+/// pipeline (the references of make_controlnet_fixtures.py); two ControlNets at their
+/// scales as well.
 #[test]
 fn generate_takes_controlnets() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -452,21 +453,40 @@ fn generate_takes_controlnets() {
         args.push(a.into());
     }
     let photo = set.join("init_64.png");
-    let mut canny = args.clone();
-    for a in [
-        "--controlnet",
-        net.to_str().unwrap(),
-        "--control-image",
-        photo.to_str().unwrap(),
-        "--preprocess",
-        "canny",
-    ] {
-        canny.push(a.into());
-    }
-    let refs: Vec<&str> = canny.iter().map(String::as_str).collect();
-    inference(&refs);
+    run_with(
+        &args,
+        &[
+            "--controlnet",
+            net.to_str().unwrap(),
+            "--control-image",
+            photo.to_str().unwrap(),
+            "--preprocess",
+            "canny",
+        ],
+    );
     let got = image::open(&out).unwrap().to_rgb8();
     let want = image::open(set.join("sd15_cn_canny_0.png"))
+        .unwrap()
+        .to_rgb8();
+    assert!(inference::parity::image_diff(&want, &got).0 <= 2);
+
+    // The photo's depth map (a tiny Depth Anything) as the control image.
+    let depth_model = fixtures.join("models/tiny-depth-anything");
+    run_with(
+        &args,
+        &[
+            "--controlnet",
+            net.to_str().unwrap(),
+            "--control-image",
+            photo.to_str().unwrap(),
+            "--preprocess",
+            "depth",
+            "--depth-model",
+            depth_model.to_str().unwrap(),
+        ],
+    );
+    let got = image::open(&out).unwrap().to_rgb8();
+    let want = image::open(set.join("sd15_cn_depth_0.png"))
         .unwrap()
         .to_rgb8();
     assert!(inference::parity::image_diff(&want, &got).0 <= 2);
@@ -477,22 +497,27 @@ fn generate_takes_controlnets() {
     let second = fixtures.join("models/tiny-controlnet-sd15-b");
     let edges = set.join("canny_init_64.png");
     let control = set.join("control_64.png");
-    let mut two = args.clone();
-    for a in [
-        "--controlnet",
-        net.to_str().unwrap(),
-        "--control-image",
-        control.to_str().unwrap(),
-        "--controlnet",
-        &format!("{}:0.5", second.display()),
-        "--control-image",
-        edges.to_str().unwrap(),
-    ] {
-        two.push(a.into());
-    }
-    let refs: Vec<&str> = two.iter().map(String::as_str).collect();
-    inference(&refs);
+    run_with(
+        &args,
+        &[
+            "--controlnet",
+            net.to_str().unwrap(),
+            "--control-image",
+            control.to_str().unwrap(),
+            "--controlnet",
+            &format!("{}:0.5", second.display()),
+            "--control-image",
+            edges.to_str().unwrap(),
+        ],
+    );
     let got_two = image::open(&out).unwrap().to_rgb8();
     let one = image::open(set.join("sd15_cn_0.png")).unwrap().to_rgb8();
     assert!(inference::parity::image_diff(&one, &got_two).0 > 10);
+}
+
+/// Runs `inference` with `args` and then `extra`.
+fn run_with(args: &[String], extra: &[&str]) {
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend_from_slice(extra);
+    inference(&all);
 }

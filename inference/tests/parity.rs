@@ -134,7 +134,7 @@ fn features_match_diffusers() {
 #[test]
 fn controlnets_match_diffusers() {
     let report = assert_set_matches("parity_controlnet");
-    assert_eq!(report.images.len(), 11);
+    assert_eq!(report.images.len(), 12);
     let root = fixtures();
     let dir = root.join("parity_controlnet");
     let manifest = parity::manifest(&root, "parity_controlnet").unwrap();
@@ -150,20 +150,57 @@ fn controlnets_match_diffusers() {
             .to_rgb8();
         let (max, _) = parity::image_diff(&want, &out.images[0].0);
         assert!(max > 10, "{id}: without its ControlNets as close as {max}");
-        // And their images matter: grey control images make another image.
-        let mut grey = plain.clone();
-        grey.guess_mode = case["guess_mode"].as_bool().unwrap_or(false);
-        grey.controls = parity::controls_of(case, &models, &dir).unwrap();
-        for c in &mut grey.controls {
-            c.image = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
-                64,
-                64,
-                image::Rgb([128, 128, 128]),
-            ));
+        // And their images matter: the inverted control images make another image.
+        let mut inverted = plain.clone();
+        inverted.guess_mode = case["guess_mode"].as_bool().unwrap_or(false);
+        inverted.controls = parity::controls_of(case, &models, &dir).unwrap();
+        for c in &mut inverted.controls {
+            c.image.invert();
         }
-        let out = base.generate(&grey, &mut |_, _| true).unwrap();
+        let out = base.generate(&inverted, &mut |_, _| true).unwrap();
         let (max, _) = parity::image_diff(&want, &out.images[0].0);
-        assert!(max > 10, "{id}: with grey control images as close as {max}");
+        assert!(
+            max > 10,
+            "{id}: with inverted control images as close as {max}"
+        );
+    }
+}
+
+/// The depth preprocessor gives transformers' depth-estimation pipeline's `depth` image of
+/// a tiny random Depth Anything made by transformers (make_depth_fixtures.py): an image at
+/// the processor's size, one resized, and one whose patch grid is not square (the position
+/// embeddings interpolated).
+#[test]
+fn depth_matches_transformers() {
+    use inference::engine::depth::DepthEstimator;
+    let root = fixtures();
+    let dir = root.join("depth");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let model = DepthEstimator::load(
+        &root.join(manifest["model"].as_str().unwrap()),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for case in manifest["cases"].as_array().unwrap() {
+        let name = case["image"].as_str().unwrap();
+        let img = image::open(dir.join(name)).unwrap().to_rgb8();
+        let got = model.depth_image(&img).unwrap();
+        let want = image::open(dir.join(case["expected"].as_str().unwrap()))
+            .unwrap()
+            .to_luma8();
+        assert_eq!(got.dimensions(), want.dimensions(), "{name}");
+        let diffs: Vec<i32> = want
+            .pixels()
+            .zip(got.pixels())
+            .map(|(a, b)| (i32::from(a[0]) - i32::from(b[0])).abs())
+            .collect();
+        let max = diffs.iter().copied().max().unwrap_or(0);
+        let spread =
+            want.pixels().map(|p| p[0]).max().unwrap() - want.pixels().map(|p| p[0]).min().unwrap();
+        assert!(spread > 200, "{name}: a flat reference");
+        eprintln!("{name}: max abs diff {max} (of 255)");
+        assert!(max <= 2, "{name}: max abs diff {max}");
     }
 }
 

@@ -4,6 +4,7 @@ diffusers' ControlNet pipelines' images on them, for the engine's parity test
 init images, which the engine's canny preprocessor must reproduce.
 
     pip install torch diffusers transformers safetensors opencv-python-headless
+    python scripts/reference/make_depth_fixtures.py       # first: the depth map used here
     python scripts/reference/make_controlnet_fixtures.py
 
 Writes inference/tests/fixtures/models/tiny-controlnet-sd15/ and tiny-controlnet-sdxl/
@@ -84,6 +85,9 @@ def make_control_images():
     lines = (x.astype(int) % 16 == 3) | (y.astype(int) % 20 == 7)
     img = np.where(ring | lines, 255, 0).astype(np.uint8)
     Image.fromarray(np.stack([img, img // 2, 255 - img], -1), "RGB").save(os.path.join(OUT, "control_64.png"))
+    # transformers' depth-estimation pipeline's map of init_64.png with the tiny depth
+    # model, for the depth preprocessor's case.
+    shutil.copy(os.path.join(FIXTURES, "depth", "depth_init_64.png"), os.path.join(OUT, "depth_init_64.png"))
 
 
 def cases():
@@ -104,6 +108,7 @@ def cases():
         dict(sd, id="sd15_cn_canny", controlnets=[dict(one[0], image="canny_init_64.png")]),
         dict(xl, id="sdxl_cn_canny", controlnets=[dict(name="tiny-controlnet-sdxl", image="canny_init_64.png",
                                                        scale=1.0, start=0.0, end=1.0)]),
+        dict(sd, id="sd15_cn_depth", controlnets=[dict(one[0], image="depth_init_64.png")]),
         dict(sd, id="sd15_cn_i2i", init_image="init_64.png", strength=0.75,
              controlnets=[dict(one[0], scale=0.8)]),
         dict(xl, id="sdxl_cn", controlnets=[dict(name="tiny-controlnet-sdxl", image="control_64.png", scale=1.0,

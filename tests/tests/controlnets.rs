@@ -20,7 +20,8 @@ fn fixtures() -> PathBuf {
 }
 
 /// The server on the tiny SD 1.5 and SDXL models, with the tiny ControlNets in its
-/// catalog: "canny" (one per architecture, preprocessing photos) and "lines" (SD 1.5).
+/// catalog: "canny" (one per architecture, preprocessing photos), "depth" (SD 1.5, with
+/// the tiny depth model making the maps) and "lines" (SD 1.5).
 fn start_server() -> (e2e::process::Process, String, tempfile::TempDir) {
     let models = repo_root().join("inference/tests/fixtures/models");
     let dir = tempfile::tempdir().unwrap();
@@ -30,6 +31,7 @@ fn start_server() -> (e2e::process::Process, String, tempfile::TempDir) {
         &catalog,
         format!(
             r#"default = "SD1.5"
+depth_estimator = "{depth}"
 [models."SD1.5"]
 source = "{sd15}"
 [models."SDXL1.0-base"]
@@ -47,12 +49,18 @@ preprocess = "canny"
 [controlnets.lines]
 source = "{cnb}"
 architecture = "stable-diffusion-1"
+[controlnets.depth-sd15]
+source = "{cn15}"
+aliases = ["depth"]
+architecture = "stable-diffusion-1"
+preprocess = "depth"
 "#,
             sd15 = m("tiny-sd15"),
             sdxl = m("tiny-sdxl"),
             cn15 = m("tiny-controlnet-sd15"),
             cnxl = m("tiny-controlnet-sdxl"),
             cnb = m("tiny-controlnet-sd15-b"),
+            depth = m("tiny-depth-anything"),
         ),
     )
     .unwrap();
@@ -99,13 +107,14 @@ fn hyperbolic_and_modelslab_controlnets_give_diffusers_images() {
     let (_edge_proc, edge) = start_edge(&EdgeConfig::keyed(&url, KEY));
     // Hyperbolic: a photo, which the server turns into its Canny edges (the catalog's
     // preprocess), on SD 1.5 and SDXL under their ControlNet model names.
-    for (model, cfg, seed, reference) in [
-        ("SD1.5-ControlNet", 7.5, 5, "sd15_cn_canny_0.png"),
-        ("SDXL-ControlNet", 5.0, 3, "sdxl_cn_canny_0.png"),
+    for (model, net, cfg, seed, reference) in [
+        ("SD1.5-ControlNet", "canny", 7.5, 5, "sd15_cn_canny_0.png"),
+        ("SDXL-ControlNet", "canny", 5.0, 3, "sdxl_cn_canny_0.png"),
+        ("SD1.5-ControlNet", "depth", 7.5, 5, "sd15_cn_depth_0.png"),
     ] {
         let body = json!({"model_name": model, "prompt": "a photo of a cat",
             "negative_prompt": "blurry, low quality", "width": 64, "height": 64, "steps": 4,
-            "cfg_scale": cfg, "seed": seed, "sampler": "Euler", "controlnet_name": "canny",
+            "cfg_scale": cfg, "seed": seed, "sampler": "Euler", "controlnet_name": net,
             "controlnet_image": file_base64("init_64.png")});
         let (status, answer) = hyperbolic(&edge, &body);
         assert_eq!(status, 200, "{model}: {answer}");
@@ -113,7 +122,7 @@ fn hyperbolic_and_modelslab_controlnets_give_diffusers_images() {
             reference,
             &images::from_base64(answer["images"][0]["image"].as_str().unwrap()),
         );
-        assert!(d <= 2, "{model}: {d} from {reference}");
+        assert!(d <= 2, "{model} {net}: {d} from {reference}");
     }
     // ModelsLab: a ready control image (auto_hint "no"), with and without guess mode.
     for (guess, reference) in [("no", "sd15_cn_0.png"), ("yes", "sd15_cn_guess_0.png")] {
@@ -140,7 +149,7 @@ fn hyperbolic_and_modelslab_controlnets_give_diffusers_images() {
         (
             json!({"model_name": "SD1.5-ControlNet", "prompt": "p", "width": 64, "height": 64,
                    "controlnet_name": "openpose", "controlnet_image": photo}),
-            "controlnet_name: unknown ControlNet \"openpose\"; this server has: canny-sd15, canny",
+            "controlnet_name: unknown ControlNet \"openpose\"; this server has: canny-sd15, canny, canny-sdxl, depth-sd15, depth, lines",
         ),
         (
             json!({"model_name": "SDXL-ControlNet", "prompt": "p", "width": 64, "height": 64,

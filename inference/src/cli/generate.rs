@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use inference::engine::depth::DepthEstimator;
 use inference::engine::embeddings::Embedding;
 use inference::engine::lora::Lora;
 use inference::engine::preprocess::Preprocess;
@@ -98,10 +99,15 @@ pub struct GenerateArgs {
     #[arg(long = "control-image", value_name = "PATH")]
     pub control_images: Vec<PathBuf>,
     /// How the control images are made from the images given: canny (OpenCV's Canny
-    /// edges, thresholds 100 and 200) or none (used as given); default: the catalog
-    /// entry's, else none.
+    /// edges, thresholds 100 and 200), depth (a depth model's map, --depth-model) or none
+    /// (used as given); default: the catalog entry's, else none.
     #[arg(long)]
     pub preprocess: Option<String>,
+    /// The depth model of --preprocess depth: a Depth Anything folder in transformers'
+    /// format or a hub id (depth-anything/Depth-Anything-V2-Small-hf); default: the
+    /// catalog's depth_estimator.
+    #[arg(long, value_name = "PATH_OR_ID")]
+    pub depth_model: Option<String>,
     /// The fractions of the run the ControlNets guide (diffusers'
     /// control_guidance_start / control_guidance_end).
     #[arg(long, default_value_t = 0.0)]
@@ -205,6 +211,7 @@ fn controls(pipeline: &Pipeline, args: &GenerateArgs) -> anyhow::Result<Vec<Cont
     }
     let catalog = catalog()?;
     let arch = pipeline.architecture().name();
+    let mut depth: Option<DepthEstimator> = None;
     let mut out = Vec::new();
     for (arg, image) in args.controlnets.iter().zip(&args.control_images) {
         let (spec, scale) = lora_arg(arg)?;
@@ -231,9 +238,18 @@ fn controls(pipeline: &Pipeline, args: &GenerateArgs) -> anyhow::Result<Vec<Cont
             image.display(),
             how.name()
         );
+        if how == Preprocess::Depth && depth.is_none() {
+            let spec = args
+                .depth_model
+                .as_deref()
+                .or(catalog.depth_estimator.as_deref())
+                .context("--preprocess depth needs --depth-model (or a catalog depth_estimator)")?;
+            let dir = inference::model_source::resolve_depth_estimator(spec)?;
+            depth = Some(DepthEstimator::load(&dir, pipeline.device())?);
+        }
         out.push(Control {
             net: Arc::new(net),
-            image: how.apply(img),
+            image: how.apply(img, depth.as_ref())?,
             scale,
             start: args.control_start,
             end: args.control_end,

@@ -24,6 +24,7 @@ struct CatalogFile {
     default: String,
     memory_budget_gb: Option<f64>,
     safety_checker: Option<String>,
+    depth_estimator: Option<String>,
     models: BTreeMap<String, EntryFile>,
     #[serde(default)]
     loras: BTreeMap<String, AddOnFile>,
@@ -243,6 +244,8 @@ pub struct Catalog {
     pub controlnets: AddOns,
     /// The safety checker of models whose folder has none (a folder or a hub id).
     pub safety_checker: Option<String>,
+    /// The depth model of the `depth` preprocessor (a folder or a hub id).
+    pub depth_estimator: Option<String>,
 }
 
 impl Catalog {
@@ -358,7 +361,23 @@ impl Catalog {
                 .safety_checker
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty()),
+            depth_estimator: file
+                .depth_estimator
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
         };
+        if catalog.depth_estimator.is_none()
+            && let Some(c) = catalog
+                .controlnets
+                .items()
+                .iter()
+                .find(|c| c.preprocess.as_deref() == Some("depth"))
+        {
+            bail!(
+                "controlnets.{}: preprocess = \"depth\" needs the catalog's depth_estimator",
+                c.name
+            );
+        }
         catalog.default = catalog.position(&file.default).with_context(|| {
             format!("default = {:?} is not a model of the catalog", file.default)
         })?;
@@ -458,6 +477,8 @@ mod tests {
                 .iter()
                 .all(|e| e.preprocess.as_deref() == Some("canny"))
         );
+        assert_eq!(c.controlnets.lookup_all("depth").len(), 2);
+        assert!(c.depth_estimator.is_some());
         assert_eq!(
             c.lookup("sdxl").unwrap().refiner.as_deref(),
             Some("stable-diffusion-xl-refiner-1.0")
@@ -519,6 +540,12 @@ mod tests {
                 "{base}[controlnets.c]\nsource = \"f\"\npreprocess = \"pose\""
             ))
             .contains("controlnets.c: invalid `preprocess`: \"pose\" is not accepted")
+        );
+        assert!(
+            err(&format!(
+                "{base}[controlnets.d]\nsource = \"f\"\npreprocess = \"depth\""
+            ))
+            .contains("controlnets.d: preprocess = \"depth\" needs the catalog's depth_estimator")
         );
         // One name per architecture; twice for one architecture is a clash.
         assert!(

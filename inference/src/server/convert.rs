@@ -8,6 +8,8 @@ use base64::Engine as _;
 use contract::{Error, GenerateRequest, GeneratedImage, Timings};
 
 use super::catalog::{AddOn, Catalog, Defaults};
+use crate::engine::ErrorKind;
+use crate::engine::depth::DepthEstimator;
 use crate::engine::preprocess::Preprocess;
 use crate::engine::safety::Replacement;
 use crate::engine::{
@@ -18,6 +20,7 @@ use contract::limits::{
     MAX_INIT_PIXELS, MAX_MODEL_CHARS, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SIDE, MAX_STEPS,
 };
 use contract::wire::Images;
+use std::sync::Arc;
 
 /// The sides, steps and guidance a request (or a catalog default) may ask for, in one
 /// place for both: the engine then checks the model's own VAE factor and schedule.
@@ -263,6 +266,7 @@ pub fn controls(
     images: &Images,
     catalog: &Catalog,
     draft: &Draft,
+    depth: &dyn Fn() -> anyhow::Result<Arc<DepthEstimator>>,
 ) -> Result<Vec<ControlChoice>, Error> {
     let asked = req.controlnets.as_deref().unwrap_or_default();
     if asked.len() > MAX_CONTROLNETS {
@@ -305,10 +309,24 @@ pub fn controls(
         if let (Some(w), Some(h)) = (draft.width, draft.height) {
             img = init_image::fit(img, w as u32, h as u32);
         }
+        let model = match how {
+            Preprocess::Depth if catalog.depth_estimator.is_some() => {
+                Some(depth().map_err(|e| Error::Internal(format!("the depth model: {e:#}")))?)
+            }
+            _ => None,
+        };
+        let image = how
+            .apply(image::DynamicImage::ImageRgb8(img), model.as_deref())
+            .map_err(|e| match ErrorKind::of(&e) {
+                ErrorKind::InvalidParam => {
+                    invalid(format!("controlnets[{i}].{}", param_message(&e)))
+                }
+                _ => Error::Internal(format!("the {} preprocessor: {e:#}", how.name())),
+            })?;
         out.push(ControlChoice {
             name: c.name.clone(),
             entries,
-            image: how.apply(image::DynamicImage::ImageRgb8(img)),
+            image,
             scale: c.scale.map_or(1.0, decimal),
             start: c.start.map_or(0.0, decimal),
             end: c.end.map_or(1.0, decimal),

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::catalog::AddOn;
 use super::convert::AddOnChoice;
+use crate::engine::depth::DepthEstimator;
 use crate::engine::embeddings::Embedding;
 use crate::engine::lora::Lora;
 use crate::engine::safety::SafetyChecker;
@@ -61,6 +62,8 @@ pub struct Registry {
     checkers: Mutex<HashMap<String, Option<Arc<SafetyChecker>>>>,
     /// ControlNets by source, loaded on first use and kept (outside the memory budget).
     controlnets: Mutex<HashMap<String, Arc<ControlNet>>>,
+    /// Depth models by source, likewise.
+    depth: Mutex<HashMap<String, Arc<DepthEstimator>>>,
     /// The dtype each source runs in (the catalog's), else `default_dtype` (the server's).
     dtypes: HashMap<String, DType>,
     default_dtype: DType,
@@ -93,6 +96,7 @@ impl Registry {
             device,
             checkers: Mutex::default(),
             controlnets: Mutex::default(),
+            depth: Mutex::default(),
             dtypes,
             default_dtype,
             budget,
@@ -293,6 +297,27 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, net.clone());
         Ok(net)
+    }
+
+    /// The depth model in `source` (a folder or a hub id), loaded once (blocking).
+    pub fn depth_estimator(&self, source: &str) -> anyhow::Result<Arc<DepthEstimator>> {
+        let cached = self
+            .depth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(source)
+            .cloned();
+        if let Some(model) = cached {
+            return Ok(model);
+        }
+        let dir = crate::model_source::resolve_depth_estimator(source)?;
+        tracing::info!(depth_estimator = source, dir = %dir.display(), "loading the depth model");
+        let model = Arc::new(DepthEstimator::load(&dir, &self.device)?);
+        self.depth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(source.to_string(), model.clone());
+        Ok(model)
     }
 
     /// The safety checker for the model in `source`: its folder's (`safety_checker/` and

@@ -149,7 +149,16 @@ async fn run(
         let add_ons = convert::add_ons(&req, &catalog.catalog)?;
         let mut draft = convert::to_draft(&req, &received.images, &entry.defaults)?;
         draft.add_ons = add_ons;
-        draft.controls = convert::controls(&req, &received.images, &catalog.catalog, &draft)?;
+        let depth = || {
+            let source = catalog
+                .catalog
+                .depth_estimator
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("no depth_estimator in the catalog"))?;
+            catalog.registry.depth_estimator(source)
+        };
+        draft.controls =
+            convert::controls(&req, &received.images, &catalog.catalog, &draft, &depth)?;
         if draft.refiner_start.is_some() && entry.refiner.is_none() {
             return Err(Error::InvalidRequest(format!(
                 "refiner_start: the model {} has no refiner in this server's catalog",
