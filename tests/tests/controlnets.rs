@@ -215,3 +215,55 @@ fn the_contract_carries_several_controlnets_with_their_images() {
         assert!(d <= 2, "image {i}: {d} from {reference}");
     }
 }
+
+/// Requests with ControlNets arriving together (the same net with different images may
+/// share a batch; guess mode and no ControlNet may not) each get their own image.
+#[test]
+fn concurrent_controlnet_requests_each_get_their_own() {
+    if spin_pass_skips_edgeless_test() {
+        return;
+    }
+    let (_server, url, _dir) = start_server();
+    let cases = [
+        ("control_64.png", false, "sd15_cn_0.png"),
+        ("canny_init_64.png", false, "sd15_cn_canny_0.png"),
+        ("control_64.png", true, "sd15_cn_guess_0.png"),
+        ("", false, ""),
+    ];
+    let threads: Vec<_> = cases
+        .iter()
+        .map(|&(image, guess, reference)| {
+            let mut body = json!({"model": "SD1.5", "prompt": "a photo of a cat",
+                "negative_prompt": "blurry, low quality", "width": 64, "height": 64,
+                "steps": 4, "guidance": 7.5, "seed": 5, "samples": 1, "scheduler": "Euler"});
+            if !image.is_empty() {
+                body["controlnets"] = json!([{"name": "canny", "preprocess": "none",
+                    "image": file_base64(image)}]);
+                body["guess_mode"] = json!(guess);
+            }
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let reply = post(
+                    &format!("{url}/v1/generate"),
+                    &[("Content-Type", "application/json")],
+                    &body.to_string(),
+                );
+                let answer = reply.json();
+                assert_eq!(reply.status, 200, "{answer}");
+                (
+                    reference,
+                    images::from_base64(answer["images"][0]["png"].as_str().unwrap()),
+                )
+            })
+        })
+        .collect();
+    for t in threads {
+        let (reference, img) = t.join().unwrap();
+        if reference.is_empty() {
+            assert!(diff_to("sd15_cn_0.png", &img) > 10);
+        } else {
+            let d = diff_to(reference, &img);
+            assert!(d <= 2, "{d} from {reference}");
+        }
+    }
+}

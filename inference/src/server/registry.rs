@@ -60,10 +60,13 @@ pub struct Registry {
     /// Safety checkers by where they come from (a model folder, or the catalog's);
     /// `None`: that model has none.
     checkers: Mutex<HashMap<String, Option<Arc<SafetyChecker>>>>,
-    /// ControlNets by source, loaded on first use and kept (outside the memory budget).
+    /// ControlNets by source, loaded on first use and kept (counted in `kept_bytes`).
     controlnets: Mutex<HashMap<String, Arc<ControlNet>>>,
     /// Depth models by source, likewise.
     depth: Mutex<HashMap<String, Arc<DepthEstimator>>>,
+    /// Estimated bytes of the ControlNets and depth models kept: counted against the
+    /// budget (models are unloaded to make room for them), never unloaded themselves.
+    kept_bytes: AtomicU64,
     /// The dtype each source runs in (the catalog's), else `default_dtype` (the server's).
     dtypes: HashMap<String, DType>,
     default_dtype: DType,
@@ -97,6 +100,7 @@ impl Registry {
             checkers: Mutex::default(),
             controlnets: Mutex::default(),
             depth: Mutex::default(),
+            kept_bytes: AtomicU64::new(0),
             dtypes,
             default_dtype,
             budget,
@@ -277,8 +281,14 @@ impl Registry {
     }
 
     /// The ControlNet in `source` (a folder or a hub id), loaded once (blocking), in the
-    /// dtype `model_dtype` of the model it guides.
-    pub fn controlnet(&self, source: &str, model_dtype: DType) -> anyhow::Result<Arc<ControlNet>> {
+    /// dtype `model_dtype` of the model it guides; within the budget, models other than
+    /// `for_model` are unloaded to make room for it.
+    pub fn controlnet(
+        &self,
+        source: &str,
+        model_dtype: DType,
+        for_model: &str,
+    ) -> anyhow::Result<Arc<ControlNet>> {
         let key = format!("{source}\n{model_dtype:?}");
         let cached = self
             .controlnets
@@ -290,6 +300,10 @@ impl Registry {
             return Ok(net);
         }
         let dir = crate::model_source::resolve_controlnet(source)?;
+        self.keep_room(
+            for_model,
+            weight_bytes(&dir, "diffusion_pytorch_model", model_dtype),
+        );
         tracing::info!(controlnet = source, dir = %dir.display(), "loading a ControlNet");
         let net = Arc::new(ControlNet::load(&dir, &self.device, model_dtype)?);
         self.controlnets
@@ -311,6 +325,7 @@ impl Registry {
             return Ok(model);
         }
         let dir = crate::model_source::resolve_depth_estimator(source)?;
+        self.keep_room("", weight_bytes(&dir, "model", DType::F32));
         tracing::info!(depth_estimator = source, dir = %dir.display(), "loading the depth model");
         let model = Arc::new(DepthEstimator::load(&dir, &self.device)?);
         self.depth
@@ -391,15 +406,42 @@ impl Registry {
         ))
     }
 
-    /// Unloads least recently used models (not `keep`) until `bytes` more fit.
+    /// Counts `bytes` of a ControlNet or depth model about to be kept, unloading least
+    /// recently used models (not `keep`) so that it fits.
+    fn keep_room(&self, keep: &str, bytes: u64) {
+        if self.budget.is_some() {
+            let mut slots = self.lock();
+            self.make_room_beside(&mut slots, keep, bytes, true);
+            (self.on_change)(loaded_count(&slots));
+        }
+        self.kept_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Unloads least recently used models (not `keep`) until `bytes` more fit beside the
+    /// ControlNets and depth models kept. `keep` itself is counted unless it is the model
+    /// being (re)loaded (`bytes` is then its size).
     fn make_room(&self, slots: &mut HashMap<String, Slot>, keep: &str, bytes: u64) {
+        self.make_room_beside(slots, keep, bytes, false);
+    }
+
+    fn make_room_beside(
+        &self,
+        slots: &mut HashMap<String, Slot>,
+        keep: &str,
+        bytes: u64,
+        count_keep: bool,
+    ) {
         let Some(budget) = self.budget else { return };
+        let kept = self.kept_bytes.load(Ordering::Relaxed);
         loop {
-            let used: u64 = slots
-                .iter()
-                .filter(|(k, s)| *k != keep && matches!(s.state, State::Ready(_)))
-                .map(|(_, s)| s.bytes)
-                .sum();
+            let used: u64 = kept
+                + slots
+                    .iter()
+                    .filter(|(k, s)| {
+                        (count_keep || *k != keep) && matches!(s.state, State::Ready(_))
+                    })
+                    .map(|(_, s)| s.bytes)
+                    .sum::<u64>();
             if used + bytes <= budget {
                 return;
             }
@@ -425,7 +467,6 @@ fn loaded_count(slots: &HashMap<String, Slot>) -> usize {
 /// The memory a model's weights take once loaded: the files the engine reads, scaled
 /// from their stored dtype (fp16 variants: 2 bytes) to the one it runs in.
 pub fn estimate_bytes(dir: &Path, dtype: DType) -> u64 {
-    let run_bytes = dtype.size_in_bytes() as u64;
     let components = [
         ("unet", "diffusion_pytorch_model"),
         ("vae", "diffusion_pytorch_model"),
@@ -434,12 +475,66 @@ pub fn estimate_bytes(dir: &Path, dtype: DType) -> u64 {
     ];
     components
         .iter()
-        .flat_map(|(sub, base)| find_weight_files(&dir.join(sub), base).unwrap_or_default())
+        .map(|(sub, base)| weight_bytes(&dir.join(sub), base, dtype))
+        .sum()
+}
+
+/// The memory the weights `base*.safetensors` in `dir` take once loaded in `dtype`.
+pub fn weight_bytes(dir: &Path, base: &str, dtype: DType) -> u64 {
+    let run_bytes = dtype.size_in_bytes() as u64;
+    find_weight_files(dir, base)
+        .unwrap_or_default()
+        .iter()
         .map(|f| {
-            let size = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+            let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
             let name = f.file_name().unwrap_or_default().to_string_lossy();
             let stored = if name.contains(".fp16") { 2 } else { 4 };
             size * run_bytes / stored
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(name)
+            .display()
+            .to_string()
+    }
+
+    /// A ControlNet counts against the memory budget: loading one for a model unloads the
+    /// least recently used other model when both models and the net would not fit.
+    #[test]
+    fn controlnets_count_against_the_memory_budget() {
+        let (sd15, sdxl, net) = (
+            fixture("tiny-sd15"),
+            fixture("tiny-sdxl"),
+            fixture("tiny-controlnet-sdxl"),
+        );
+        let bytes = |s: &str| estimate_bytes(Path::new(s), DType::F32);
+        let net_bytes = weight_bytes(Path::new(&net), "diffusion_pytorch_model", DType::F32);
+        assert!(net_bytes > 0);
+        let budget = bytes(&sd15) + bytes(&sdxl) + net_bytes - 1;
+        let registry = Registry::new(
+            Device::Cpu,
+            (DType::F32, HashMap::new()),
+            Some(budget),
+            Box::new(|_| {}),
+        );
+        registry.get(&sd15).unwrap();
+        registry.get(&sdxl).unwrap();
+        assert_eq!(registry.state(&sd15), SourceState::Loaded);
+        registry.controlnet(&net, DType::F32, &sdxl).unwrap();
+        assert_eq!(registry.state(&sd15), SourceState::NotLoaded);
+        assert_eq!(registry.state(&sdxl), SourceState::Loaded);
+        // Kept, so a second request finds it without loading (or unloading) again.
+        registry.get(&sd15).unwrap();
+        assert_eq!(registry.state(&sdxl), SourceState::NotLoaded);
+        registry.controlnet(&net, DType::F32, &sd15).unwrap();
+        assert_eq!(registry.state(&sd15), SourceState::Loaded);
+    }
 }

@@ -65,7 +65,7 @@ fn params_of(app: &AppState, job: &Job, loaded: &Loaded) -> anyhow::Result<Gener
             })?;
         let net = app
             .registry
-            .controlnet(&entry.source, loaded.pipeline.model_dtypes().0)
+            .controlnet(&entry.source, loaded.pipeline.model_dtypes().0, &job.source)
             .map_err(|e| anyhow::anyhow!("the ControlNet {}: {e:#}", entry.name))?;
         params.controls.push(Control {
             net,
