@@ -521,3 +521,39 @@ fn run_with(args: &[String], extra: &[&str]) {
     all.extend_from_slice(extra);
     inference(&all);
 }
+
+/// `generate` draws a progress bar (steps done, elapsed, time left) on a terminal, here
+/// a pseudo-terminal made by util-linux's `script`, and nothing when stderr is a pipe.
+#[test]
+fn generate_shows_its_progress_on_a_terminal() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("progress.png");
+    let mut args = generate_args(&fixtures.join("models/tiny-sd15"), &out);
+    for (flag, value) in [("--width", "128"), ("--height", "128"), ("--steps", "30")] {
+        let i = args.iter().position(|a| a == flag).unwrap() + 1;
+        args[i] = value.into();
+    }
+    args.extend(["--prompt".to_string(), "a cat".to_string()]);
+    let piped = inference(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("denoising"));
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped the terminal half: no `script` (util-linux) here");
+        return;
+    }
+    let line = std::iter::once(env!("CARGO_BIN_EXE_inference").to_string())
+        .chain(args)
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tty = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(tty.status.success());
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        shown.contains("denoising") && shown.contains("step ") && shown.contains("left"),
+        "{shown}"
+    );
+}

@@ -117,6 +117,29 @@ impl Process {
         self.scratch = Some(dir);
     }
 
+    /// Sends SIGTERM to the process alone (what Kubernetes and systemd send to stop it).
+    pub fn terminate(&self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a positive pid signals that one process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+
+    /// The process's exit status once it has exited, waiting at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.stopped = true;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops the process and everything it started (SIGKILL to its process group)
     /// and waits for it.
     pub fn kill(&mut self) {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use e2e::{
-    EdgeConfig, Process, Reply, free_port, get, post, start_edge_allowing, start_inference_with,
-    tiny_model,
+    EdgeConfig, Process, Reply, free_port, get, post, spin_pass_skips_edgeless_test,
+    start_edge_allowing, start_inference_with, tiny_model,
 };
 use serde_json::{Value, json};
 
@@ -559,4 +559,49 @@ fn the_server_cuts_off_clients_that_never_finish() {
         contract::HEALTH_PATH,
         contract::GENERATE_PATH,
     );
+}
+
+/// SIGTERM drains the server: it stops accepting connections at once, lets the running
+/// batch and the queued requests finish and answer, then exits 0 (a Kubernetes rollout's
+/// preStop and terminationGracePeriod rely on this).
+#[test]
+fn sigterm_lets_queued_and_running_work_finish() {
+    if spin_pass_skips_edgeless_test() {
+        return;
+    }
+    let (mut server_proc, server) = start_inference_with(&["--max-batch", "1"]);
+    let addr = server.trim_start_matches("http://").to_string();
+    // Three requests, one batch at a time: one runs while two wait.
+    let threads: Vec<_> = (0..3)
+        .map(|i| {
+            let server = server.clone();
+            std::thread::spawn(move || generate(&server, &request("drain", 40 + i, 256, 8), &[]))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&server, "sdgate_queue_depth") < 2.0 {
+        assert!(Instant::now() < deadline, "the requests never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server_proc.terminate();
+    // No new connections once the signal is handled.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for t in threads {
+        let reply = t.join().unwrap();
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.json()["images"].as_array().unwrap().len(), 1);
+    }
+    let exit = server_proc
+        .wait_exit(Duration::from_secs(30))
+        .expect("the server exits once drained");
+    assert!(exit.success(), "{exit:?}");
 }

@@ -1,4 +1,3 @@
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -6,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use inference::engine::depth::DepthEstimator;
 use inference::engine::embeddings::Embedding;
 use inference::engine::lora::Lora;
@@ -305,9 +305,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ..args.sampling.params(&info, seed)
     };
     println!("seed: {seed}");
+    // Steps, elapsed time and the time left; drawn on a terminal only.
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("denoising {bar:30} step {pos}/{len}, {elapsed} (left {eta})")
+            .expect("a valid template"),
+    );
     let mut on_step = |step: usize, total: usize| {
-        eprint!("\rstep {step}/{total}");
-        let _ = std::io::stderr().flush();
+        bar.set_length(total as u64);
+        bar.set_position(step as u64);
         true
     };
     let mut out = match &args.refiner {
@@ -319,7 +324,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
         None => pipeline.generate(&params, &mut on_step)?,
     };
-    eprintln!();
+    bar.finish_and_clear();
     if let Some(spec) = &args.safety_checker {
         let checker_dir = if spec == "model" {
             dir.clone()
