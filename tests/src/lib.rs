@@ -220,6 +220,24 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     post_bytes(url, headers, body.as_bytes())
 }
 
+/// POSTs a Hyperbolic request with API key `key` to the edge at `edge`: the status and
+/// the JSON answer.
+pub fn post_hyperbolic(
+    edge: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let reply = post(
+        &format!("{edge}/v1/image/generation"),
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {key}")),
+        ],
+        &body.to_string(),
+    );
+    (reply.status, reply.json())
+}
+
 /// POSTs raw bytes (multipart forms, broken bodies).
 pub fn post_bytes(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut req = agent().post(url);

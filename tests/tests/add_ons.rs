@@ -106,15 +106,7 @@ fn diff_to_set(set: &str, name: &str, img: &image::RgbImage) -> i32 {
 }
 
 fn hyperbolic(edge: &str, body: Value) -> (u16, Value) {
-    let reply = post(
-        &format!("{edge}/v1/image/generation"),
-        &[
-            ("Content-Type", "application/json"),
-            ("Authorization", &format!("Bearer {KEY}")),
-        ],
-        &body.to_string(),
-    );
-    (reply.status, reply.json())
+    e2e::post_hyperbolic(edge, KEY, &body)
 }
 
 fn modelslab(edge: &str, body: Value) -> (u16, Value) {
