@@ -81,6 +81,8 @@ impl Fields {
 
     /// The value of `name`, treating JSON null like an absent field.
     fn get(&self, name: &str) -> Option<&Value> {
+        #[cfg(test)]
+        read::note(name);
         self.obj.get(name).filter(|v| !v.is_null())
     }
 
@@ -184,6 +186,36 @@ impl Fields {
                 ),
             )
         })
+    }
+}
+
+/// The names the dialects' parsers look up, recorded for the test that holds the
+/// OpenAPI documents to the parsers (`crate::openapi`): a field read but not documented,
+/// or documented but never read, fails it.
+#[cfg(test)]
+pub mod read {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+
+    thread_local! {
+        static NAMES: RefCell<Option<BTreeSet<String>>> = const { RefCell::new(None) };
+    }
+
+    /// Records `name` as read, when recording.
+    pub fn note(name: &str) {
+        NAMES.with(|n| {
+            if let Some(names) = n.borrow_mut().as_mut() {
+                names.insert(name.to_string());
+            }
+        });
+    }
+
+    /// Runs `f`, returning what it returned and the field names read meanwhile.
+    pub fn recording<T>(f: impl FnOnce() -> T) -> (T, BTreeSet<String>) {
+        NAMES.with(|n| *n.borrow_mut() = Some(BTreeSet::new()));
+        let out = f();
+        let names = NAMES.with(|n| n.borrow_mut().take()).unwrap_or_default();
+        (out, names)
     }
 }
 

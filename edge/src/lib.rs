@@ -16,6 +16,7 @@ pub mod job;
 pub mod jobs;
 pub mod models;
 pub mod multipart;
+pub mod openapi;
 pub mod quota;
 pub mod settings;
 pub mod stash;

@@ -32,6 +32,8 @@ impl Form {
     /// Takes the file sent as `name` out of the form (uploads can be megabytes: the
     /// caller owns them rather than copying).
     pub fn take_file(&mut self, name: &str) -> Option<FilePart> {
+        #[cfg(test)]
+        crate::fields::read::note(name);
         let at = self.files.iter().position(|f| f.field == name)?;
         Some(self.files.swap_remove(at))
     }

@@ -97,6 +97,82 @@ pub fn start_inference_with(args: &[&str]) -> (Process, String) {
     (p, format!("http://{addr}"))
 }
 
+/// Catalog entries: "canny", a tiny ControlNet per architecture (SD 1.5, SDXL) that
+/// preprocesses photos with the canny edge detector.
+pub fn canny_controlnets() -> String {
+    let models = repo_root().join("inference/tests/fixtures/models");
+    let entry = |arch: &str, model: &str| {
+        format!(
+            "[controlnets.canny-{model}]\nsource = \"{}\"\naliases = [\"canny\"]\n\
+             architecture = \"stable-diffusion-{arch}\"\npreprocess = \"canny\"\n",
+            models.join(format!("tiny-controlnet-{model}")).display()
+        )
+    };
+    entry("1", "sd15") + &entry("xl", "sdxl")
+}
+
+/// The inference server on the committed tiny SDXL and SD 1.5 models, with the fixture
+/// LoRAs, VAE, embeddings, refiner, safety checker and "canny" ControlNets (one per
+/// architecture) in its catalog under names the APIs' own examples use: everything
+/// the examples name is here, nothing comes from the hub.
+pub fn start_inference_with_add_ons() -> (Process, String, tempfile::TempDir) {
+    let models = repo_root().join("inference/tests/fixtures/models");
+    let f = repo_root().join("inference/tests/fixtures/parity_features");
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        format!(
+            r#"default = "SDXL1.0-base"
+safety_checker = "{checker}"
+[models."SDXL1.0-base"]
+source = "{sdxl}"
+aliases = ["stable-diffusion-xl-base-1.0"]
+refiner = "sdxl-refiner"
+[models.sdxl-refiner]
+source = "{refiner}"
+[models."SD1.5"]
+source = "{sd15}"
+[models.SD2]
+source = "{sd2}"
+[loras.pixel-art]
+source = "{f}/lora-sdxl-kohya.safetensors"
+aliases = ["Pixel_Art"]
+architecture = "stable-diffusion-xl"
+[loras.logo]
+source = "{f}/lora-sdxl-peft.safetensors"
+aliases = ["Logo"]
+[loras.contrast-fix]
+source = "{f}/lora-sd15-peft.safetensors"
+architecture = "stable-diffusion-1"
+[loras.sd15-kohya]
+source = "{f}/lora-sd15-kohya.safetensors"
+[vaes.vae-sd15]
+source = "{f}/vae-sd15"
+[embeddings.cat-toy]
+source = "{f}/ti-sd15-diffusers.safetensors"
+[embeddings.style]
+source = "{f}/ti-sd15-a1111.safetensors"
+token = "<style>"
+[embeddings.pt-style]
+source = "{f}/ti-sd15-a1111.pt"
+{canny}"#,
+            sdxl = models.join("tiny-sdxl").display(),
+            sd15 = models.join("tiny-sd15").display(),
+            sd2 = models.join("tiny-sd2").display(),
+            refiner = models.join("tiny-sdxl-refiner").display(),
+            checker = repo_root()
+                .join("inference/tests/fixtures/safety_checker")
+                .display(),
+            f = f.display(),
+            canny = canny_controlnets(),
+        ),
+    )
+    .unwrap();
+    let (p, url) = start_inference_with(&["--catalog", catalog.to_str().unwrap()]);
+    (p, url, dir)
+}
+
 /// The value after `name` in a benchmark's arguments, or `default`.
 pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     match args.iter().position(|a| a == name) {

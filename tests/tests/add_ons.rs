@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use e2e::{
     EdgeConfig, edge_runtime_present, images, post, repo_root, spin_pass_skips_edgeless_test,
-    start_edge, start_inference_with,
+    start_edge, start_inference_with_add_ons,
 };
 use serde_json::{Value, json};
 
@@ -20,65 +20,6 @@ const NEG: &str = "blurry, low quality";
 
 fn features() -> PathBuf {
     repo_root().join("inference/tests/fixtures/parity_features")
-}
-
-/// The server on the committed tiny SDXL and SD 1.5 models, with the fixture LoRAs and
-/// VAE in its catalog under names the APIs' own examples use.
-fn start_server() -> (e2e::process::Process, String, tempfile::TempDir) {
-    let models = repo_root().join("inference/tests/fixtures/models");
-    let f = features();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog.toml");
-    std::fs::write(
-        &catalog,
-        format!(
-            r#"default = "SDXL1.0-base"
-safety_checker = "{checker}"
-[models."SDXL1.0-base"]
-source = "{sdxl}"
-aliases = ["stable-diffusion-xl-base-1.0"]
-refiner = "sdxl-refiner"
-[models.sdxl-refiner]
-source = "{refiner}"
-[models."SD1.5"]
-source = "{sd15}"
-[models.SD2]
-source = "{sd2}"
-[loras.pixel-art]
-source = "{f}/lora-sdxl-kohya.safetensors"
-aliases = ["Pixel_Art"]
-architecture = "stable-diffusion-xl"
-[loras.logo]
-source = "{f}/lora-sdxl-peft.safetensors"
-aliases = ["Logo"]
-[loras.contrast-fix]
-source = "{f}/lora-sd15-peft.safetensors"
-architecture = "stable-diffusion-1"
-[loras.sd15-kohya]
-source = "{f}/lora-sd15-kohya.safetensors"
-[vaes.vae-sd15]
-source = "{f}/vae-sd15"
-[embeddings.cat-toy]
-source = "{f}/ti-sd15-diffusers.safetensors"
-[embeddings.style]
-source = "{f}/ti-sd15-a1111.safetensors"
-token = "<style>"
-[embeddings.pt-style]
-source = "{f}/ti-sd15-a1111.pt"
-"#,
-            sdxl = models.join("tiny-sdxl").display(),
-            sd15 = models.join("tiny-sd15").display(),
-            sd2 = models.join("tiny-sd2").display(),
-            refiner = models.join("tiny-sdxl-refiner").display(),
-            checker = repo_root()
-                .join("inference/tests/fixtures/safety_checker")
-                .display(),
-            f = f.display(),
-        ),
-    )
-    .unwrap();
-    let (p, url) = start_inference_with(&["--catalog", catalog.to_str().unwrap()]);
-    (p, url, dir)
 }
 
 fn edge_config(inference_url: &str) -> EdgeConfig<'_> {
@@ -146,7 +87,7 @@ fn hyperbolic_loras_and_second_prompts_give_diffusers_images() {
     if !edge_runtime_present() {
         return;
     }
-    let (_server, url, _dir) = start_server();
+    let (_server, url, _dir) = start_inference_with_add_ons();
     let (_edge_proc, edge) = start_edge(&edge_config(&url));
     for (extra, reference) in [
         (
@@ -215,7 +156,7 @@ fn modelslab_lora_vae_and_clip_skip_give_diffusers_images() {
     if !edge_runtime_present() {
         return;
     }
-    let (_server, url, _dir) = start_server();
+    let (_server, url, _dir) = start_inference_with_add_ons();
     let (_edge_proc, edge) = start_edge(&edge_config(&url));
     for (extra, reference) in [
         (
@@ -282,7 +223,7 @@ fn modelslab_safety_checker_replaces_what_it_flags() {
     if !edge_runtime_present() {
         return;
     }
-    let (_server, url, _dir) = start_server();
+    let (_server, url, _dir) = start_inference_with_add_ons();
     let (_edge_proc, edge) = start_edge(&edge_config(&url));
     let init = base64::engine::general_purpose::STANDARD
         .encode(std::fs::read(features().join("init_64.png")).unwrap());
@@ -337,7 +278,7 @@ fn concurrent_requests_with_different_loras_each_get_their_own() {
     if spin_pass_skips_edgeless_test() {
         return;
     }
-    let (_server, url, _dir) = start_server();
+    let (_server, url, _dir) = start_inference_with_add_ons();
     let cases = [
         (
             json!([{"name": "logo", "strength": 0.9}]),
@@ -395,7 +336,7 @@ fn appypie_runs_the_refiner_when_the_edge_says() {
     if !edge_runtime_present() {
         return;
     }
-    let (_server, url, _dir) = start_server();
+    let (_server, url, _dir) = start_inference_with_add_ons();
     let config = EdgeConfig {
         variables: vec![("APPYPIE_REFINER", "true")],
         ..edge_config(&url)

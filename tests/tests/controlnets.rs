@@ -36,17 +36,7 @@ depth_estimator = "{depth}"
 source = "{sd15}"
 [models."SDXL1.0-base"]
 source = "{sdxl}"
-[controlnets.canny-sd15]
-source = "{cn15}"
-aliases = ["canny"]
-architecture = "stable-diffusion-1"
-preprocess = "canny"
-[controlnets.canny-sdxl]
-source = "{cnxl}"
-aliases = ["canny"]
-architecture = "stable-diffusion-xl"
-preprocess = "canny"
-[controlnets.lines]
+{canny}[controlnets.lines]
 source = "{cnb}"
 architecture = "stable-diffusion-1"
 [controlnets.depth-sd15]
@@ -58,7 +48,7 @@ preprocess = "depth"
             sd15 = m("tiny-sd15"),
             sdxl = m("tiny-sdxl"),
             cn15 = m("tiny-controlnet-sd15"),
-            cnxl = m("tiny-controlnet-sdxl"),
+            canny = e2e::canny_controlnets(),
             cnb = m("tiny-controlnet-sd15-b"),
             depth = m("tiny-depth-anything"),
         ),

@@ -15,6 +15,7 @@ use crate::api_error::ApiError;
 use crate::dialects::{self, Dialect, Incoming, Outgoing, modelslab};
 use crate::input_image::{self, Provenance};
 use crate::job::{ImageSource, Job, SizeRule};
+use crate::openapi;
 use crate::settings::{self, Settings};
 use crate::stash::{self, Stash};
 use crate::trace::new_trace_id;
@@ -32,6 +33,14 @@ async fn handle(req: Request) -> http::Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
 
     let (out, dialect_name, error) = match dialects::for_path(&path) {
+        None if openapi::serves(&path) => match openapi::serve(&method, &path) {
+            Ok(out) => (out, "openapi", None),
+            Err(err) => (
+                dialects::render_unrouted(&err, &trace_id),
+                "openapi",
+                Some(err),
+            ),
+        },
         None if path.starts_with(stash::ROUTE_PREFIX) => match serve_stored(&req, &path).await {
             Ok(out) => (out, "stored", None),
             Err(err) => (

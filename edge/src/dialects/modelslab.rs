@@ -302,7 +302,7 @@ fn controlnets(
     for name in &names {
         models::check("controlnet_model", Some(name.clone()), "")?;
     }
-    let field = alias(f, "control_image", "controlnet_image");
+    let field = alias(f, "control_image", "controlnet_image")?;
     let (source, shown) = if present(f, field) {
         image_source(field, &f.required_string(field)?, base64_io)?
     } else if let Some(init) = init {
@@ -360,11 +360,15 @@ fn controlnets(
 /// (`steps` in ModelsLab's own examples, `image` in its TypeScript SDK's docs,
 /// `prompt_strength` in its older pages): the documented one unless only the alias
 /// is present.
-fn alias(f: &Fields, name: &'static str, other: &'static str) -> &'static str {
-    if !f.has(name) && f.has(other) {
-        other
-    } else {
-        name
+/// Both sent with different values is refused rather than one silently dropped.
+fn alias(f: &Fields, name: &'static str, other: &'static str) -> Result<&'static str, ApiError> {
+    match (f.has(name), f.has(other)) {
+        (false, true) => Ok(other),
+        (true, true) if f.get_raw(name) != f.get_raw(other) => Err(ApiError::field(
+            other,
+            format!("another name of {name}, which is sent with another value: send one of them"),
+        )),
+        _ => Ok(name),
     }
 }
 
@@ -563,7 +567,7 @@ impl Dialect for ModelsLab {
         // ControlNet: an init_image, when sent, is also where image-to-image starts.
         let img2img = op == Some(Endpoint::Img2Img)
             || inpaint
-            || (control && present(f, alias(f, "init_image", "image")));
+            || (control && present(f, alias(f, "init_image", "image")?));
         let model_id = models::check("model_id", f.string("model_id")?, models::SDXL_BASE)?;
         let prompt = job::check_prompt("prompt", f.required_string("prompt")?)?;
         let negative_prompt = job::optional_prompt(f, "negative_prompt")?;
@@ -573,9 +577,10 @@ impl Dialect for ModelsLab {
                 .transpose()
         };
         // One side alone: the other is ModelsLab's usual 512. Neither, but v7's
-        // aspect_ratio: that shape at up to 1024 a side.
-        let (width, height) = match (side("width")?, side("height")?) {
-            (None, None) => aspect_ratio(f)?.map_or((None, None), |(w, h)| (Some(w), Some(h))),
+        // aspect_ratio: that shape at up to 1024 a side (checked even when a size wins).
+        let (width, height, ratio) = (side("width")?, side("height")?, aspect_ratio(f)?);
+        let (width, height) = match (width, height) {
+            (None, None) => ratio.map_or((None, None), |(w, h)| (Some(w), Some(h))),
             (w, h) => job::optional_size(w, h, DEFAULT_SIDE),
         };
         let samples = f
@@ -583,7 +588,7 @@ impl Dialect for ModelsLab {
             .map_or(1, |n| n as u32);
         // ModelsLab documents no defaults: absent, the model's catalog defaults apply.
         let steps = f
-            .integer(alias(f, "num_inference_steps", "steps"), 1..=50)?
+            .integer(alias(f, "num_inference_steps", "steps")?, 1..=50)?
             .map(|n| n as u32);
         let guidance = f.number("guidance_scale", 1.0..=20.0)?.map(|g| g as f32);
         let seed = job::seed_or_random(f.seed("seed")?);
@@ -672,13 +677,13 @@ impl Dialect for ModelsLab {
         };
         let (init, init_shown) = if img2img {
             let strength = f
-                .number(alias(f, "strength", "prompt_strength"), 0.01..=1.0)?
+                .number(alias(f, "strength", "prompt_strength")?, 0.01..=1.0)?
                 .unwrap_or(if control {
                     CONTROL_STRENGTH
                 } else {
                     DEFAULT_STRENGTH
                 });
-            let field = alias(f, "init_image", "image");
+            let field = alias(f, "init_image", "image")?;
             let (source, shown) = image_source(field, &one_init_image(f, field)?, base64_io)?;
             (
                 Some(InitImageSource {
@@ -1313,6 +1318,27 @@ mod tests {
         assert_eq!(
             job.mask.unwrap().source,
             ImageSource::Bytes(b"hello".to_vec())
+        );
+        // Both names: one value, or a 400 naming the alias.
+        let both = |extra: &str| {
+            let body = format!(
+                r#"{{"prompt":"p","init_image":"aGVsbG8=","mask_image":"aGVsbG8=","base64":"yes",{extra}}}"#
+            );
+            parse("/api/v6/image_editing/inpaint", &body)
+        };
+        assert_eq!(
+            both(r#""steps":9,"num_inference_steps":9"#)
+                .unwrap()
+                .request
+                .steps,
+            Some(9)
+        );
+        let e = both(r#""strength":0.5,"prompt_strength":7"#).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("prompt_strength: another name of strength"),
+            "{}",
+            e.message
         );
         // A mask is required there, and only read there.
         let e = parse(

@@ -130,6 +130,7 @@ async fn run(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
+    let wait = patience(headers)?.map_or(app.max_wait, |d| d.min(app.max_wait));
     // A full queue refuses before anything is read or decoded.
     if app.queue.is_full() {
         return Err(Error::Overloaded(app.retry_after_secs()));
@@ -170,12 +171,6 @@ async fn run(
     .await
     .map_err(|e| Error::Internal(format!("checking the request: {e}")))??;
 
-    // The caller's patience (the edge says how long it waits), capped by the server's.
-    let wait = headers
-        .get(contract::TIMEOUT_HEADER)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-        .map(Duration::from_millis)
-        .map_or(app.max_wait, |d| d.min(app.max_wait));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let job = Job {
@@ -238,6 +233,27 @@ async fn run(
         images: encoded,
         timings: convert::timings(done.queued, &done.generated.timings, started),
     })
+}
+
+/// The caller's patience: `x-timeout-ms` (the edge says how long it waits), which the
+/// server's own cap then shortens; a value that is not a whole number of milliseconds
+/// from 1 is refused rather than read as "no limit".
+fn patience(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
+    let Some(value) = headers.get(contract::TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    match value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(ms) if ms >= 1 => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(Error::InvalidRequest(format!(
+            "{}: must be a whole number of milliseconds from 1 (got {:?})",
+            contract::TIMEOUT_HEADER,
+            String::from_utf8_lossy(value.as_bytes())
+        ))),
+    }
 }
 
 fn unknown_model(app: &AppState, model: &str) -> Error {
