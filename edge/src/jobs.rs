@@ -126,6 +126,12 @@ impl Webhook {
     }
 }
 
+/// The trace id a job's runs carry to the inference server, by which its
+/// progress is asked.
+pub fn run_trace(id: u64) -> String {
+    format!("job-{id}")
+}
+
 /// One job, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {

@@ -613,6 +613,16 @@ mod tests {
             ("GeneratedImage", record_fields(image)),
             ("GenerateResult", record_fields(result)),
             ("Timings", record_fields(timings)),
+            (
+                "Progress",
+                record_fields(contract::Progress {
+                    state: contract::ProgressState::Unknown,
+                    ahead: 0,
+                    step: 0,
+                    steps: 0,
+                    eta_secs: 0.0,
+                }),
+            ),
         ];
         for (name, (fields, required)) in records {
             assert_eq!(contract_schema(&doc, name), (fields, required), "{name}");
@@ -643,7 +653,9 @@ mod tests {
             .keys()
             .map(String::as_str)
             .collect();
+        let progress = format!("{}/{{trace_id}}", contract::PROGRESS_PATH);
         let routes = BTreeSet::from([
+            progress.as_str(),
             contract::GENERATE_PATH,
             contract::MODELS_PATH,
             contract::QUEUE_PATH,
@@ -652,6 +664,24 @@ mod tests {
             contract::METRICS_PATH,
         ]);
         assert_eq!(paths, routes);
+        let states: Vec<String> = [
+            contract::ProgressState::Queued,
+            contract::ProgressState::Running,
+            contract::ProgressState::Unknown,
+        ]
+        .iter()
+        .map(|s| {
+            serde_json::to_value(s)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+        assert_eq!(
+            doc["components"]["schemas"]["Progress"]["properties"]["state"]["enum"],
+            json!(states)
+        );
     }
 
     #[test]

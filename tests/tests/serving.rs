@@ -605,3 +605,60 @@ fn sigterm_lets_queued_and_running_work_finish() {
         .expect("the server exits once drained");
     assert!(exit.success(), "{exit:?}");
 }
+
+#[test]
+fn progress_of_queued_and_running_requests() {
+    if spin_pass_skips_edgeless_test() {
+        return;
+    }
+    let (_server_proc, server) = start_inference_with(&["--max-batch", "1"]);
+    let progress = |trace: &str| get(&format!("{server}/v1/progress/{trace}")).json();
+    assert_eq!(progress("never-sent")["state"], "Unknown");
+    // Three requests, one batch at a time: one runs while two wait.
+    let threads: Vec<_> = (0..3)
+        .map(|i| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let trace = format!("progress-{i}");
+                let req = request("progress", 50 + i, 256, 8);
+                generate(&server, &req, &[("x-trace-id", trace.as_str())])
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&server, "sdgate_queue_depth") < 2.0 {
+        assert!(Instant::now() < deadline, "the requests never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mut queued, mut running) = (Vec::new(), None);
+    while running.is_none() || queued.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "never saw one queued and one past its first step: {queued:?} {running:?}"
+        );
+        for i in 0..3 {
+            let p = progress(&format!("progress-{i}"));
+            match p["state"].as_str() {
+                Some("Queued") => {
+                    assert!(p["ahead"].as_u64().unwrap() <= 1, "{p}");
+                    assert!(p["eta_secs"].as_f64().unwrap() > 0.0, "{p}");
+                    queued.push(p);
+                }
+                Some("Running") if p["step"].as_u64() >= Some(1) => {
+                    assert_eq!(p["steps"], 8, "{p}");
+                    assert!(p["step"].as_u64().unwrap() <= 8, "{p}");
+                    running = Some(p);
+                }
+                Some("Running" | "Unknown") => {}
+                _ => panic!("{p}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for t in threads {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+    for i in 0..3 {
+        assert_eq!(progress(&format!("progress-{i}"))["state"], "Unknown");
+    }
+}

@@ -21,7 +21,7 @@ wit_bindgen::generate!({
 
 pub use sdgate::inference::types::{
     Controlnet, Error, GenerateRequest, GenerateResult, GeneratedImage, ImageBase64, InitImage,
-    Lora, Timings,
+    Lora, Progress, ProgressState, Timings,
 };
 
 impl Default for GenerateRequest {
@@ -70,6 +70,8 @@ pub const READY_PATH: &str = "/ready";
 pub const MODELS_PATH: &str = "/v1/models";
 /// How busy the server is: queued requests and the expected wait.
 pub const QUEUE_PATH: &str = "/v1/queue";
+/// Where a request stands, by trace id: `GET /v1/progress/{trace_id}`.
+pub const PROGRESS_PATH: &str = "/v1/progress";
 /// On `GET /v1/queue`: a model name to check.
 pub const MODEL_HEADER: &str = "x-model";
 /// Prometheus metrics.

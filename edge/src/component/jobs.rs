@@ -215,7 +215,7 @@ async fn run(
 /// generation (if not done), then its webhook. Failures go to the log; the record
 /// says what happened.
 async fn drive(dialect: &'static dyn Dialect, settings: Settings, id: u64, origin: String) {
-    let trace_id = format!("job-{id}");
+    let trace_id = jobs::run_trace(id);
     if let Err(e) = drive_job(dialect, &settings, id, &origin, &trace_id).await {
         eprintln!(
             "{}",
@@ -364,10 +364,15 @@ pub async fn fetch(
     if record.state == State::Done {
         return Ok(Outgoing::json(record.status, &record.answer));
     }
+    // The server running it knows best; else the estimate made at submission.
+    let eta = match outbound::progress(settings, &jobs::run_trace(id)).await {
+        Some(p) => p.eta_secs.ceil().max(1.0),
+        None => record.eta_left(now),
+    };
     Ok(modelslab::render_processing(
         &job_of(&record),
         id,
-        record.eta_left(now),
+        eta,
         &format!("{origin}{path}"),
         &future_links(&record, origin),
     ))

@@ -379,6 +379,34 @@ fn backend_error(code: ErrorCode, timeout: Duration) -> ApiError {
     }
 }
 
+/// A short `GET` of `path` on the inference server at `base` (with the token and
+/// `headers`): its status and body, or None when it did not answer in time.
+async fn ask(
+    settings: &Settings,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, Vec<u8>)> {
+    let mut req = http::Request::get(format!("{base}{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    if let Some(token) = &settings.inference_token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let limit = Duration::from_secs(2);
+    let req = req
+        .extension(options(limit, limit, limit))
+        .body(Empty::<Bytes>::new())
+        .ok()?;
+    let resp = send(req).await.ok()?;
+    let status = resp.status().as_u16();
+    let body = read_body(resp.into_body(), 64 * 1024, Some(Instant::now() + limit))
+        .await
+        .ok()?;
+    Some((status, body))
+}
+
 /// How long a request for `model` sent now would wait at the first inference server
 /// (its `GET /v1/queue`), in seconds: Ok(None) when it does not say (an older
 /// server, a network error; the request then runs as usual), Err when the server
@@ -387,33 +415,32 @@ pub async fn expected_wait(settings: &Settings, model: &str) -> Result<Option<f6
     let Some(base) = settings.inference_urls.first() else {
         return Ok(None);
     };
-    let mut req = http::Request::get(format!("{base}{}", contract::QUEUE_PATH))
-        .header(contract::MODEL_HEADER, model);
-    if let Some(token) = &settings.inference_token {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let limit = Duration::from_secs(2);
-    let Ok(req) = req
-        .extension(options(limit, limit, limit))
-        .body(Empty::<Bytes>::new())
-    else {
+    let headers = [(contract::MODEL_HEADER, model)];
+    let Some((status, body)) = ask(settings, base, contract::QUEUE_PATH, &headers).await else {
         return Ok(None);
     };
-    let Ok(resp) = send(req).await else {
-        return Ok(None);
-    };
-    let status = resp.status();
-    let Ok(body) = read_body(resp.into_body(), 64 * 1024, Some(Instant::now() + limit)).await
-    else {
-        return Ok(None);
-    };
-    if status.as_u16() == 400
+    if status == 400
         && let Ok(err @ contract::Error::UnknownModel(_)) = serde_json::from_slice(&body)
     {
         return Err(err.into());
     }
     let queue: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     Ok(queue["expected_wait_secs"].as_f64())
+}
+
+/// Where the request sent with `trace_id` stands, from the inference server that
+/// has it queued or running (`GET /v1/progress/{trace_id}`); None when none says.
+pub async fn progress(settings: &Settings, trace_id: &str) -> Option<contract::Progress> {
+    let path = format!("{}/{trace_id}", contract::PROGRESS_PATH);
+    for base in &settings.inference_urls {
+        if let Some((200, body)) = ask(settings, base, &path, &[]).await
+            && let Ok(p) = serde_json::from_slice::<contract::Progress>(&body)
+            && p.state != contract::ProgressState::Unknown
+        {
+            return Some(p);
+        }
+    }
+    None
 }
 
 /// POSTs a job's answer to its webhook; Err says why it did not arrive (for the

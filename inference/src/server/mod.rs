@@ -7,6 +7,7 @@
 pub mod catalog;
 mod convert;
 mod metrics;
+mod progress;
 mod queue;
 pub mod registry;
 mod routes;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub token: Option<String>,
     pub max_wait: Duration,
     pub max_batch: usize,
+    /// The batch the worker runs, for progress reports.
+    pub running: progress::Running,
     /// Smoothed seconds per batch (f64 bits), for Retry-After.
     batch_secs: AtomicU64,
 }
@@ -103,6 +106,25 @@ impl AppState {
     fn expected_wait_secs(&self) -> f64 {
         let batches = (self.queue.len() / self.max_batch.max(1)) as f64 + 1.0;
         self.batch_secs().max(1.0) * batches
+    }
+
+    /// Where the request with this trace id stands here.
+    fn progress(&self, trace_id: &str) -> contract::Progress {
+        let batch = self.batch_secs();
+        if let Some(ahead) = self.queue.position(trace_id) {
+            // The running batch's rest, then the batches ahead and its own.
+            let batches = (ahead / self.max_batch.max(1)) as f64 + 1.0;
+            return contract::Progress {
+                state: contract::ProgressState::Queued,
+                ahead: ahead as u32,
+                step: 0,
+                steps: 0,
+                eta_secs: self.running.secs_left(batch) + batch.max(1.0) * batches,
+            };
+        }
+        self.running
+            .of(trace_id, batch)
+            .unwrap_or_else(progress::unknown)
     }
 
     /// When a refused request may find room: the queue's batches at the recent pace.
@@ -160,6 +182,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         token: args.token.clone().filter(|t| !t.is_empty()),
         max_wait: Duration::from_secs(args.max_wait_secs.max(1)),
         max_batch: args.max_batch.max(1),
+        running: progress::Running::default(),
         batch_secs: AtomicU64::new(0),
         catalog,
     });

@@ -92,6 +92,11 @@ impl Queue {
         self.len() == 0
     }
 
+    /// How many queued jobs are ahead of the one with this trace id, if it is queued.
+    pub fn position(&self, trace_id: &str) -> Option<usize> {
+        self.lock().iter().position(|j| j.trace_id == trace_id)
+    }
+
     /// Whether a push now would be refused.
     pub fn is_full(&self) -> bool {
         self.len() >= self.capacity

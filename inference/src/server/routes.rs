@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +33,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(contract::GENERATE_PATH, post(generate))
         .route(contract::MODELS_PATH, get(models))
         .route(contract::QUEUE_PATH, get(queue))
+        .route(
+            &format!("{}/{{trace_id}}", contract::PROGRESS_PATH),
+            get(progress),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(guarded)
@@ -326,6 +330,12 @@ async fn queue(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response
         "expected_wait_secs": app.expected_wait_secs(),
     }))
     .into_response()
+}
+
+/// `GET /v1/progress/{trace_id}`: where that request stands (queued, running, or
+/// unknown here), for callers that report progress (the edge's ModelsLab fetch).
+async fn progress(State(app): State<Arc<AppState>>, Path(trace_id): Path<String>) -> Response {
+    axum::Json(app.progress(&trace_id)).into_response()
 }
 
 /// `GET /v1/models`: the catalog and each model's state.

@@ -26,6 +26,7 @@ pub fn run(app: Arc<AppState>) {
         {
             tracing::error!("the worker caught a panic; the jobs of that batch got no answer");
         }
+        app.running.end();
     }
 }
 
@@ -178,8 +179,11 @@ fn serve(app: &AppState, head: Job) {
         "batch starts"
     );
 
+    app.running
+        .start(jobs.iter().map(|j| j.trace_id.clone()).collect());
     // Stop at the next step once nobody in the batch waits any more.
-    let mut wanted = |_: usize, _: usize| {
+    let mut wanted = |done: usize, total: usize| {
+        app.running.step(done, total);
         let now = Instant::now();
         jobs.iter().any(|j| j.wanted(now))
     };
@@ -190,6 +194,7 @@ fn serve(app: &AppState, head: Job) {
         _ => pipeline.run(&plans, &mut wanted),
     };
     app.metrics.running.sub(jobs.len() as i64);
+    app.running.end();
     let secs = started.elapsed().as_secs_f64();
     app.record_batch_secs(secs);
 
