@@ -84,8 +84,12 @@ fn run(
     scope: &Scope,
     images: &(ImageServer, PathBuf),
 ) {
+    // Its own folder for what schemathesis keeps between runs (a crash cache): each
+    // run starts clean, as on CI, and nothing lands in the checkout.
+    let workdir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(schemathesis());
-    cmd.arg("--config-file")
+    cmd.current_dir(workdir.path())
+        .arg("--config-file")
         .arg(repo_root().join("tests/clients/schemathesis.toml"))
         .args(["run", location, "--url", base])
         .args(["--checks", CHECKS])
