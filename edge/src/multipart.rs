@@ -190,29 +190,32 @@ fn complete<F: Future>(fut: F) -> Result<F::Output, ApiError> {
         .ok_or_else(|| ApiError::internal("multipart parsing did not complete"))
 }
 
+/// A multipart/form-data body of `parts` (name, file name for a file part, bytes) and
+/// its Content-Type, as a browser or an SDK sends one: for the tests that send forms.
+#[cfg(test)]
+pub fn form(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "XyZ123";
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn form(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
-        let boundary = "XyZ123";
-        let mut body = Vec::new();
-        for (name, file, bytes) in parts {
-            body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-            match file {
-                Some(f) => body.extend_from_slice(
-                    format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
-                ),
-                None => body.extend_from_slice(
-                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
-                ),
-            }
-            body.extend_from_slice(bytes);
-            body.extend_from_slice(b"\r\n");
-        }
-        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-        (format!("multipart/form-data; boundary={boundary}"), body)
-    }
 
     #[test]
     fn text_parts_and_files() {

@@ -237,36 +237,31 @@ mod tests {
 
     /// The request a client would send with these fields.
     fn request(path: &str, schema: &BodySchema, fields: &Map<String, Value>) -> Incoming {
-        let mut headers = http::HeaderMap::new();
-        let body = if schema.content_type == "multipart/form-data" {
-            headers.insert(
-                "content-type",
-                "multipart/form-data; boundary=B0undary".parse().unwrap(),
-            );
-            let mut body = Vec::new();
-            for (name, value) in fields {
-                if schema.properties.get(name).is_some_and(is_file) {
-                    body.extend_from_slice(
-                        format!("--B0undary\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"in.png\"\r\nContent-Type: image/png\r\n\r\n").as_bytes(),
-                    );
-                    body.extend_from_slice(&png());
-                } else {
-                    let text = match value {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    body.extend_from_slice(
-                        format!("--B0undary\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{text}").as_bytes(),
-                    );
-                }
-                body.extend_from_slice(b"\r\n");
-            }
-            body.extend_from_slice(b"--B0undary--\r\n");
-            body
+        let (content_type, body) = if schema.content_type == "multipart/form-data" {
+            let png = png();
+            let texts: Vec<(&str, Option<&str>, Vec<u8>)> = fields
+                .iter()
+                .map(|(name, value)| match value {
+                    _ if schema.properties.get(name).is_some_and(is_file) => {
+                        (name.as_str(), Some("in.png"), png.clone())
+                    }
+                    Value::String(s) => (name.as_str(), None, s.clone().into_bytes()),
+                    other => (name.as_str(), None, other.to_string().into_bytes()),
+                })
+                .collect();
+            let parts: Vec<_> = texts
+                .iter()
+                .map(|(n, f, b)| (*n, *f, b.as_slice()))
+                .collect();
+            crate::multipart::form(&parts)
         } else {
-            headers.insert("content-type", schema.content_type.parse().unwrap());
-            serde_json::to_vec(fields).unwrap()
+            (
+                schema.content_type.clone(),
+                serde_json::to_vec(fields).unwrap(),
+            )
         };
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-type", content_type.parse().unwrap());
         Incoming::new(http::Method::POST, path.to_string(), headers, body)
     }
 
@@ -308,13 +303,16 @@ mod tests {
     fn bounds(prop: &Value) -> Vec<(Value, bool)> {
         let integer = types(prop).iter().any(|t| t == "integer");
         let mut cases = Vec::new();
-        let outside = |b: f64, up: bool| -> Value {
-            let d = if integer {
+        // The smallest step past a bound that the type can say.
+        let nudge = |b: f64| {
+            if integer {
                 1.0
             } else {
                 1e-3 * b.abs().max(1.0)
-            };
-            let v = if up { b + d } else { b - d };
+            }
+        };
+        let outside = |b: f64, up: bool| -> Value {
+            let v = if up { b + nudge(b) } else { b - nudge(b) };
             if integer && v.abs() < 9e15 {
                 json!(v as i64)
             } else if integer && v > 0.0 {
@@ -324,24 +322,18 @@ mod tests {
                 json!(v)
             }
         };
-        let exact = |v: &Value| v.clone();
         if let Some(min) = prop.get("minimum") {
-            cases.push((exact(min), true));
+            cases.push((min.clone(), true));
             cases.push((outside(min.as_f64().unwrap(), false), false));
         }
         if let Some(max) = prop.get("maximum") {
-            cases.push((exact(max), true));
+            cases.push((max.clone(), true));
             cases.push((outside(max.as_f64().unwrap(), true), false));
         }
         for (key, up) in [("exclusiveMinimum", false), ("exclusiveMaximum", true)] {
             if let Some(b) = prop.get(key).and_then(Value::as_f64) {
                 cases.push((json!(b), false));
-                let d = if integer {
-                    1.0
-                } else {
-                    1e-3 * b.abs().max(1.0)
-                };
-                cases.push((json!(if up { b - d } else { b + d }), true));
+                cases.push((json!(if up { b - nudge(b) } else { b + nudge(b) }), true));
             }
         }
         if let (Some(step), Some(min), Some(max)) = (
@@ -398,6 +390,8 @@ mod tests {
                     };
                     parse(&path, &schema, &f).0
                 };
+                // An answer as compared: its error message, if any.
+                let answer = |r: Result<(), ApiError>| r.err().map(|e| e.message);
                 let refused_naming = |r: &Result<(), ApiError>| {
                     r.as_ref().err().is_some_and(|e| {
                         e.status == 400 && e.message.starts_with(&format!("{field}:"))
@@ -419,7 +413,6 @@ mod tests {
                     .as_array()
                     .is_some_and(|alts| alts.iter().any(|a| a["type"] == "boolean"));
                 if flag && !multipart {
-                    let answer = |v: Value| with(Some(v)).map_err(|e| e.message);
                     let forms = [
                         (
                             true,
@@ -428,9 +421,9 @@ mod tests {
                         (false, vec![json!("no"), json!(""), json!(0), json!("0")]),
                     ];
                     for (b, same) in forms {
-                        let expected = answer(json!(b));
+                        let expected = answer(with(Some(json!(b))));
                         for v in same {
-                            if answer(v.clone()) != expected {
+                            if answer(with(Some(v.clone()))) != expected {
                                 found.push(format!("{at}: {field} = {v} is not answered as {b}"));
                             }
                         }
@@ -451,14 +444,10 @@ mod tests {
                 // nullable exactly when optional (or one name of a required group,
                 // whose `anyOf` then says which must be a value).
                 if !multipart {
-                    let (absent, null) = (with(None), with(Some(Value::Null)));
-                    let answer =
-                        |r: &Result<(), ApiError>| r.as_ref().err().map(|e| e.message.clone());
-                    if answer(&absent) != answer(&null) {
+                    let (absent, null) = (answer(with(None)), answer(with(Some(Value::Null))));
+                    if absent != null {
                         found.push(format!(
-                            "{at}: {field} = null is answered {:?}, left out {:?}",
-                            answer(&null),
-                            answer(&absent)
+                            "{at}: {field} = null is answered {null:?}, left out {absent:?}"
                         ));
                     }
                     let optional =

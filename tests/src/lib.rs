@@ -97,6 +97,16 @@ pub fn start_inference_with(args: &[&str]) -> (Process, String) {
     (p, format!("http://{addr}"))
 }
 
+/// The inference server on the catalog `toml` (written to a temporary folder, which
+/// lives as long as the returned handle).
+pub fn start_inference_with_catalog(toml: &str) -> (Process, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(&catalog, toml).unwrap();
+    let (p, url) = start_inference_with(&["--catalog", catalog.to_str().unwrap()]);
+    (p, url, dir)
+}
+
 /// Catalog entries: "canny", a tiny ControlNet per architecture (SD 1.5, SDXL) that
 /// preprocesses photos with the canny edge detector.
 pub fn canny_controlnets() -> String {
@@ -118,12 +128,8 @@ pub fn canny_controlnets() -> String {
 pub fn start_inference_with_add_ons() -> (Process, String, tempfile::TempDir) {
     let models = repo_root().join("inference/tests/fixtures/models");
     let f = repo_root().join("inference/tests/fixtures/parity_features");
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog.toml");
-    std::fs::write(
-        &catalog,
-        format!(
-            r#"default = "SDXL1.0-base"
+    start_inference_with_catalog(&format!(
+        r#"default = "SDXL1.0-base"
 safety_checker = "{checker}"
 [models."SDXL1.0-base"]
 source = "{sdxl}"
@@ -157,20 +163,16 @@ token = "<style>"
 [embeddings.pt-style]
 source = "{f}/ti-sd15-a1111.pt"
 {canny}"#,
-            sdxl = models.join("tiny-sdxl").display(),
-            sd15 = models.join("tiny-sd15").display(),
-            sd2 = models.join("tiny-sd2").display(),
-            refiner = models.join("tiny-sdxl-refiner").display(),
-            checker = repo_root()
-                .join("inference/tests/fixtures/safety_checker")
-                .display(),
-            f = f.display(),
-            canny = canny_controlnets(),
-        ),
-    )
-    .unwrap();
-    let (p, url) = start_inference_with(&["--catalog", catalog.to_str().unwrap()]);
-    (p, url, dir)
+        sdxl = models.join("tiny-sdxl").display(),
+        sd15 = models.join("tiny-sd15").display(),
+        sd2 = models.join("tiny-sd2").display(),
+        refiner = models.join("tiny-sdxl-refiner").display(),
+        checker = repo_root()
+            .join("inference/tests/fixtures/safety_checker")
+            .display(),
+        f = f.display(),
+        canny = canny_controlnets(),
+    ))
 }
 
 /// The value after `name` in a benchmark's arguments, or `default`.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use e2e::{
     EdgeConfig, edge_runtime_present, images, post, repo_root, spin_pass_skips_edgeless_test,
-    start_edge, start_inference_with,
+    start_edge, start_inference_with_catalog,
 };
 use serde_json::{Value, json};
 
@@ -24,13 +24,9 @@ fn fixtures() -> PathBuf {
 /// the tiny depth model making the maps) and "lines" (SD 1.5).
 fn start_server() -> (e2e::process::Process, String, tempfile::TempDir) {
     let models = repo_root().join("inference/tests/fixtures/models");
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog.toml");
     let m = |name: &str| models.join(name).display().to_string();
-    std::fs::write(
-        &catalog,
-        format!(
-            r#"default = "SD1.5"
+    start_inference_with_catalog(&format!(
+        r#"default = "SD1.5"
 depth_estimator = "{depth}"
 [models."SD1.5"]
 source = "{sd15}"
@@ -45,17 +41,13 @@ aliases = ["depth"]
 architecture = "stable-diffusion-1"
 preprocess = "depth"
 "#,
-            sd15 = m("tiny-sd15"),
-            sdxl = m("tiny-sdxl"),
-            cn15 = m("tiny-controlnet-sd15"),
-            canny = e2e::canny_controlnets(),
-            cnb = m("tiny-controlnet-sd15-b"),
-            depth = m("tiny-depth-anything"),
-        ),
-    )
-    .unwrap();
-    let (p, url) = start_inference_with(&["--catalog", catalog.to_str().unwrap()]);
-    (p, url, dir)
+        sd15 = m("tiny-sd15"),
+        sdxl = m("tiny-sdxl"),
+        cn15 = m("tiny-controlnet-sd15"),
+        canny = e2e::canny_controlnets(),
+        cnb = m("tiny-controlnet-sd15-b"),
+        depth = m("tiny-depth-anything"),
+    ))
 }
 
 fn file_base64(name: &str) -> String {

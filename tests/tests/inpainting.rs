@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    EdgeConfig, edge_runtime_present, images, post, repo_root, start_edge, start_inference_with,
+    EdgeConfig, edge_runtime_present, images, post, repo_root, start_edge,
+    start_inference_with_catalog,
 };
 use serde_json::{Value, json};
 
@@ -22,23 +23,15 @@ fn fixtures() -> PathBuf {
 
 fn start_server() -> (e2e::process::Process, String, tempfile::TempDir) {
     let models = repo_root().join("inference/tests/fixtures/models");
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog.toml");
-    std::fs::write(
-        &catalog,
-        format!(
-            "default = \"sd15-inpaint\"\n\
+    start_inference_with_catalog(&format!(
+        "default = \"sd15-inpaint\"\n\
              [models.sd15-inpaint]\nsource = \"{}\"\n\
              [models.\"SD1.5\"]\nsource = \"{}\"\n\
              [models.sdxl-inpaint]\nsource = \"{}\"\n",
-            models.join("tiny-sd15-inpaint").display(),
-            models.join("tiny-sd15").display(),
-            models.join("tiny-sdxl-inpaint").display(),
-        ),
-    )
-    .unwrap();
-    let (p, url) = start_inference_with(&["--catalog", catalog.to_str().unwrap()]);
-    (p, url, dir)
+        models.join("tiny-sd15-inpaint").display(),
+        models.join("tiny-sd15").display(),
+        models.join("tiny-sdxl-inpaint").display(),
+    ))
 }
 
 fn edge_config<'a>(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use e2e::{
     EdgeConfig, Process, Reply, free_port, get, post, spin_pass_skips_edgeless_test,
-    start_edge_allowing, start_inference_with, tiny_model,
+    start_edge_allowing, start_inference_with, start_inference_with_catalog, tiny_model,
 };
 use serde_json::{Value, json};
 
@@ -334,20 +334,13 @@ fn the_catalog_names_defaults_and_memory_budget() {
     let sd15 = e2e::repo_root().join("inference/tests/fixtures/models/tiny-sd15");
     let (a, b) = (weights_bytes(tiny_model()), weights_bytes(&sd15));
     let budget_gb = (a.max(b) + a.min(b) / 2) as f64 / (1024.0 * 1024.0 * 1024.0);
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog.toml");
-    std::fs::write(
-        &catalog,
-        format!(
-            "default = \"tiny-xl\"\nmemory_budget_gb = {budget_gb}\n\n\
+    let (_server, server, _catalog) = start_inference_with_catalog(&format!(
+        "default = \"tiny-xl\"\nmemory_budget_gb = {budget_gb}\n\n\
              [models.tiny-xl]\nsource = {:?}\naliases = [\"stable-diffusion-xl-base-1.0\"]\nwidth = 96\nheight = 64\nsteps = 3\n\n\
              [models.tiny-sd15]\nsource = {:?}\nsteps = 2\nguidance = 1.0\nscheduler = \"DDIM\"\n",
-            tiny_model().display().to_string(),
-            sd15.display().to_string()
-        ),
-    )
-    .unwrap();
-    let (_server, server) = start_inference_with(&["--catalog", catalog.to_str().unwrap()]);
+        tiny_model().display().to_string(),
+        sd15.display().to_string()
+    ));
     let deadline = Instant::now() + Duration::from_secs(60);
     while get(&format!("{server}/ready")).status != 200 {
         assert!(Instant::now() < deadline, "never ready");

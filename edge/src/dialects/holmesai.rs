@@ -192,24 +192,17 @@ mod tests {
     }
 
     fn control(parts: &[(&str, &str)], image: Option<&[u8]>) -> Result<Job, ApiError> {
-        let mut body = Vec::new();
-        for (k, v) in parts {
-            body.extend_from_slice(
-                format!("--B\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
-                    .as_bytes(),
-            );
-        }
+        let mut form: Vec<(&str, Option<&str>, &[u8])> = parts
+            .iter()
+            .map(|(k, v)| (*k, None, v.as_bytes()))
+            .collect();
         if let Some(img) = image {
-            body.extend_from_slice(
-                b"--B\r\nContent-Disposition: form-data; name=\"image\"; filename=\"t.png\"\r\n\r\n",
-            );
-            body.extend_from_slice(img);
-            body.extend_from_slice(b"\r\n");
+            form.push(("image", Some("t.png"), img));
         }
-        body.extend_from_slice(b"--B--\r\n");
+        let (content_type, body) = crate::multipart::form(&form);
         HolmesAi.parse(&incoming(
             "/v1/images/control",
-            &[("content-type", "multipart/form-data; boundary=B")],
+            &[("content-type", content_type.as_str())],
             &body,
         ))
     }
