@@ -63,6 +63,7 @@ pub mod emphasis;
 pub mod error;
 pub mod image_io;
 pub mod lora;
+pub mod mmdit;
 pub mod nn;
 pub mod noise;
 pub mod pil_resize;
@@ -70,6 +71,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod safety;
 pub mod scheduler;
+pub mod t5;
 #[cfg(feature = "random-weights")]
 pub mod tiny;
 pub mod tokenizer;
@@ -82,7 +84,9 @@ use std::time::Duration;
 
 pub use controlnet::ControlNet;
 pub use error::{EngineError, ErrorKind};
-pub use pipeline::{BatchKey, MAX_CONTROLNETS, Pipeline, Plan};
+pub use pipeline::{
+    BatchKey, MAX_CONTROLNETS, Pipeline, Plan, Sd3Pipeline, T5Placement, UnetPipeline,
+};
 
 /// One generation request.
 #[derive(Clone, Debug)]
@@ -134,6 +138,19 @@ pub struct GenerateParams {
     /// diffusers' `guess_mode`: the ControlNets see the conditional half only and their
     /// residuals rise from 0.1x at the shallowest skip to 1x at the mid block.
     pub guess_mode: bool,
+    /// SD 3.5's skip-layer guidance (diffusers' `skip_guidance_layers` and its scale, start
+    /// and stop); text-to-image with CFG only, as diffusers. Refused by UNet models.
+    pub skip_layer_guidance: Option<SkipLayerGuidance>,
+}
+
+/// Skip-layer guidance: on the steps `i` with `start * steps < i < stop * steps`, the
+/// prediction moves by `scale * (cond - cond without the transformer blocks in layers)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SkipLayerGuidance {
+    pub layers: Vec<usize>,
+    pub scale: f64,
+    pub start: f64,
+    pub stop: f64,
 }
 
 /// One ControlNet of a request ([`GenerateParams::controls`]).
@@ -173,6 +190,7 @@ impl Default for GenerateParams {
             mask: None,
             controls: Vec::new(),
             guess_mode: false,
+            skip_layer_guidance: None,
         }
     }
 }

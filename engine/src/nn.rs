@@ -311,6 +311,47 @@ impl LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// A layer norm without learned parameters (`elementwise_affine=False`).
+    pub fn plain(dim: usize, eps: f64, device: &Device, dtype: DType) -> Result<Self> {
+        Ok(LayerNorm {
+            affine: NormAffine {
+                weight: Tensor::ones(dim, dtype, device)?,
+                bias: Tensor::zeros(dim, dtype, device)?,
+                weight_host: vec![1.0; dim],
+                bias_host: vec![0.0; dim],
+            },
+            eps,
+        })
+    }
+}
+
+/// RMS norm over the last dimension with a learned scale (T5's layer norm, diffusers'
+/// `RMSNorm`): statistics in f32, `x * weight` in the weight's dtype.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: w.get(dim, "weight")?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let xf = x.to_dtype(DType::F32)?;
+        let var = xf.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        let normed = xf.broadcast_mul(&(var + self.eps)?.sqrt()?.recip()?)?;
+        Ok(normed
+            .to_dtype(self.weight.dtype())?
+            .broadcast_mul(&self.weight)?)
+    }
+}
+
 struct LayerNormOp<'a> {
     weight: &'a [f32],
     bias: &'a [f32],

@@ -16,7 +16,9 @@ use serde_json::Value;
 
 use crate::engine::embeddings::Embedding;
 use crate::engine::lora::Lora;
-use crate::engine::{Control, ControlNet, GenerateParams, Pipeline, tiny};
+use crate::engine::{
+    Control, ControlNet, GenerateParams, Pipeline, SkipLayerGuidance, T5Placement, tiny,
+};
 
 /// The fixture sets, in the order `inference parity` runs them.
 pub const SETS: &[&str] = &[
@@ -27,6 +29,7 @@ pub const SETS: &[&str] = &[
     "parity_refiner",
     "parity_inpaint",
     "parity_controlnet",
+    "parity_sd3",
 ];
 
 /// One generated image against its reference.
@@ -82,8 +85,8 @@ pub fn load_models(
 ) -> Result<SetModels> {
     let tmp = tempfile::tempdir()?;
     let mut pipelines = BTreeMap::new();
-    let mut load = |name: &str, dir: &Path| -> Result<()> {
-        let p = Pipeline::load_with_dtype(dir, device, dtype)
+    let mut load = |name: &str, dir: &Path, t5: T5Placement| -> Result<()> {
+        let p = Pipeline::load_with(dir, device, dtype, t5)
             .with_context(|| format!("loading {name} from {}", dir.display()))?;
         pipelines.insert(name.to_string(), p);
         Ok(())
@@ -91,11 +94,19 @@ pub fn load_models(
     if let Some(seed) = manifest["tiny_model_seed"].as_u64() {
         let dir = tmp.path().join("tiny");
         tiny::write_tiny_model(&dir, seed)?;
-        load("tiny", &dir)?;
+        load("tiny", &dir, T5Placement::Device)?;
     }
     if let Some(models) = manifest["models"].as_object() {
         for (name, path) in models {
-            load(name, &root.join(path.as_str().context("models: a path")?))?;
+            let dir = root.join(path.as_str().context("models: a path")?);
+            load(name, &dir, T5Placement::Device)?;
+        }
+    }
+    // SD 3 folders loaded without their T5 encoder.
+    if let Some(models) = manifest["no_t5_models"].as_object() {
+        for (name, path) in models {
+            let dir = root.join(path.as_str().context("no_t5_models: a path")?);
+            load(name, &dir, T5Placement::Off)?;
         }
     }
     if let Some(variants) = manifest["variants"].as_object() {
@@ -107,7 +118,7 @@ pub fn load_models(
             )?;
             let text = serde_json::to_string_pretty(&v["scheduler_config"])?;
             std::fs::write(dir.join("scheduler/scheduler_config.json"), text)?;
-            load(name, &dir)?;
+            load(name, &dir, T5Placement::Device)?;
         }
     }
     let mut controlnets = BTreeMap::new();
@@ -159,6 +170,26 @@ pub fn params_of(case: &Value, dir: &Path) -> Result<GenerateParams> {
         mask,
         controls: Vec::new(),
         guess_mode: false,
+        skip_layer_guidance: case
+            .get("skip_guidance_layers")
+            .and_then(|v| v.as_array())
+            .map(|layers| -> Result<SkipLayerGuidance> {
+                let f = |k: &str, d: f64| case.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+                Ok(SkipLayerGuidance {
+                    layers: layers
+                        .iter()
+                        .map(|l| {
+                            l.as_u64()
+                                .map(|l| l as usize)
+                                .context("skip_guidance_layers")
+                        })
+                        .collect::<Result<_>>()?,
+                    scale: f("skip_layer_guidance_scale", 2.8),
+                    start: f("skip_layer_guidance_start", 0.01),
+                    stop: f("skip_layer_guidance_stop", 0.2),
+                })
+            })
+            .transpose()?,
         prompt: s("prompt").context("prompt")?,
         negative_prompt: s("negative_prompt"),
         prompt_2: s("prompt_2"),

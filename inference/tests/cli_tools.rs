@@ -557,3 +557,68 @@ fn generate_shows_its_progress_on_a_terminal() {
         "{shown}"
     );
 }
+
+/// `generate` runs SD 3.5 folders like the others: `--no-t5` leaves T5 out and
+/// `--skip-layers` turns on skip-layer guidance, each giving diffusers' image
+/// (the parity_sd3 references); T5 on the CPU gives the on-device image.
+#[test]
+fn generate_runs_sd35_with_and_without_t5() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let set = fixtures.join("parity_sd3");
+    let model = fixtures.join("models/tiny-sd35");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| -> image::RgbImage {
+        let out = tmp.path().join(format!("{name}.png"));
+        let mut args = generate_args(&model, &out);
+        let at = |args: &mut Vec<String>, flag: &str, v: &str| {
+            let i = args.iter().position(|a| a == flag).unwrap() + 1;
+            args[i] = v.into();
+        };
+        at(&mut args, "--scheduler", "Flow Euler");
+        for (flag, v) in extra.chunks(2).map(|c| (c[0], c.get(1).copied())) {
+            match v {
+                Some(v) if args.iter().any(|a| a == flag) => at(&mut args, flag, v),
+                Some(v) => args.extend([flag.to_string(), v.to_string()]),
+                None => args.push(flag.to_string()),
+            }
+        }
+        run_with(&args, &[]);
+        image::open(&out).unwrap().to_rgb8()
+    };
+    let want = |name: &str| image::open(set.join(name)).unwrap().to_rgb8();
+    let diff = |a: &image::RgbImage, b: &image::RgbImage| inference::parity::image_diff(a, b).0;
+    let cat = [
+        "--seed",
+        "1",
+        "--prompt",
+        "a photo of a cat",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--guidance",
+        "5",
+    ];
+    let no_t5 = run("no_t5", &[&cat[..], &["--no-t5"]].concat());
+    assert!(diff(&no_t5, &want("sd35_no_t5_t2i_neg_0.png")) <= 2);
+    let with_t5 = run("t5", &cat);
+    assert!(diff(&with_t5, &want("sd35_t2i_neg_0.png")) <= 2);
+    let t5_cpu = run("t5_cpu", &[&cat[..], &["--t5", "cpu"]].concat());
+    assert_eq!(diff(&t5_cpu, &with_t5), 0, "the CPU is the device here");
+    let slg = run(
+        "slg",
+        &[
+            "--seed",
+            "22",
+            "--steps",
+            "12",
+            "--prompt",
+            "a lighthouse at dusk",
+            "--negative-prompt",
+            "blurry",
+            "--guidance",
+            "4",
+            "--skip-layers",
+            "1",
+        ],
+    );
+    assert!(diff(&slg, &want("sd35_t2i_slg_0.png")) <= 2);
+}

@@ -299,3 +299,23 @@ fn inpainting_matches_diffusers() {
     let report = assert_set_matches("parity_inpaint");
     assert_eq!(report.images.len(), 13);
 }
+
+/// SD 3 / 3.5 (`tests/fixtures/parity_sd3/`, from `scripts/reference/make_sd3_fixtures.py`):
+/// a tiny SD 3 Medium-like model and a 3.5 Medium-like one (MMDiT-X dual attention in two
+/// layers, RMS q/k norms), each with and without its T5 encoder, txt2img and img2img; a
+/// dynamically shifted scheduler, a non-square batch of two, skip-layer guidance, and
+/// prompts past CLIP's 77 and T5's 256 tokens.
+#[test]
+fn sd3_matches_diffusers() {
+    let report = assert_set_matches("parity_sd3");
+    let root = fixtures();
+    let manifest = parity::manifest(&root, "parity_sd3").unwrap();
+    let models = parity::load_models(&root, &manifest, &Device::Cpu, DType::F32).unwrap();
+    for (name, p) in &models.pipelines {
+        assert_eq!(p.architecture().name(), "stable-diffusion-3", "{name}");
+    }
+    let cases = manifest["cases"].as_array().unwrap().len();
+    let ids: std::collections::BTreeSet<&str> =
+        report.images.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), cases, "every case ran");
+}

@@ -138,6 +138,20 @@ impl SchedulerConfig {
         }
     }
 
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.present(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .with_context(|| format!("scheduler config `{key}` must be a number, got {v}")),
+        }
+    }
+
+    /// Whether a boolean key is present and true.
+    pub fn flag(&self, key: &str) -> bool {
+        self.present(key).and_then(Value::as_bool) == Some(true)
+    }
+
     pub fn str_or(&self, key: &str, default: &str) -> Result<String> {
         match self.present(key) {
             None => Ok(default.to_string()),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
-use super::Pipeline;
+use super::UnetPipeline;
 use crate::clip::ClipTextEncoder;
 use crate::emphasis::{self, Chunk};
 use crate::tokenizer::ClipTokenizer;
@@ -142,7 +142,7 @@ impl UnetConditioning {
     }
 }
 
-impl Pipeline {
+impl UnetPipeline {
     /// Encodes one prompt (`text_2` for SDXL's second encoder), in chunks of 77 tokens per
     /// text encoder (one, unless A1111 emphasis reads a longer prompt): SD 1.x / 2.x: the last
     /// hidden state (after the final layer norm) of the text encoder, with the attention mask

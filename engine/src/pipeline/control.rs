@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 
-use super::Pipeline;
+use super::UnetPipeline;
 use super::conditioning::UnetConditioning;
 use crate::controlnet::ControlNet;
 use crate::error::EngineError;
@@ -174,7 +174,7 @@ impl ControlRun {
     }
 }
 
-impl Pipeline {
+impl UnetPipeline {
     /// Checks a request's ControlNets against this model: their latents, text widths and
     /// added conditioning must be this UNet's, the scales and windows sane; no masks.
     pub(super) fn validate_controls(&self, p: &GenerateParams) -> Result<()> {

@@ -6,7 +6,7 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::Pipeline;
+use super::UnetPipeline;
 use super::conditioning::UnetConditioning;
 use super::control::ControlRun;
 use super::inpaint::Blend;
@@ -29,6 +29,36 @@ pub(super) fn first_step(steps: usize, strength: Option<f64>, order: usize) -> u
     }
 }
 
+/// Classifier-free guidance of a prediction whose first `n` rows are unconditional and last
+/// `n` conditional: `(uncond + g * (cond - uncond), cond)`, with `g` per image; without CFG
+/// the prediction is both.
+pub(super) fn guided(
+    pred: &Tensor,
+    n: usize,
+    do_cfg: bool,
+    guidance: &[f32],
+) -> Result<(Tensor, Tensor)> {
+    if !do_cfg {
+        return Ok((pred.clone(), pred.clone()));
+    }
+    let uncond = pred.narrow(0, 0, n)?;
+    let cond = pred.narrow(0, n, n)?;
+    let diff = (&cond - &uncond)?;
+    // One scale for all (the usual case) is the same arithmetic as a scale per image, which
+    // batches of requests with different scales need.
+    let scaled = match guidance {
+        [g, rest @ ..] if rest.iter().all(|r| r == g) => mul_scalar(&diff, *g)?,
+        scales => {
+            let mut shape = vec![1usize; diff.rank()];
+            shape[0] = n;
+            let g = Tensor::from_slice(scales, shape.as_slice(), diff.device())?
+                .to_dtype(diff.dtype())?;
+            diff.broadcast_mul(&g)?
+        }
+    };
+    Ok(((&uncond + scaled)?, cond))
+}
+
 /// What one run of the loop needs besides the latents.
 pub(super) struct DenoiseRun<'a> {
     pub cond: &'a UnetConditioning,
@@ -47,7 +77,7 @@ pub(super) struct DenoiseRun<'a> {
     pub control: Option<&'a ControlRun>,
 }
 
-impl Pipeline {
+impl UnetPipeline {
     /// Runs the timesteps from `run.begin` to the end; `on_step(done, total)` after
     /// each, returning false cancels.
     pub(super) fn denoise(
@@ -100,24 +130,7 @@ impl Pipeline {
                 cond.timestep_cond.as_ref(),
                 residuals.as_ref(),
             )?;
-            let pred = if run.do_cfg {
-                let uncond = pred.narrow(0, 0, n)?;
-                let cond = pred.narrow(0, n, n)?;
-                let diff = (cond - &uncond)?;
-                // One scale for all (the usual case) is the same arithmetic as a scale per
-                // image, which batches of requests with different scales need.
-                let scaled = match run.guidance {
-                    [g, rest @ ..] if rest.iter().all(|r| r == g) => mul_scalar(&diff, *g)?,
-                    scales => {
-                        let g = Tensor::from_slice(scales, (n, 1, 1, 1), diff.device())?
-                            .to_dtype(diff.dtype())?;
-                        diff.broadcast_mul(&g)?
-                    }
-                };
-                (&uncond + scaled)?
-            } else {
-                pred
-            };
+            let pred = guided(&pred, n, run.do_cfg, run.guidance)?.0;
             latents = sched.step(&pred, i, &latents, noise)?;
             if let Some(blend) = run.blend {
                 latents = blend.apply(sched, &latents, i)?;

@@ -11,7 +11,7 @@
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
-use super::Pipeline;
+use super::UnetPipeline;
 use crate::GenerateParams;
 use crate::image_io::image_to_tensor;
 use crate::noise::NoiseSource;
@@ -64,9 +64,9 @@ pub(super) struct Inpainting {
     pub blend: Option<Blend>,
 }
 
-impl Pipeline {
+impl UnetPipeline {
     /// The initial latents and the per-step inputs of an inpainting request (`mask` and
-    /// `init_image` set); `begin` as in [`Pipeline::initial_latents`].
+    /// `init_image` set); `begin` as in [`UnetPipeline::initial_latents`].
     pub(super) fn inpaint_start(
         &self,
         params: &GenerateParams,

@@ -5,13 +5,13 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::Pipeline;
+use super::UnetPipeline;
 use crate::GenerateParams;
 use crate::image_io::image_to_tensor;
 use crate::noise::NoiseSource;
 use crate::scheduler::{self, Scheduler, mul_scalar};
 
-impl Pipeline {
+impl UnetPipeline {
     /// The latents the denoising loop starts from; `begin` is the index of the first
     /// timestep that runs (img2img noises the image to that timestep).
     pub(super) fn initial_latents(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 
-use super::Pipeline;
+use super::UnetPipeline;
 use super::conditioning::TextEncoderSlot;
 use crate::clip::ClipTextEncoder;
 use crate::config::{
@@ -19,7 +19,7 @@ use crate::unet::UNet;
 use crate::vae::AutoencoderKl;
 
 /// Model families the engine knows how to condition. Decided from the components a model
-/// folder has and their configs, never from a name (see [`Pipeline::load`]).
+/// folder has and their configs, never from a name (see [`UnetPipeline::load`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
     /// SD 1.x (and LCM-distilled SD 1.5): one CLIP text encoder (quick_gelu, OpenAI CLIP),
@@ -30,6 +30,9 @@ pub enum Architecture {
     StableDiffusion2,
     /// SDXL base / Turbo / SSD-1B: two CLIP encoders, `text_time` added conditioning.
     StableDiffusionXl,
+    /// SD 3 / 3.5: an MMDiT transformer, two CLIP encoders and T5, a 16-channel VAE, flow
+    /// matching.
+    StableDiffusion3,
 }
 
 impl Architecture {
@@ -38,6 +41,7 @@ impl Architecture {
             Architecture::StableDiffusion1 => "stable-diffusion-1",
             Architecture::StableDiffusion2 => "stable-diffusion-2",
             Architecture::StableDiffusionXl => "stable-diffusion-xl",
+            Architecture::StableDiffusion3 => "stable-diffusion-3",
         }
     }
 
@@ -48,16 +52,18 @@ impl Architecture {
 
 /// Pipeline classes whose components this engine runs as they are; a folder naming any other
 /// class is run when its components are those of one of these (decided by
-/// [`Pipeline::load`], with a log line).
+/// [`UnetPipeline::load`], with a log line).
 pub const KNOWN_PIPELINE_CLASSES: &[&str] = &[
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "LatentConsistencyModelPipeline",
     "StableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusion3Pipeline",
+    "StableDiffusion3Img2ImgPipeline",
 ];
 
-fn component_dir(dir: &Path, index: &ModelIndex, name: &str) -> Result<PathBuf> {
+pub(super) fn component_dir(dir: &Path, index: &ModelIndex, name: &str) -> Result<PathBuf> {
     if index.component(name).is_none() {
         bail!(
             "{}: model_index.json has no `{name}` component",
@@ -130,21 +136,21 @@ pub(super) fn load_vae(
     AutoencoderKl::load(dir, device, vae_dtype)
 }
 
-impl Pipeline {
+impl UnetPipeline {
     /// Loads a diffusers-format model folder. The architecture is decided from the components
     /// model_index.json lists (`text_encoder_2` → SDXL, else SD 1.x / 2.x) and from their
     /// configs, whatever the pipeline class is called. Models run in f32 on the CPU and in
     /// bf16 on a GPU ([`model_dtype`]; in f16 the SDXL VAE runs in f32 when its config has
     /// `force_upcast`, as diffusers does to keep it from overflowing).
-    pub fn load(dir: &Path, device: &Device) -> Result<Pipeline> {
+    pub fn load(dir: &Path, device: &Device) -> Result<UnetPipeline> {
         Self::load_with_dtype(dir, device, model_dtype(device))
     }
 
-    /// [`Pipeline::load`] with the models in `dtype` (f32, f16 or bf16) instead of the
+    /// [`UnetPipeline::load`] with the models in `dtype` (f32, f16 or bf16) instead of the
     /// device's default. Latents and scheduler arithmetic stay in f32. Off f32 on the CPU the
     /// engine takes candle's generic ops instead of its fused CPU kernels: the path a GPU
     /// takes, slow on a CPU (for tests).
-    pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Pipeline> {
+    pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<UnetPipeline> {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
             bail!("model dtype {dtype:?} is not supported (f32, f16, bf16)");
         }
@@ -250,7 +256,7 @@ impl Pipeline {
                 if xl { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" }
             );
         }
-        Ok(Pipeline {
+        Ok(UnetPipeline {
             dir: dir.to_path_buf(),
             // Only the SDXL pipelines have this option; SD 1.x / 2.x encode "" instead.
             force_zeros_for_empty_prompt: xl && index.force_zeros_for_empty_prompt.unwrap_or(true),

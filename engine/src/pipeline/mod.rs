@@ -36,15 +36,19 @@ mod latents;
 mod load;
 mod plan;
 mod refine;
+mod sd3;
 mod variant;
 
 pub use control::{ControlKey, MAX_CONTROLNETS};
 pub use load::{Architecture, KNOWN_PIPELINE_CLASSES, model_dtype};
 pub use plan::{BatchKey, Plan};
+pub use sd3::{Sd3Pipeline, T5Placement};
 
 use super::config::{ModelIndex, SchedulerConfig};
+use super::embeddings::Embedding;
 use super::error::EngineError;
 use super::image_io::tensor_to_images;
+use super::lora::Lora;
 use super::noise::NoiseSource;
 use super::scheduler::{self, SchedulerKind};
 use super::unet::UNet;
@@ -59,10 +63,185 @@ pub const MAX_SIDE: usize = 4096;
 /// Largest number of images per request (the inference server's cap too).
 pub const MAX_SAMPLES: usize = 8;
 
-/// A loaded model. Cloning shares its components; [`Pipeline::with_vae`] and
-/// [`Pipeline::with_loras`] make variants that share what they do not change.
+/// A loaded model of any family the engine runs: the UNet families (SD 1.x / 2.x / SDXL and
+/// their variants) or SD 3 / 3.5's transformer. Cloning shares its components.
 #[derive(Clone)]
-pub struct Pipeline {
+pub enum Pipeline {
+    Unet(UnetPipeline),
+    Sd3(Sd3Pipeline),
+}
+
+/// The error for what SD 3 models cannot do yet.
+fn not_for_sd3(param: &'static str, what: &str) -> anyhow::Error {
+    EngineError::invalid(
+        param,
+        format!("{what} are not available for SD 3 models yet"),
+    )
+}
+
+impl Pipeline {
+    /// Loads a diffusers-format model folder of any supported family, decided from the
+    /// components model_index.json lists (a `transformer` and `text_encoder_3`: SD 3) and
+    /// their configs. Models run in f32 on the CPU and bf16 on a GPU ([`model_dtype`]).
+    pub fn load(dir: &Path, device: &Device) -> Result<Pipeline> {
+        Self::load_with_dtype(dir, device, model_dtype(device))
+    }
+
+    /// [`Pipeline::load`] with the models in `dtype` (f32, f16 or bf16).
+    pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Pipeline> {
+        Self::load_with(dir, device, dtype, T5Placement::default())
+    }
+
+    /// [`Pipeline::load_with_dtype`], with SD 3's T5 encoder placed as `t5` says (ignored by
+    /// the other families).
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        t5: T5Placement,
+    ) -> Result<Pipeline> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            bail!("model dtype {dtype:?} is not supported (f32, f16, bf16)");
+        }
+        let index: ModelIndex = crate::config::read_json(&dir.join("model_index.json"))?;
+        if sd3::is_sd3_folder(&index) {
+            return Ok(Pipeline::Sd3(Sd3Pipeline::load(dir, device, dtype, t5)?));
+        }
+        Ok(Pipeline::Unet(UnetPipeline::load_with_dtype(
+            dir, device, dtype,
+        )?))
+    }
+
+    pub fn architecture(&self) -> Architecture {
+        match self {
+            Pipeline::Unet(p) => p.architecture(),
+            Pipeline::Sd3(_) => Architecture::StableDiffusion3,
+        }
+    }
+
+    /// The UNet (for benchmarks of one step); SD 3 models have none.
+    pub fn unet(&self) -> Result<&UNet> {
+        match self {
+            Pipeline::Unet(p) => Ok(p.unet()),
+            Pipeline::Sd3(_) => bail!("an SD 3 model has a transformer, not a UNet"),
+        }
+    }
+
+    /// The dtypes the denoiser (and text encoders) and the VAE run in.
+    pub fn model_dtypes(&self) -> (DType, DType) {
+        match self {
+            Pipeline::Unet(p) => p.model_dtypes(),
+            Pipeline::Sd3(p) => p.model_dtypes(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        match self {
+            Pipeline::Unet(p) => p.dir(),
+            Pipeline::Sd3(p) => p.dir(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        match self {
+            Pipeline::Unet(p) => p.device(),
+            Pipeline::Sd3(p) => p.device(),
+        }
+    }
+
+    pub fn vae_scale_factor(&self) -> usize {
+        match self {
+            Pipeline::Unet(p) => p.vae_scale_factor(),
+            Pipeline::Sd3(p) => p.vae_scale_factor(),
+        }
+    }
+
+    pub fn describe(&self) -> ModelInfo {
+        match self {
+            Pipeline::Unet(p) => p.describe(),
+            Pipeline::Sd3(p) => p.describe(),
+        }
+    }
+
+    /// Checks `params` against this model once and decides everything its run needs
+    /// ([`Plan::key`] says which requests may share a batch).
+    pub fn plan(&self, params: GenerateParams) -> Result<Plan> {
+        match self {
+            Pipeline::Unet(p) => p.plan(params),
+            Pipeline::Sd3(p) => p.plan(params),
+        }
+    }
+
+    /// Plans and runs one request. `on_step(done, total)` is called after every denoising
+    /// step, on the calling thread; returning `false` cancels with [`EngineError::Cancelled`].
+    pub fn generate(
+        &self,
+        params: &GenerateParams,
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Generated> {
+        let plan = self.plan(params.clone())?;
+        let mut out = self.run(std::slice::from_ref(&plan), on_step)?;
+        Ok(out.remove(0))
+    }
+
+    /// Runs plans with equal keys as one batch; each request gets the images it would get
+    /// alone (see [`UnetPipeline::run`]).
+    pub fn run(
+        &self,
+        plans: &[Plan],
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<Generated>> {
+        match self {
+            Pipeline::Unet(p) => p.run(plans, on_step),
+            Pipeline::Sd3(p) => p.run(plans, on_step),
+        }
+    }
+
+    /// SDXL's base + refiner ensemble ([`UnetPipeline::generate_refined`]).
+    pub fn generate_refined(
+        &self,
+        refiner: &Pipeline,
+        params: &GenerateParams,
+        start: f64,
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Generated> {
+        match (self, refiner) {
+            (Pipeline::Unet(p), Pipeline::Unet(r)) => p.generate_refined(r, params, start, on_step),
+            _ => Err(not_for_sd3("refiner", "refiners")),
+        }
+    }
+
+    /// This model with another VAE ([`UnetPipeline::with_vae`]).
+    pub fn with_vae(&self, dir: &Path) -> Result<Pipeline> {
+        Ok(match self {
+            Pipeline::Unet(p) => Pipeline::Unet(p.with_vae(dir)?),
+            Pipeline::Sd3(p) => Pipeline::Sd3(p.with_vae(dir)?),
+        })
+    }
+
+    /// This model with LoRAs merged in ([`UnetPipeline::with_loras`]).
+    pub fn with_loras(&self, loras: &[(&Lora, f64)]) -> Result<Pipeline> {
+        match self {
+            Pipeline::Unet(p) => Ok(Pipeline::Unet(p.with_loras(loras)?)),
+            Pipeline::Sd3(_) if loras.is_empty() => Ok(self.clone()),
+            Pipeline::Sd3(_) => Err(not_for_sd3("loras", "LoRAs")),
+        }
+    }
+
+    /// This model with textual inversions ([`UnetPipeline::with_embeddings`]).
+    pub fn with_embeddings(&self, embeddings: &[&Embedding]) -> Result<Pipeline> {
+        match self {
+            Pipeline::Unet(p) => Ok(Pipeline::Unet(p.with_embeddings(embeddings)?)),
+            Pipeline::Sd3(_) if embeddings.is_empty() => Ok(self.clone()),
+            Pipeline::Sd3(_) => Err(not_for_sd3("embeddings", "textual inversions")),
+        }
+    }
+}
+
+/// A loaded UNet-family model. Cloning shares its components; [`UnetPipeline::with_vae`] and
+/// [`UnetPipeline::with_loras`] make variants that share what they do not change.
+#[derive(Clone)]
+pub struct UnetPipeline {
     dir: PathBuf,
     index: ModelIndex,
     arch: Architecture,
@@ -82,7 +261,7 @@ pub struct Pipeline {
     dtype: DType,
 }
 
-impl Pipeline {
+impl UnetPipeline {
     /// The architecture the folder was recognised as.
     pub fn architecture(&self) -> Architecture {
         self.arch
@@ -195,7 +374,7 @@ impl Pipeline {
     /// negative prompts, seeds, guidance scales, sample counts and init images may differ)
     /// and returns each request's own result, in order. Every image comes from its own
     /// generator, so each request gets the images it would get alone. `on_step` as in
-    /// [`Pipeline::generate`], for the whole batch.
+    /// [`UnetPipeline::generate`], for the whole batch.
     pub fn run(
         &self,
         plans: &[Plan],

@@ -1,15 +1,15 @@
 //! A request checked against a loaded model once, and everything its run needs decided:
-//! [`Pipeline::plan`] makes a [`Plan`], whose [`BatchKey`] says which requests may share a
+//! [`UnetPipeline::plan`] makes a [`Plan`], whose [`BatchKey`] says which requests may share a
 //! batch.
 
 use anyhow::Result;
 
-use super::{ControlKey, MAX_SAMPLES, MAX_SIDE, Pipeline, denoise};
-use crate::GenerateParams;
+use super::{ControlKey, MAX_SAMPLES, MAX_SIDE, UnetPipeline, denoise};
 use crate::error::EngineError;
 use crate::scheduler::{self, SchedulerKind};
+use crate::{GenerateParams, SkipLayerGuidance};
 
-impl Pipeline {
+impl UnetPipeline {
     fn validate(&self, p: &GenerateParams) -> Result<()> {
         let f = self.vae_scale_factor();
         for (name, v) in [("width", p.width), ("height", p.height)] {
@@ -112,6 +112,22 @@ impl Pipeline {
             Some(name) => scheduler::resolve(name)?,
             None => (self.default_scheduler()?, None),
         };
+        if scheduler.is_flow_matching() {
+            return Err(EngineError::invalid(
+                "scheduler",
+                format!(
+                    "{} is for flow-matching models (SD 3); this model predicts noise: choose one of {}",
+                    scheduler.class_name(),
+                    scheduler::supported_list()
+                ),
+            ));
+        }
+        if params.skip_layer_guidance.is_some() {
+            return Err(EngineError::invalid(
+                "skip_layer_guidance",
+                "is for SD 3 models' transformer layers; this model has a UNet",
+            ));
+        }
         // The `karras` option asks for Karras sigmas where the scheduler has them (the
         // contract's meaning; ModelsLab sends use_karras_sigmas=yes with any scheduler);
         // a name that asks for them ("DDIM Karras") was refused by `resolve` already.
@@ -147,13 +163,14 @@ impl Pipeline {
             controls: params.controls.iter().map(ControlKey::of).collect(),
             guess_mode: params.guess_mode,
             begin: denoise::first_step(params.steps, strength, scheduler.order()),
+            skip_layer_guidance: None,
         };
         Ok(Plan { params, key })
     }
 }
 
 /// A request checked against one loaded model, with everything its run needs decided
-/// ([`Pipeline::plan`]).
+/// ([`UnetPipeline::plan`]).
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub(super) params: GenerateParams,
@@ -192,4 +209,6 @@ pub struct BatchKey {
     pub begin: usize,
     /// 77-token chunks of text conditioning (more than one with A1111 emphasis).
     pub text_chunks: usize,
+    /// SD 3's skip-layer guidance (an extra transformer pass on some steps).
+    pub skip_layer_guidance: Option<SkipLayerGuidance>,
 }

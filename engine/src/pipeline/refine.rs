@@ -7,14 +7,14 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::Pipeline;
+use super::UnetPipeline;
 use super::denoise::DenoiseRun;
 use crate::error::EngineError;
 use crate::image_io::tensor_to_images;
 use crate::noise::NoiseSource;
 use crate::{GenerateParams, Generated, StageTimings};
 
-impl Pipeline {
+impl UnetPipeline {
     /// The timestep diffusers cuts the schedule at for `fraction` (`denoising_end` /
     /// `denoising_start`): `round(T - fraction * T)` with T the training timesteps.
     fn cutoff(&self, fraction: f64) -> Result<f64> {
@@ -33,7 +33,7 @@ impl Pipeline {
     /// with the same scheduler, steps, prompts and guidance. `on_step` counts both parts.
     pub fn generate_refined(
         &self,
-        refiner: &Pipeline,
+        refiner: &UnetPipeline,
         params: &GenerateParams,
         start: f64,
         on_step: &mut dyn FnMut(usize, usize) -> bool,

@@ -8,18 +8,18 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 
-use super::Pipeline;
+use super::UnetPipeline;
 use super::load::load_vae;
 use crate::config::OneOrMany;
 use crate::embeddings::Embedding;
 use crate::error::EngineError;
 use crate::lora::{Component, Lora, Targets};
 
-impl Pipeline {
+impl UnetPipeline {
     /// This model with the VAE in `dir` (a diffusers `AutoencoderKL` folder: config.json
     /// and weights) in place of its own, as diffusers' `vae=AutoencoderKL.from_pretrained(dir)`.
     /// The VAE must have the model's latent channels.
-    pub fn with_vae(&self, dir: &Path) -> Result<Pipeline> {
+    pub fn with_vae(&self, dir: &Path) -> Result<UnetPipeline> {
         let vae = load_vae(dir, self.arch.is_xl(), &self.device, self.unet.dtype())
             .with_context(|| format!("loading the VAE in {}", dir.display()))?;
         let (theirs, ours) = (vae.config.latent_channels, self.vae.config.latent_channels);
@@ -42,7 +42,7 @@ impl Pipeline {
     /// same weight for the UNet and the text encoders). A LoRA none of whose layers this
     /// model has, or one whose layers have other shapes, is an invalid `loras`; layers the
     /// model lacks are skipped with a log line, as diffusers does.
-    pub fn with_loras(&self, loras: &[(&Lora, f64)]) -> Result<Pipeline> {
+    pub fn with_loras(&self, loras: &[(&Lora, f64)]) -> Result<UnetPipeline> {
         if loras.is_empty() {
             return Ok(self.clone());
         }
@@ -116,7 +116,7 @@ impl Pipeline {
     /// each encoder under one token, as diffusers' documentation loads them). Vectors of a
     /// size no text encoder has, or a token already in the vocabulary, are an invalid
     /// `embeddings`.
-    pub fn with_embeddings(&self, embeddings: &[&Embedding]) -> Result<Pipeline> {
+    pub fn with_embeddings(&self, embeddings: &[&Embedding]) -> Result<UnetPipeline> {
         let invalid = |e: &Embedding, why: String| {
             EngineError::invalid("embeddings", format!("{}: {why}", e.path.display()))
         };
@@ -197,7 +197,7 @@ impl Pipeline {
         &self,
         unet: HashMap<String, Tensor>,
         mut encoders: Vec<HashMap<String, Tensor>>,
-    ) -> Result<Pipeline> {
+    ) -> Result<UnetPipeline> {
         let mut p = self.clone();
         if !unet.is_empty() {
             p.unet = Arc::new(self.unet.patched(unet)?);

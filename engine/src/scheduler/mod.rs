@@ -29,6 +29,7 @@ mod dpm_singlestep;
 mod dpm_solver;
 mod euler;
 mod euler_ancestral;
+pub mod flow_match_euler;
 mod heun;
 mod kdpm2;
 mod kdpm2_ancestral;
@@ -53,6 +54,7 @@ pub use dpm_multistep::DpmSolverMultistep;
 pub use dpm_singlestep::DpmSolverSinglestep;
 pub use euler::EulerDiscrete;
 pub use euler_ancestral::EulerAncestralDiscrete;
+pub use flow_match_euler::FlowMatchEuler;
 pub use heun::HeunDiscrete;
 pub use kdpm2::KDpm2Discrete;
 pub use kdpm2_ancestral::KDpm2AncestralDiscrete;
@@ -138,6 +140,8 @@ pub enum SchedulerKind {
     UniPc,
     Deis,
     Lcm,
+    /// FlowMatchEulerDiscreteScheduler: for flow-matching (velocity) models only (SD 3).
+    FlowMatchEuler,
 }
 
 /// Something done with a scheduler class, given its config type `C` and its constructor
@@ -186,6 +190,7 @@ impl SchedulerKind {
             UniPc => v.visit(UniPcMultistep::new),
             Deis => v.visit(DeisMultistep::new),
             Lcm => v.visit(self::Lcm::new),
+            FlowMatchEuler => v.visit(self::FlowMatchEuler::new),
         }
     }
 
@@ -234,9 +239,15 @@ impl SchedulerKind {
         self.visit_class(Params)
     }
 
-    /// Whether the class has `use_karras_sigmas`.
+    /// Whether the class has `use_karras_sigmas` (and this engine its Karras schedule).
     pub fn supports_karras(self) -> bool {
-        self.params().iter().any(|p| p == "use_karras_sigmas")
+        !self.is_flow_matching() && self.params().iter().any(|p| p == "use_karras_sigmas")
+    }
+
+    /// Whether it steps a flow-matching (velocity) model, as SD 3's transformer; the others
+    /// step noise-prediction UNets. Neither runs the other's models.
+    pub fn is_flow_matching(self) -> bool {
+        self == SchedulerKind::FlowMatchEuler
     }
 }
 
@@ -374,6 +385,10 @@ pub(crate) fn mul_scalar(x: &Tensor, m: f32) -> Result<Tensor> {
 /// Options of a class's config (`cfg`, serialized) that select behaviour this engine does not
 /// implement; none of them is set by SD / SDXL model folders.
 fn reject_unsupported(cfg: &Value, class: &str) -> Result<()> {
+    // FlowMatchEulerDiscreteScheduler checks its own options (dynamic shifting is its own).
+    if class == flow_match_euler::FlowMatchEulerConfig::CLASS {
+        return Ok(());
+    }
     for key in ["thresholding", "use_flow_sigmas", "use_dynamic_shifting"] {
         if cfg[key] == Value::Bool(true) {
             anyhow::bail!(

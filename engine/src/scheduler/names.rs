@@ -124,6 +124,16 @@ pub const SUPPORTED: &[(SchedulerKind, &str, &[&str])] = &[
     (SchedulerKind::Pndm, "PNDM", &["PNDMScheduler", "PNDM"]),
     (SchedulerKind::Plms, "PLMS", &["PLMS"]),
     (SchedulerKind::Lcm, "LCM", &["LCMScheduler", "LCM"]),
+    (
+        SchedulerKind::FlowMatchEuler,
+        "Flow Euler",
+        &[
+            "FlowMatchEulerDiscreteScheduler",
+            "Flow Euler",
+            "FlowMatchEuler",
+            "FlowMatchEulerDiscrete",
+        ],
+    ),
 ];
 
 /// Names that are refused with a reason rather than "unknown": (accepted spellings, reason).
@@ -185,7 +195,12 @@ pub fn supported_list() -> String {
             } else {
                 String::new()
             };
-            format!("\"{display}\" ({}){karras}", k.class_name())
+            let only = if k.is_flow_matching() {
+                ", SD 3 models only"
+            } else {
+                ""
+            };
+            format!("\"{display}\" ({}{only}){karras}", k.class_name())
         })
         .collect::<Vec<_>>()
         .join(", ")

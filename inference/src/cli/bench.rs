@@ -210,7 +210,7 @@ fn bench_model(
             1
         };
         let size = (w, h, pipeline.vae_scale_factor());
-        let step = unet_steps(args, pipeline.unet(), rows, size, device, dtype)?;
+        let step = unet_steps(args, pipeline.unet()?, rows, size, device, dtype)?;
         out.set("unet_step", step)?;
     }
     Ok(())

@@ -11,7 +11,9 @@ use inference::engine::embeddings::Embedding;
 use inference::engine::lora::Lora;
 use inference::engine::preprocess::Preprocess;
 use inference::engine::safety::{self, Replacement, SafetyChecker};
-use inference::engine::{Control, ControlNet, GenerateParams, Pipeline};
+use inference::engine::{
+    Control, ControlNet, GenerateParams, Pipeline, SkipLayerGuidance, T5Placement,
+};
 use inference::server::catalog::{BUILT_IN, Catalog};
 
 #[derive(Args)]
@@ -118,6 +120,17 @@ pub struct GenerateArgs {
     /// scaled from 0.1 (shallowest) to 1 (mid block).
     #[arg(long)]
     pub guess_mode: bool,
+    /// SD 3: leave the T5 encoder out (its part of the prompt is zeros, as diffusers with
+    /// `text_encoder_3=None`); saves its memory (~9 GB for T5-XXL in bf16).
+    #[arg(long, conflicts_with = "t5")]
+    pub no_t5: bool,
+    /// SD 3: where the T5 encoder runs: device (the model's), cpu (f32) or off.
+    #[arg(long, value_name = "device|cpu|off")]
+    pub t5: Option<T5Placement>,
+    /// SD 3.5: skip-layer guidance on these transformer layers (e.g. 7,8,9 for 3.5 Medium),
+    /// with diffusers' scale 2.8 from 1% to 20% of the steps.
+    #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
+    pub skip_layers: Vec<usize>,
     /// Output PNG; with several samples, `-<i>` is added before the extension.
     #[arg(long)]
     pub out: PathBuf,
@@ -271,7 +284,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let device = inference::device::select(&args.device)?;
     let dir = inference::model_source::resolve(&args.model)?;
     let t = Instant::now();
-    let pipeline = Pipeline::load_with_dtype(&dir, &device, args.dtype.dtype(&device))
+    let t5 = match (args.no_t5, args.t5) {
+        (true, _) => T5Placement::Off,
+        (false, t5) => t5.unwrap_or_default(),
+    };
+    let pipeline = Pipeline::load_with(&dir, &device, args.dtype.dtype(&device), t5)
         .with_context(|| format!("loading model {}", dir.display()))?;
     let info = pipeline.describe();
     eprintln!(
@@ -302,6 +319,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         algorithm_type: args.algorithm_type.clone(),
         init_image,
         mask,
+        skip_layer_guidance: (!args.skip_layers.is_empty())
+            .then(|| SkipLayerGuidance::with_layers(args.skip_layers.clone())),
         ..args.sampling.params(&info, seed)
     };
     println!("seed: {seed}");

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::Precision;
 use crate::engine::preprocess::Preprocess;
-use crate::engine::scheduler;
+use crate::engine::{T5Placement, scheduler};
 use contract::limits::{MAX_SIDE, MAX_STEPS};
 
 use super::convert;
@@ -197,6 +197,10 @@ struct EntryFile {
     scheduler: Option<String>,
     dtype: Option<String>,
     refiner: Option<String>,
+    /// SD 3: where its T5 encoder runs (device, cpu, off).
+    t5: Option<String>,
+    /// SD 3.5: the transformer layers of skip-layer guidance.
+    skip_layer_guidance: Option<Vec<usize>>,
 }
 
 /// What a request gets for the settings it leaves out (None: the model's own).
@@ -207,6 +211,9 @@ pub struct Defaults {
     pub steps: Option<u32>,
     pub guidance: Option<f32>,
     pub scheduler: Option<String>,
+    /// SD 3.5: skip-layer guidance on these transformer layers (text-to-image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip_layer_guidance: Option<Vec<usize>>,
 }
 
 /// One model of the catalog.
@@ -225,6 +232,9 @@ pub struct Entry {
     /// The catalog model run after this one when a request asks for a refiner (SDXL's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refiner: Option<String>,
+    /// SD 3: where its T5 encoder runs (loaded models of one source share it).
+    #[serde(skip)]
+    pub t5: T5Placement,
 }
 
 /// A memory budget in GiB (as the catalog and MEMORY_BUDGET_GB give it) in bytes.
@@ -265,6 +275,7 @@ impl Catalog {
                 steps: e.steps,
                 guidance: e.guidance,
                 scheduler: e.scheduler,
+                skip_layer_guidance: e.skip_layer_guidance,
             };
             if e.source.trim().is_empty() {
                 bail!("models.{name}: source must name a folder or a hub id");
@@ -297,6 +308,11 @@ impl Catalog {
                 Some(Ok(p)) => Some(p),
                 Some(Err(err)) => bail!("models.{name}: {err}"),
             };
+            let t5 = match e.t5.as_deref().map(str::parse::<T5Placement>) {
+                None => T5Placement::default(),
+                Some(Ok(t)) => t,
+                Some(Err(err)) => bail!("models.{name}: {err}"),
+            };
             entries.push(Entry {
                 name,
                 aliases: e.aliases,
@@ -305,6 +321,7 @@ impl Catalog {
                 defaults,
                 dtype,
                 refiner: e.refiner.map(|r| r.trim().to_string()),
+                t5,
             });
         }
         // A name (or alias) must point at one model.
@@ -325,10 +342,10 @@ impl Catalog {
         for (i, a) in entries.iter().enumerate() {
             if let Some(b) = entries[..i]
                 .iter()
-                .find(|b| b.source == a.source && b.dtype != a.dtype)
+                .find(|b| b.source == a.source && (b.dtype != a.dtype || b.t5 != a.t5))
             {
                 bail!(
-                    "models.{} and models.{} load the same source {:?} but ask for different dtypes",
+                    "models.{} and models.{} load the same source {:?} but ask for different dtypes or T5 placements",
                     b.name,
                     a.name,
                     a.source
@@ -434,6 +451,44 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sd35_names_t5_placement_and_skip_layers() {
+        let c = Catalog::parse(BUILT_IN).unwrap();
+        // HolmesAI's family name and ModelsLab-style ids.
+        for (name, model) in [
+            ("Stable-Diffusion-3.5", "stable-diffusion-3.5-large"),
+            ("sd3.5", "stable-diffusion-3.5-large"),
+            ("SD3.5-Large-Turbo", "stable-diffusion-3.5-large-turbo"),
+            ("sd3.5-medium", "stable-diffusion-3.5-medium"),
+        ] {
+            assert_eq!(c.lookup(name).unwrap().name, model, "{name}");
+        }
+        let medium = c.lookup("sd3.5-medium").unwrap();
+        assert_eq!(medium.defaults.skip_layer_guidance, Some(vec![7, 8, 9]));
+        assert_eq!(medium.t5, T5Placement::Device);
+        let one = |t5: &str| {
+            format!(
+                "default = \"a\"\n[models.a]\nsource = \"x\"\nt5 = \"{t5}\"\n[models.b]\nsource = \"x\"\n"
+            )
+        };
+        // Two names of one source share its loaded model, so one T5 placement.
+        let err = Catalog::parse(&one("cpu")).unwrap_err().to_string();
+        assert!(err.contains("T5 placements"), "{err}");
+        assert_eq!(
+            Catalog::parse(&one("device"))
+                .unwrap()
+                .lookup("a")
+                .unwrap()
+                .t5,
+            T5Placement::Device
+        );
+        let err = format!("{:#}", Catalog::parse(&one("gpu0")).unwrap_err());
+        assert!(
+            err.contains("models.a") && err.contains("device, cpu or off"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn the_built_in_catalog_has_every_dialects_names() {

@@ -10,10 +10,12 @@ use contract::{Error, GenerateRequest, GeneratedImage, Timings};
 use super::catalog::{AddOn, Catalog, Defaults};
 use crate::engine::ErrorKind;
 use crate::engine::depth::DepthEstimator;
+use crate::engine::pipeline::Architecture;
 use crate::engine::preprocess::Preprocess;
 use crate::engine::safety::Replacement;
 use crate::engine::{
-    Emphasis, EngineError, GenerateParams, MAX_CONTROLNETS, ModelInfo, StageTimings,
+    Emphasis, EngineError, GenerateParams, MAX_CONTROLNETS, ModelInfo, SkipLayerGuidance,
+    StageTimings,
 };
 use contract::init_image;
 use contract::limits::{
@@ -74,6 +76,8 @@ pub struct Draft {
     pub height: Option<usize>,
     pub steps: Option<usize>,
     pub guidance: Option<f64>,
+    /// SD 3.5's skip-layer guidance layers (the catalog entry's).
+    pub skip_layer_guidance: Option<Vec<usize>>,
 }
 
 impl Draft {
@@ -99,6 +103,12 @@ impl Draft {
             // The nets depend on the model's architecture: the worker adds them.
             controls: Vec::new(),
             guess_mode: self.guess_mode,
+            // A catalog setting of SD 3 models (other families have no such layers).
+            skip_layer_guidance: self
+                .skip_layer_guidance
+                .clone()
+                .filter(|_| info.architecture == Architecture::StableDiffusion3.name())
+                .map(SkipLayerGuidance::with_layers),
         }
     }
 }
@@ -240,6 +250,7 @@ pub fn to_draft(
         height: height.map(|v| v as usize),
         steps: steps.map(|v| v as usize),
         guidance: guidance.map(f64::from),
+        skip_layer_guidance: defaults.skip_layer_guidance.clone(),
     })
 }
 
@@ -632,6 +643,7 @@ mod tests {
             steps: Some(2),
             guidance: Some(0.0),
             scheduler: Some("Euler a".into()),
+            skip_layer_guidance: None,
         };
         let p = draft(&bare, &catalog).unwrap().resolve(&info());
         assert_eq!((p.width, p.height, p.steps, p.guidance), (640, 256, 2, 0.0));

@@ -158,12 +158,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|e| Some((e.source.clone(), e.dtype?.dtype(&device))))
         .collect();
-    let registry = Arc::new(Registry::new(
-        device,
-        (default_dtype, dtypes),
-        catalog.memory_budget,
-        Box::new(move |n| m.models_loaded.set(n as i64)),
-    ));
+    let registry = Arc::new(
+        Registry::new(
+            device,
+            (default_dtype, dtypes),
+            catalog.memory_budget,
+            Box::new(move |n| m.models_loaded.set(n as i64)),
+        )
+        .with_t5(
+            catalog
+                .entries()
+                .iter()
+                .map(|e| (e.source.clone(), e.t5))
+                .collect(),
+        ),
+    );
     let m = metrics.clone();
     let queue = Queue::new(
         args.queue_size,

@@ -19,7 +19,7 @@ use crate::engine::embeddings::Embedding;
 use crate::engine::lora::Lora;
 use crate::engine::safety::SafetyChecker;
 use crate::engine::weights::find_weight_files;
-use crate::engine::{ControlNet, EngineError, ModelInfo, Pipeline};
+use crate::engine::{ControlNet, EngineError, ModelInfo, Pipeline, T5Placement};
 
 /// A loaded model.
 #[derive(Clone)]
@@ -69,6 +69,8 @@ pub struct Registry {
     kept_bytes: AtomicU64,
     /// The dtype each source runs in (the catalog's), else `default_dtype` (the server's).
     dtypes: HashMap<String, DType>,
+    /// SD 3's T5 placement by source (default: on the device).
+    t5: HashMap<String, T5Placement>,
     default_dtype: DType,
     budget: Option<u64>,
     slots: Mutex<HashMap<String, Slot>>,
@@ -102,6 +104,7 @@ impl Registry {
             depth: Mutex::default(),
             kept_bytes: AtomicU64::new(0),
             dtypes,
+            t5: HashMap::new(),
             default_dtype,
             budget,
             slots: Mutex::new(HashMap::new()),
@@ -117,6 +120,16 @@ impl Registry {
     }
 
     /// The dtype `source` runs (or will run) in.
+    /// Where SD 3 models of `source` place their T5 encoder (the catalog's `t5`).
+    pub fn with_t5(mut self, t5: HashMap<String, T5Placement>) -> Self {
+        self.t5 = t5;
+        self
+    }
+
+    fn t5(&self, source: &str) -> T5Placement {
+        self.t5.get(source).copied().unwrap_or_default()
+    }
+
     pub fn dtype(&self, source: &str) -> DType {
         self.dtypes
             .get(source)
@@ -376,7 +389,8 @@ impl Registry {
     fn load(&self, source: &str) -> anyhow::Result<(Loaded, u64)> {
         let dir = crate::model_source::resolve(source)?;
         let dtype = self.dtype(source);
-        let bytes = estimate_bytes(&dir, dtype);
+        let t5 = self.t5(source);
+        let bytes = estimate_bytes(&dir, dtype, t5);
         if let Some(budget) = self.budget {
             // Unload before loading, so that the two never need to fit at once.
             let mut slots = self.lock();
@@ -393,7 +407,7 @@ impl Registry {
         }
         tracing::info!(model = source, folder = %dir.display(), mib = bytes >> 20, ?dtype, "loading");
         let started = std::time::Instant::now();
-        let pipeline = Pipeline::load_with_dtype(&dir, &self.device, dtype)
+        let pipeline = Pipeline::load_with(&dir, &self.device, dtype, t5)
             .with_context(|| format!("loading the model in {}", dir.display()))?;
         let info = pipeline.describe();
         tracing::info!(model = source, architecture = %info.architecture, secs = started.elapsed().as_secs_f32(), "loaded");
@@ -465,18 +479,26 @@ fn loaded_count(slots: &HashMap<String, Slot>) -> usize {
 }
 
 /// The memory a model's weights take once loaded: the files the engine reads, scaled
-/// from their stored dtype (fp16 variants: 2 bytes) to the one it runs in.
-pub fn estimate_bytes(dir: &Path, dtype: DType) -> u64 {
+/// from their stored dtype (fp16 variants: 2 bytes) to the one it runs in. SD 3's T5
+/// counts where it runs (in f32 on the CPU) and not when left out.
+pub fn estimate_bytes(dir: &Path, dtype: DType, t5: T5Placement) -> u64 {
     let components = [
         ("unet", "diffusion_pytorch_model"),
+        ("transformer", "diffusion_pytorch_model"),
         ("vae", "diffusion_pytorch_model"),
         ("text_encoder", "model"),
         ("text_encoder_2", "model"),
     ];
+    let t5_bytes = match t5 {
+        T5Placement::Off => 0,
+        T5Placement::Cpu => weight_bytes(&dir.join("text_encoder_3"), "model", DType::F32),
+        T5Placement::Device => weight_bytes(&dir.join("text_encoder_3"), "model", dtype),
+    };
     components
         .iter()
         .map(|(sub, base)| weight_bytes(&dir.join(sub), base, dtype))
-        .sum()
+        .sum::<u64>()
+        + t5_bytes
 }
 
 /// The memory the weights `base*.safetensors` in `dir` take once loaded in `dtype`.
@@ -515,7 +537,7 @@ mod tests {
             fixture("tiny-sdxl"),
             fixture("tiny-controlnet-sdxl"),
         );
-        let bytes = |s: &str| estimate_bytes(Path::new(s), DType::F32);
+        let bytes = |s: &str| estimate_bytes(Path::new(s), DType::F32, T5Placement::Device);
         let net_bytes = weight_bytes(Path::new(&net), "diffusion_pytorch_model", DType::F32);
         assert!(net_bytes > 0);
         let budget = bytes(&sd15) + bytes(&sdxl) + net_bytes - 1;
