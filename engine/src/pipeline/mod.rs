@@ -63,6 +63,30 @@ pub const MAX_SIDE: usize = 4096;
 /// Largest number of images per request (the inference server's cap too).
 pub const MAX_SAMPLES: usize = 8;
 
+/// Each request's own images (`samples` of them, in order) from a batch's, with the seed
+/// that reproduces each alone.
+pub(super) fn per_request(
+    batch: &[&GenerateParams],
+    images: Vec<image::RgbImage>,
+    timings: StageTimings,
+    scheduler: &str,
+) -> Vec<Generated> {
+    let mut images = images.into_iter();
+    batch
+        .iter()
+        .map(|params| Generated {
+            images: images
+                .by_ref()
+                .take(params.samples)
+                .enumerate()
+                .map(|(i, img)| (img, params.seed.wrapping_add(i as u64)))
+                .collect(),
+            timings,
+            scheduler: scheduler.to_string(),
+        })
+        .collect()
+}
+
 /// A loaded model of any family the engine runs: the UNet families (SD 1.x / 2.x / SDXL and
 /// their variants) or SD 3 / 3.5's transformer. Cloning shares its components.
 #[derive(Clone)]
@@ -358,23 +382,11 @@ impl UnetPipeline {
         }
     }
 
-    /// Plans and runs one request. `on_step(done, total)` is called after every denoising
-    /// step, on the calling thread; returning `false` cancels with [`EngineError::Cancelled`].
-    pub fn generate(
-        &self,
-        params: &GenerateParams,
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<Generated> {
-        let plan = self.plan(params.clone())?;
-        let mut out = self.run(std::slice::from_ref(&plan), on_step)?;
-        Ok(out.remove(0))
-    }
-
     /// Runs several plans with equal [`Plan::key`]s as one UNet batch (their prompts,
     /// negative prompts, seeds, guidance scales, sample counts and init images may differ)
     /// and returns each request's own result, in order. Every image comes from its own
     /// generator, so each request gets the images it would get alone. `on_step` as in
-    /// [`UnetPipeline::generate`], for the whole batch.
+    /// [`Pipeline::generate`], for the whole batch.
     pub fn run(
         &self,
         plans: &[Plan],
@@ -489,25 +501,13 @@ impl UnetPipeline {
         let t2 = Instant::now();
         let z = self.unscale_latents(&latents)?;
         let decoded = self.vae.decode(&z)?;
-        let mut images = tensor_to_images(&decoded)?.into_iter();
+        let images = tensor_to_images(&decoded)?;
         let decode = t2.elapsed();
         let timings = StageTimings {
             prepare,
             denoise,
             decode,
         };
-        Ok(batch
-            .iter()
-            .map(|params| Generated {
-                images: images
-                    .by_ref()
-                    .take(params.samples)
-                    .enumerate()
-                    .map(|(i, img)| (img, params.seed.wrapping_add(i as u64)))
-                    .collect(),
-                timings,
-                scheduler: sched.class_name().to_string(),
-            })
-            .collect())
+        Ok(per_request(&batch, images, timings, sched.class_name()))
     }
 }

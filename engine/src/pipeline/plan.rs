@@ -9,49 +9,60 @@ use crate::error::EngineError;
 use crate::scheduler::{self, SchedulerKind};
 use crate::{GenerateParams, SkipLayerGuidance};
 
+/// The checks every family makes: the size (a positive multiple of `multiple`, at most
+/// `max_side`), steps (1 to the scheduler's training steps), guidance and samples.
+pub(super) fn check_common(
+    p: &GenerateParams,
+    multiple: usize,
+    max_side: usize,
+    n_train: usize,
+) -> Result<()> {
+    for (name, v) in [("width", p.width), ("height", p.height)] {
+        if v == 0 || v % multiple != 0 || v > max_side {
+            return Err(EngineError::invalid(
+                name,
+                format!(
+                    "{v} is not accepted: must be a positive multiple of {multiple}, at most {max_side}"
+                ),
+            ));
+        }
+    }
+    if p.steps == 0 || p.steps > n_train {
+        return Err(EngineError::invalid(
+            "steps",
+            format!(
+                "{} is not accepted: must be between 1 and {n_train}",
+                p.steps
+            ),
+        ));
+    }
+    if !p.guidance.is_finite() || p.guidance < 0.0 {
+        return Err(EngineError::invalid(
+            "guidance",
+            format!(
+                "{} is not accepted: must be a finite number >= 0",
+                p.guidance
+            ),
+        ));
+    }
+    if p.samples == 0 || p.samples > MAX_SAMPLES {
+        return Err(EngineError::invalid(
+            "samples",
+            format!(
+                "{} is not accepted: must be between 1 and {MAX_SAMPLES}",
+                p.samples
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl UnetPipeline {
     fn validate(&self, p: &GenerateParams) -> Result<()> {
-        let f = self.vae_scale_factor();
-        for (name, v) in [("width", p.width), ("height", p.height)] {
-            if v == 0 || v % f != 0 || v > MAX_SIDE {
-                return Err(EngineError::invalid(
-                    name,
-                    format!(
-                        "{v} is not accepted: must be a positive multiple of {f}, at most {MAX_SIDE}"
-                    ),
-                ));
-            }
-        }
         let n_train = self
             .scheduler_config
             .usize_or("num_train_timesteps", 1000)?;
-        if p.steps == 0 || p.steps > n_train {
-            return Err(EngineError::invalid(
-                "steps",
-                format!(
-                    "{} is not accepted: must be between 1 and {n_train}",
-                    p.steps
-                ),
-            ));
-        }
-        if !p.guidance.is_finite() || p.guidance < 0.0 {
-            return Err(EngineError::invalid(
-                "guidance",
-                format!(
-                    "{} is not accepted: must be a finite number >= 0",
-                    p.guidance
-                ),
-            ));
-        }
-        if p.samples == 0 || p.samples > MAX_SAMPLES {
-            return Err(EngineError::invalid(
-                "samples",
-                format!(
-                    "{} is not accepted: must be between 1 and {MAX_SAMPLES}",
-                    p.samples
-                ),
-            ));
-        }
+        check_common(p, self.vae_scale_factor(), MAX_SIDE, n_train)?;
         if !self.arch.is_xl() {
             for (name, v) in [
                 ("prompt_2", &p.prompt_2),

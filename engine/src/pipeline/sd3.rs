@@ -24,7 +24,8 @@ use candle_core::{DType, Device, Tensor};
 use super::conditioning::TextEncoderSlot;
 use super::denoise::guided;
 use super::load::{component_dir, load_vae};
-use super::{BatchKey, MAX_SAMPLES, MAX_SIDE, Plan};
+use super::plan::check_common;
+use super::{BatchKey, MAX_SIDE, Plan, per_request};
 use crate::clip::ClipTextEncoder;
 use crate::config::{ModelIndex, SchedulerConfig, read_json};
 use crate::error::EngineError;
@@ -242,48 +243,11 @@ impl Sd3Pipeline {
     }
 
     fn validate(&self, p: &GenerateParams) -> Result<()> {
-        let m = self.size_multiple();
         let max = (self.transformer.max_latent_side() * self.vae_scale_factor()).min(MAX_SIDE);
-        for (name, v) in [("width", p.width), ("height", p.height)] {
-            if v == 0 || v % m != 0 || v > max {
-                return Err(EngineError::invalid(
-                    name,
-                    format!(
-                        "{v} is not accepted: must be a positive multiple of {m}, at most {max}"
-                    ),
-                ));
-            }
-        }
         let n_train = self
             .scheduler_config
             .usize_or("num_train_timesteps", 1000)?;
-        if p.steps == 0 || p.steps > n_train {
-            return Err(EngineError::invalid(
-                "steps",
-                format!(
-                    "{} is not accepted: must be between 1 and {n_train}",
-                    p.steps
-                ),
-            ));
-        }
-        if !p.guidance.is_finite() || p.guidance < 0.0 {
-            return Err(EngineError::invalid(
-                "guidance",
-                format!(
-                    "{} is not accepted: must be a finite number >= 0",
-                    p.guidance
-                ),
-            ));
-        }
-        if p.samples == 0 || p.samples > MAX_SAMPLES {
-            return Err(EngineError::invalid(
-                "samples",
-                format!(
-                    "{} is not accepted: must be between 1 and {MAX_SAMPLES}",
-                    p.samples
-                ),
-            ));
-        }
+        check_common(p, self.size_multiple(), max, n_train)?;
         if let Some(k) = p.clip_skip {
             let max = self
                 .clip
@@ -618,28 +582,14 @@ impl Sd3Pipeline {
         let z = div_scalar(&latents, cfg.scaling_factor as f32)?
             .affine(1.0, cfg.shift_factor.unwrap_or(0.0))?;
         let decoded = self.vae.decode(&z)?;
-        let mut images = tensor_to_images(&decoded)?.into_iter();
+        let images = tensor_to_images(&decoded)?;
         let timings = StageTimings {
             prepare,
             denoise,
             decode: t2.elapsed(),
         };
-        Ok(plans
-            .iter()
-            .map(|plan| {
-                let p = &plan.params;
-                Generated {
-                    images: images
-                        .by_ref()
-                        .take(p.samples)
-                        .enumerate()
-                        .map(|(i, img)| (img, p.seed.wrapping_add(i as u64)))
-                        .collect(),
-                    timings,
-                    scheduler: sched.class_name().to_string(),
-                }
-            })
-            .collect())
+        let params: Vec<&GenerateParams> = plans.iter().map(|p| &p.params).collect();
+        Ok(per_request(&params, images, timings, sched.class_name()))
     }
 }
 

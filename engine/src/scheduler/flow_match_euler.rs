@@ -174,7 +174,7 @@ mod tests {
         };
         assert_eq!(
             schedule(shifted.clone(), 4),
-            [1000.0, 857.692_3, 602.150_57, 8.928_572]
+            [1000.0, 857.692_3, 602.150_6, 8.928_572]
         );
         let s = FlowMatchEuler::new(&shifted, 4).unwrap();
         assert_eq!(
@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(
             schedule(shifted, 7),
             [
-                1000.0, 937.710_45, 857.692_3, 751.121_1, 602.150_57, 379.194_6, 8.928_572
+                1000.0, 937.710_45, 857.692_3, 751.121_1, 602.150_6, 379.194_6, 8.928_572
             ]
         );
         let dynamic = FlowMatchEulerConfig {
