@@ -174,19 +174,22 @@ pub fn params_of(case: &Value, dir: &Path) -> Result<GenerateParams> {
             .get("skip_guidance_layers")
             .and_then(|v| v.as_array())
             .map(|layers| -> Result<SkipLayerGuidance> {
+                let layers = layers
+                    .iter()
+                    .map(|l| {
+                        l.as_u64()
+                            .map(|l| l as usize)
+                            .context("skip_guidance_layers")
+                    })
+                    .collect::<Result<_>>()?;
+                // diffusers' defaults unless the case sets them.
+                let d = SkipLayerGuidance::with_layers(layers);
                 let f = |k: &str, d: f64| case.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
                 Ok(SkipLayerGuidance {
-                    layers: layers
-                        .iter()
-                        .map(|l| {
-                            l.as_u64()
-                                .map(|l| l as usize)
-                                .context("skip_guidance_layers")
-                        })
-                        .collect::<Result<_>>()?,
-                    scale: f("skip_layer_guidance_scale", 2.8),
-                    start: f("skip_layer_guidance_start", 0.01),
-                    stop: f("skip_layer_guidance_stop", 0.2),
+                    scale: f("skip_layer_guidance_scale", d.scale),
+                    start: f("skip_layer_guidance_start", d.start),
+                    stop: f("skip_layer_guidance_stop", d.stop),
+                    layers: d.layers,
                 })
             })
             .transpose()?,

@@ -10,6 +10,7 @@ use super::UnetPipeline;
 use super::conditioning::UnetConditioning;
 use super::control::ControlRun;
 use super::inpaint::Blend;
+use crate::GenerateParams;
 use crate::error::EngineError;
 use crate::noise::NoiseSource;
 use crate::scheduler::{Scheduler, mul_scalar};
@@ -27,6 +28,14 @@ pub(super) fn first_step(steps: usize, strength: Option<f64>, order: usize) -> u
         }
         None => 0,
     }
+}
+
+/// The guidance scale of each image of a batch, request by request.
+pub(super) fn guidance_per_image(batch: &[&GenerateParams]) -> Vec<f32> {
+    batch
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.guidance as f32, p.samples))
+        .collect()
 }
 
 /// Classifier-free guidance of a prediction whose first `n` rows are unconditional and last

@@ -10,6 +10,20 @@ use crate::GenerateParams;
 use crate::image_io::image_to_tensor;
 use crate::noise::NoiseSource;
 use crate::scheduler::{self, Scheduler, mul_scalar};
+use crate::vae::AutoencoderKl;
+
+/// A draw from the VAE's posterior of `pixels`: `mean + std * eps`, in `eps`' dtype (the
+/// VAE's sampling, with `eps` drawn by the caller from the image's generator).
+pub(super) fn posterior_sample(
+    vae: &AutoencoderKl,
+    pixels: &Tensor,
+    eps: &Tensor,
+) -> Result<Tensor> {
+    let dist = vae.encode(pixels)?;
+    let dtype = eps.dtype();
+    let (mean, std) = (dist.mean.to_dtype(dtype)?, dist.std.to_dtype(dtype)?);
+    Ok(mean.broadcast_add(&std.broadcast_mul(eps)?)?)
+}
 
 impl UnetPipeline {
     /// The latents the denoising loop starts from; `begin` is the index of the first
@@ -34,13 +48,8 @@ impl UnetPipeline {
                 // StableDiffusion(XL)Img2ImgPipeline: the posterior sample, then the noise,
                 // both from the image's generator.
                 let pixels = image_to_tensor(img, w, h, &self.device, self.dtype)?;
-                let dist = self.vae.encode(&pixels)?;
-                let (mean, std) = (
-                    dist.mean.to_dtype(self.dtype)?,
-                    dist.std.to_dtype(self.dtype)?,
-                );
                 let sample_noise = noise.randn(&latent_shape)?.to_dtype(self.dtype)?;
-                let sample = mean.broadcast_add(&std.broadcast_mul(&sample_noise)?)?;
+                let sample = posterior_sample(&self.vae, &pixels, &sample_noise)?;
                 let init = self.scale_latents(&sample)?;
                 let eps = noise.randn(&latent_shape)?.to_dtype(self.dtype)?;
                 sched.add_noise(&init, &eps, begin)?
@@ -57,13 +66,8 @@ impl UnetPipeline {
         latent_shape: &[usize],
         noise: &mut NoiseSource,
     ) -> Result<Tensor> {
-        let dist = self.vae.encode(pixels)?;
-        let (mean, std) = (
-            dist.mean.to_dtype(self.dtype)?,
-            dist.std.to_dtype(self.dtype)?,
-        );
         let eps = noise.randn_first(latent_shape)?.to_dtype(self.dtype)?;
-        let sample = mean.broadcast_add(&std.broadcast_mul(&eps)?)?;
+        let sample = posterior_sample(&self.vae, pixels, &eps)?;
         mul_scalar(&sample, self.vae.config.scaling_factor as f32)
     }
 

@@ -180,6 +180,22 @@ impl UnetPipeline {
     }
 }
 
+/// The key every plan of a batch shares (None for no plans); plans whose keys differ cannot
+/// run together.
+pub(super) fn batch_key(plans: &[Plan]) -> Result<Option<&BatchKey>> {
+    let Some(first) = plans.first() else {
+        return Ok(None);
+    };
+    let key = &first.key;
+    if let Some(other) = plans.iter().find(|p| p.key != *key) {
+        anyhow::bail!(
+            "requests that differ in {key:?} and {:?} cannot share a batch",
+            other.key
+        );
+    }
+    Ok(Some(key))
+}
+
 /// A request checked against one loaded model, with everything its run needs decided
 /// ([`UnetPipeline::plan`]).
 #[derive(Clone, Debug)]

@@ -22,7 +22,8 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 
 use super::conditioning::TextEncoderSlot;
-use super::denoise::guided;
+use super::denoise::{guidance_per_image, guided};
+use super::latents::posterior_sample;
 use super::load::{component_dir, load_vae};
 use super::plan::check_common;
 use super::{BatchKey, MAX_SIDE, Plan, per_request};
@@ -36,7 +37,7 @@ use crate::scheduler::{self, Scheduler, SchedulerKind, div_scalar, mul_scalar};
 use crate::t5::{T5Encoder, T5Tokenizer};
 use crate::tokenizer::ClipTokenizer;
 use crate::vae::AutoencoderKl;
-use crate::{GenerateParams, Generated, ModelInfo, SkipLayerGuidance, StageTimings};
+use crate::{GenerateParams, Generated, ModelInfo, StageTimings};
 
 /// diffusers' default `max_sequence_length` of the T5 prompt.
 pub const T5_TOKENS: usize = 256;
@@ -65,6 +66,9 @@ impl std::str::FromStr for T5Placement {
         }
     }
 }
+
+/// A prompt's `(context, pooled)` embeddings.
+type Embeds = (Tensor, Tensor);
 
 struct T5Slot {
     tokenizer: Arc<T5Tokenizer>,
@@ -402,7 +406,7 @@ impl Sd3Pipeline {
         clip_texts: [&str; 2],
         t5_text: &str,
         clip_skip: Option<usize>,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<Embeds> {
         let mut hidden = Vec::new();
         let mut pooled = Vec::new();
         for (slot, text) in self.clip.iter().zip(clip_texts) {
@@ -431,30 +435,31 @@ impl Sd3Pipeline {
         Ok((Tensor::cat(&[clip, t5], 1)?, Tensor::cat(&pooled, 1)?))
     }
 
-    /// Prompt and (with CFG) negative embeddings of `n` images of one request:
-    /// `(context, pooled)` for the positive rows, and the negative rows if any.
-    fn condition(&self, p: &GenerateParams, do_cfg: bool) -> Result<[(Tensor, Tensor); 2]> {
+    /// The `(context, pooled)` conditioning of one request's images, and with CFG its
+    /// negative one.
+    fn condition(&self, p: &GenerateParams, do_cfg: bool) -> Result<(Embeds, Option<Embeds>)> {
         let or = |a: &Option<String>, b: &str| -> String {
             a.as_deref()
                 .filter(|s| !s.is_empty())
                 .unwrap_or(b)
                 .to_string()
         };
+        let rep = |(ctx, pooled): Embeds| -> Result<Embeds> {
+            Ok((
+                ctx.repeat((p.samples, 1, 1))?,
+                pooled.repeat((p.samples, 1))?,
+            ))
+        };
         let prompt_2 = or(&p.prompt_2, &p.prompt);
         let pos = self.encode([&p.prompt, &prompt_2], &p.prompt, p.clip_skip)?;
         let neg = if do_cfg {
             let n1 = p.negative_prompt.clone().unwrap_or_default();
             let n2 = or(&p.negative_prompt_2, &n1);
-            self.encode([&n1, &n2], &n1, None)?
+            Some(rep(self.encode([&n1, &n2], &n1, None)?)?)
         } else {
-            (pos.0.zeros_like()?, pos.1.zeros_like()?)
+            None
         };
-        let rep = |t: &Tensor| -> Result<Tensor> {
-            let mut r = vec![1usize; t.rank()];
-            r[0] = p.samples;
-            Ok(t.repeat(r.as_slice())?)
-        };
-        Ok([(rep(&pos.0)?, rep(&pos.1)?), (rep(&neg.0)?, rep(&neg.1)?)])
+        Ok((rep(pos)?, neg))
     }
 
     /// The starting latents of one request's images.
@@ -475,13 +480,7 @@ impl Sd3Pipeline {
             return Ok(noise.randn(&shape)?);
         };
         let pixels = image_to_tensor(img, p.width, p.height, &self.device, self.vae.dtype())?;
-        let dist = self.vae.encode(&pixels)?;
-        let (mean, std) = (
-            dist.mean.to_dtype(DType::F32)?,
-            dist.std.to_dtype(DType::F32)?,
-        );
-        let eps = noise.randn(&shape)?;
-        let sample = mean.broadcast_add(&std.broadcast_mul(&eps)?)?;
+        let sample = posterior_sample(&self.vae, &pixels, &noise.randn(&shape)?)?;
         let cfg = &self.vae.config;
         let shift = cfg.shift_factor.unwrap_or(0.0) as f32;
         let init = mul_scalar(
@@ -492,52 +491,42 @@ impl Sd3Pipeline {
         sched.add_noise(&init, &noise, begin)
     }
 
-    pub fn run(
+    /// Runs one batch of requests that share `key` (see [`super::Pipeline::run`]).
+    pub(super) fn run_batch(
         &self,
-        plans: &[Plan],
+        batch: &[&GenerateParams],
+        key: &BatchKey,
         on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<Generated>> {
-        let Some(first) = plans.first() else {
-            return Ok(Vec::new());
-        };
         let t0 = Instant::now();
-        let key = &first.key;
-        if let Some(other) = plans.iter().find(|p| p.key != *key) {
-            bail!(
-                "requests that differ in {key:?} and {:?} cannot share a batch",
-                other.key
-            );
-        }
         let mut sched = self.scheduler(key.scheduler, key.steps, key.width, key.height)?;
         let (mut ctx, mut pooled, mut neg_ctx, mut neg_pooled) = (vec![], vec![], vec![], vec![]);
         let mut latents = Vec::new();
         let mut generators = Vec::new();
-        for plan in plans {
-            let p = &plan.params;
-            let [(c, pl), (nc, npl)] = self.condition(p, key.do_cfg)?;
+        for &p in batch {
+            let ((c, pl), negative) = self.condition(p, key.do_cfg)?;
             ctx.push(c);
             pooled.push(pl);
-            neg_ctx.push(nc);
-            neg_pooled.push(npl);
+            if let Some((nc, npl)) = negative {
+                neg_ctx.push(nc);
+                neg_pooled.push(npl);
+            }
             let mut noise = NoiseSource::new(p.seed, p.samples, &self.device);
             latents.push(self.initial_latents(p, sched.as_ref(), key.begin, &mut noise)?);
             generators.extend(noise.into_generators());
         }
         let (ctx, pooled) = (Tensor::cat(&ctx, 0)?, Tensor::cat(&pooled, 0)?);
+        // With CFG the negative rows come first, as in diffusers.
         let (both_ctx, both_pooled) = if key.do_cfg {
-            (
-                Tensor::cat(&[&Tensor::cat(&neg_ctx, 0)?, &ctx], 0)?,
-                Tensor::cat(&[&Tensor::cat(&neg_pooled, 0)?, &pooled], 0)?,
-            )
+            neg_ctx.push(ctx.clone());
+            neg_pooled.push(pooled.clone());
+            (Tensor::cat(&neg_ctx, 0)?, Tensor::cat(&neg_pooled, 0)?)
         } else {
             (ctx.clone(), pooled.clone())
         };
         let mut latents = Tensor::cat(&latents, 0)?;
         let mut noise = NoiseSource::from_generators(generators, &self.device);
-        let guidance: Vec<f32> = plans
-            .iter()
-            .flat_map(|p| std::iter::repeat_n(p.params.guidance as f32, p.params.samples))
-            .collect();
+        let guidance = guidance_per_image(batch);
         let n = guidance.len();
         let prepare = t0.elapsed();
 
@@ -588,20 +577,7 @@ impl Sd3Pipeline {
             denoise,
             decode: t2.elapsed(),
         };
-        let params: Vec<&GenerateParams> = plans.iter().map(|p| &p.params).collect();
-        Ok(per_request(&params, images, timings, sched.class_name()))
-    }
-}
-
-impl SkipLayerGuidance {
-    /// diffusers' defaults for the layers SD 3.5 Medium's card recommends (7, 8, 9).
-    pub fn with_layers(layers: Vec<usize>) -> Self {
-        SkipLayerGuidance {
-            layers,
-            scale: 2.8,
-            start: 0.01,
-            stop: 0.2,
-        }
+        Ok(per_request(batch, images, timings, sched.class_name()))
     }
 }
 
